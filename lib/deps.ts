@@ -1,0 +1,32 @@
+/**
+ * Every third-party dependency of the library, pinned in one place.
+ *
+ * Library code imports from here with relative paths, never by bare name, so `mod.ts` works when
+ * it is imported by URL (where this repository's `deno.json` import map does not apply).
+ *
+ * `@tensorflow/tfjs` is the umbrella package of `@tensorflow/tfjs-core` 4.22: its Node bundle is
+ * the only build of tfjs-core 4.22 that Deno loads *with* the gradient registrations (the ES
+ * module build of tfjs-core imports extension-less paths that Deno cannot resolve). It also
+ * registers the `cpu` backend, our last fallback.
+ *
+ * @module
+ */
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
+import "npm:@tensorflow/tfjs-backend-webgpu@4.22.0";
+
+// Silence tfjs' "you are running in Node.js" banner and skip its debug-mode checks.
+tf.enableProdMode();
+
+export { tf };
+export type {
+  NamedTensorMap,
+  Rank,
+  Scalar,
+  Tensor,
+  Tensor1D,
+  Tensor2D,
+  Tensor3D,
+  Tensor4D,
+  TensorContainer,
+  Variable,
+} from "npm:@tensorflow/tfjs@4.22.0";

@@ -1,0 +1,138 @@
+/**
+ * Backend selection: WebGPU when an adapter exists, else tfjs' CPU backend.
+ *
+ * @example
+ * ```ts
+ * import { initBackend } from "./backend.ts";
+ * const info = await initBackend();      // or initBackend("cpu")
+ * console.log(info.name, info.adapter);
+ * ```
+ *
+ * @module
+ */
+import { tf } from "../deps.ts";
+
+/** Backend names accepted by {@linkcode initBackend} and by every task's `--backend` flag. */
+export const BACKEND_NAMES = ["webgpu", "cpu"] as const;
+
+/** A backend name accepted by {@linkcode initBackend}. */
+export type BackendName = typeof BACKEND_NAMES[number];
+
+/** What {@linkcode initBackend} chose. */
+export interface BackendInfo {
+  /** The tfjs backend now active. */
+  name: BackendName;
+  /** A description of the GPU adapter (vendor, architecture, device), when `name` is `webgpu`. */
+  adapter?: string;
+  /** True when the WebGPU adapter is a software fallback (for example Mesa's llvmpipe). */
+  isFallbackAdapter?: boolean;
+  /** Why the first choice was not taken, when a fallback happened. */
+  note?: string;
+}
+
+/** Error for a bad backend request (unknown name, or a backend that cannot start). */
+export class BackendError extends Error {
+  override name = "BackendError";
+}
+
+let current: BackendInfo | undefined;
+
+/** The backend chosen by the last {@linkcode initBackend} call, if any. */
+export function currentBackend(): BackendInfo | undefined {
+  return current;
+}
+
+/**
+ * Makes sure `XDG_RUNTIME_DIR` is set: Deno's WebGPU (wgpu on Vulkan) prints an error and may
+ * fail to start without it. Uses a private folder under the system temp directory.
+ */
+export function ensureXdgRuntimeDir(): void {
+  try {
+    if (Deno.env.get("XDG_RUNTIME_DIR")) return;
+    const dir = `${Deno.env.get("TMPDIR") ?? "/tmp"}/sida-xdg-${Deno.uid?.() ?? "user"}`;
+    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    Deno.env.set("XDG_RUNTIME_DIR", dir);
+  } catch {
+    // No env or write permission: WebGPU may still work; nothing else to do.
+  }
+}
+
+interface AdapterProbe {
+  adapter?: string;
+  isFallbackAdapter?: boolean;
+  error?: string;
+}
+
+async function probeWebGpu(): Promise<AdapterProbe> {
+  ensureXdgRuntimeDir();
+  const gpu = (globalThis.navigator as { gpu?: GPU } | undefined)?.gpu;
+  if (!gpu) return { error: "this runtime has no WebGPU (navigator.gpu is undefined)" };
+  let adapter: GPUAdapter | null = null;
+  try {
+    adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+  } catch (e) {
+    return { error: `requestAdapter failed: ${(e as Error).message}` };
+  }
+  if (!adapter) return { error: "no WebGPU adapter found" };
+  const info = adapter.info as GPUAdapterInfo & { isFallbackAdapter?: boolean };
+  const parts = [info.vendor, info.architecture, info.device, info.description]
+    .filter((s) => s && s.length > 0);
+  const fallback = info.isFallbackAdapter ??
+    (adapter as GPUAdapter & { isFallbackAdapter?: boolean }).isFallbackAdapter ?? false;
+  return { adapter: parts.join(" ") || "unknown adapter", isFallbackAdapter: fallback };
+}
+
+/**
+ * Chooses and starts a tfjs backend.
+ *
+ * With no name (or `"auto"`), uses `webgpu` when a WebGPU adapter exists and `cpu` otherwise. The
+ * environment variable `SIDA_BACKEND` overrides the automatic choice. Asking for `webgpu`
+ * explicitly when no adapter exists is an error.
+ *
+ * @param name `"webgpu"`, `"cpu"`, `"auto"` or undefined.
+ * @returns the chosen backend, the adapter's description, and whether it is a software fallback.
+ */
+export async function initBackend(name?: string): Promise<BackendInfo> {
+  let wanted = name ?? "auto";
+  if (wanted === "auto") {
+    const fromEnv = Deno.env.get("SIDA_BACKEND");
+    if (fromEnv) wanted = fromEnv;
+  }
+  if (wanted !== "auto" && !(BACKEND_NAMES as readonly string[]).includes(wanted)) {
+    throw new BackendError(
+      `unknown backend '${wanted}' (expected one of: ${BACKEND_NAMES.join(", ")}, auto)`,
+    );
+  }
+  let note: string | undefined;
+  if (wanted === "webgpu" || wanted === "auto") {
+    const probe = await probeWebGpu();
+    if (!probe.error) {
+      const ok = await tf.setBackend("webgpu").catch(() => false);
+      if (ok) {
+        await tf.ready();
+        current = {
+          name: "webgpu",
+          adapter: probe.adapter,
+          isFallbackAdapter: probe.isFallbackAdapter,
+        };
+        return current;
+      }
+      probe.error = "tfjs could not start its webgpu backend";
+    }
+    if (wanted === "webgpu") throw new BackendError(`backend 'webgpu' unavailable: ${probe.error}`);
+    note = `webgpu unavailable (${probe.error})`;
+  }
+  if (!(await tf.setBackend("cpu"))) throw new BackendError("tfjs could not start its cpu backend");
+  await tf.ready();
+  current = { name: "cpu", ...(note ? { note } : {}) };
+  return current;
+}
+
+/** One line describing a backend choice, for a task to print once at start-up. */
+export function describeBackend(info: BackendInfo): string {
+  if (info.name === "webgpu") {
+    const kind = info.isFallbackAdapter ? "software fallback adapter" : "hardware adapter";
+    return `backend: webgpu on ${info.adapter} (${kind})`;
+  }
+  return `backend: cpu${info.note ? ` (${info.note})` : ""}`;
+}
