@@ -320,21 +320,21 @@ export type PresetName = typeof PRESET_NAMES[number];
  */
 export function preset(name: PresetName | string): NetworkConfig {
   const ddpmpp = {
-    arch: "SongUNet",
+    arch: "SongUNet" as const,
     modelChannels: 128,
-    embeddingType: "positional",
+    embeddingType: "positional" as const,
     channelMultNoise: 1,
-    encoderType: "standard",
-    decoderType: "standard",
+    encoderType: "standard" as const,
+    decoderType: "standard" as const,
     resampleFilter: [1, 1],
-  } as const;
+  } satisfies Partial<SongUNetConfig>;
   const ncsnpp = {
     ...ddpmpp,
-    embeddingType: "fourier",
+    embeddingType: "fourier" as const,
     channelMultNoise: 2,
-    encoderType: "residual",
+    encoderType: "residual" as const,
     resampleFilter: [1, 3, 3, 1],
-  } as const;
+  } satisfies Partial<SongUNetConfig>;
   switch (name) {
     case "cifar10-ddpmpp-cond":
     case "cifar10-ddpmpp-uncond":

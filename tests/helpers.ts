@@ -1,0 +1,72 @@
+/**
+ * Shared test helpers: backend set-up, fixture loading, and tensor comparisons.
+ *
+ * The backend under test is `SIDA_TEST_BACKEND` (default `cpu`), so CI can run the same suite on
+ * `webgpu` too.
+ */
+import { tf } from "../lib/deps.ts";
+import { initBackend } from "../lib/runtime/backend.ts";
+import { type HostTensor, toFloat32 } from "../lib/io/host_tensor.ts";
+import { readSafetensors } from "../lib/io/safetensors.ts";
+import { fromEdmKwargs, type NetworkConfig } from "../lib/nets/config.ts";
+import { EDMPrecond } from "../lib/nets/precond.ts";
+
+/** The backend the tests run on. */
+export const TEST_BACKEND = Deno.env.get("SIDA_TEST_BACKEND") ?? "cpu";
+
+let ready: Promise<unknown> | undefined;
+
+/** Starts the test backend once per process. */
+export function setupBackend(): Promise<unknown> {
+  ready ??= initBackend(TEST_BACKEND);
+  return ready;
+}
+
+/** Path of a file under tests/fixtures. */
+export function fixturePath(rel: string): string {
+  return new URL(`./fixtures/${rel}`, import.meta.url).pathname;
+}
+
+/** A reference network fixture: its network (weights loaded) and its recorded cases. */
+export interface NetFixture {
+  config: NetworkConfig;
+  net: EDMPrecond;
+  tensors: Map<string, HostTensor>;
+  cases: { labels: boolean; augment: boolean; scalar_sigma: boolean }[];
+}
+
+/** Loads `tests/fixtures/nets/<name>.safetensors` and builds its network. */
+export async function loadNetFixture(name: string): Promise<NetFixture> {
+  const { tensors, metadata } = await readSafetensors(fixturePath(`nets/${name}.safetensors`));
+  const config = fromEdmKwargs(JSON.parse(metadata.config));
+  const net = new EDMPrecond(config, { init: "zeros" });
+  const state = new Map([...tensors].filter(([k]) => k.startsWith("model.")));
+  net.loadStateDict(state);
+  return { config, net, tensors, cases: JSON.parse(metadata.cases) };
+}
+
+/** A host tensor as a tfjs tensor; NCHW 4-D tensors are transposed to NHWC. */
+export function nhwc(t: HostTensor): tf.Tensor {
+  const x = tf.tensor(toFloat32(t), t.shape, "float32");
+  if (t.shape.length !== 4) return x;
+  const y = tf.transpose(x, [0, 2, 3, 1]);
+  x.dispose();
+  return y;
+}
+
+/** Largest absolute difference between two tensors of the same shape. */
+export async function maxAbsDiff(a: tf.Tensor, b: tf.Tensor): Promise<number> {
+  if (a.shape.join() !== b.shape.join()) throw new Error(`shape mismatch [${a.shape}] vs [${b.shape}]`);
+  const d = tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))));
+  const v = (await d.data())[0];
+  d.dispose();
+  return v;
+}
+
+/** Largest absolute value of a tensor. */
+export async function maxAbs(a: tf.Tensor): Promise<number> {
+  const d = tf.tidy(() => tf.max(tf.abs(a)));
+  const v = (await d.data())[0];
+  d.dispose();
+  return v;
+}
