@@ -1,0 +1,100 @@
+/**
+ * sida: SiD / SiDA / SiD²A one-step distillation of EDM diffusion models, in Deno + TypeScript.
+ *
+ * This module is the public API. It works when imported by URL: every third-party dependency is
+ * pinned with a full `npm:` specifier in `lib/deps.ts`.
+ *
+ * Tensors are NHWC (`[N, H, W, C]`) tfjs tensors; network weights keep the PyTorch state-dict
+ * names and layouts at the file boundary, so EDM checkpoints round-trip.
+ *
+ * @example Denoise a batch with a freshly built network
+ * ```ts
+ * import { createNetwork, initBackend, preset, tf } from "./mod.ts";
+ *
+ * await initBackend();                          // webgpu when an adapter exists, else cpu
+ * const net = createNetwork(preset("mnist"), { seed: 0 });
+ * const x = tf.randomNormal([4, 32, 32, 1]) as tf.Tensor4D;
+ * const labels = tf.oneHot(tf.tensor1d([0, 1, 2, 3], "int32"), 10).toFloat() as tf.Tensor2D;
+ * const denoised = net.denoise(x, 2.5, { labels });                       // [4, 32, 32, 1]
+ * const logits = net.denoise(x, 2.5, { labels, returnFlag: "encoder" });  // [4, 8, 8, 1]
+ * ```
+ *
+ * @example Sample with the EDM (Heun) sampler and save the network
+ * ```ts
+ * import { edmSampler, loadNetwork, saveNetwork } from "./mod.ts";
+ *
+ * const net = await loadNetwork("teacher.safetensors");
+ * const images = await edmSampler(net, { batch: 16, seed: 1, numSteps: 18 }); // NHWC in [-1, 1]
+ * await saveNetwork(net, "copy.safetensors");
+ * ```
+ *
+ * @module
+ */
+
+/** The tfjs namespace the library itself uses (`@tensorflow/tfjs` 4.22, with gradients). */
+export { tf } from "./lib/deps.ts";
+
+// Runtime.
+export {
+  BACKEND_NAMES,
+  type BackendInfo,
+  type BackendName,
+  BackendError,
+  currentBackend,
+  describeBackend,
+  initBackend,
+} from "./lib/runtime/backend.ts";
+
+// Networks.
+export {
+  ConfigError,
+  DHARIWAL_UNET_DEFAULTS,
+  type DhariwalUNetConfig,
+  type EdmKwargs,
+  fromEdmKwargs,
+  type NetworkConfig,
+  type NetworkConfigInput,
+  preset,
+  PRESET_NAMES,
+  type PresetName,
+  resolveConfig,
+  SONG_UNET_DEFAULTS,
+  type SongUNetConfig,
+  toEdmKwargs,
+  type UNetConfig,
+} from "./lib/nets/config.ts";
+export type { DenoiseOptions, DenoiseResult, Denoiser, ReturnFlag } from "./lib/nets/types.ts";
+export { EDMPrecond, InputError } from "./lib/nets/precond.ts";
+export { Module, StateDictError } from "./lib/nets/module.ts";
+export {
+  configFromMetadata,
+  createNetwork,
+  loadNetwork,
+  NETWORK_FORMAT,
+  saveNetwork,
+} from "./lib/nets/network.ts";
+
+// Diffusion.
+export { edmSampler, type EdmSamplerOptions, toUint8Images } from "./lib/diffusion/sampler.ts";
+export { edmSigmaSteps, type EdmSigmaStepsOptions } from "./lib/diffusion/schedule.ts";
+export { GaussianDenoiser, type GaussianDenoiserOptions } from "./lib/diffusion/gaussian.ts";
+
+// Tensor files.
+export {
+  type DType,
+  fromTfTensor,
+  type HostTensor,
+  hostTensor,
+  IoError,
+  toFloat32,
+  toTfTensor,
+} from "./lib/io/host_tensor.ts";
+export { decodeNpy, encodeNpy, readNpy, writeNpy } from "./lib/io/npy.ts";
+export {
+  decodeSafetensors,
+  encodeSafetensors,
+  readSafetensors,
+  readSafetensorsHeader,
+  writeSafetensors,
+} from "./lib/io/safetensors.ts";
+export { writeFileAtomic } from "./lib/io/atomic.ts";
