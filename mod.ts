@@ -37,9 +37,9 @@ export { tf } from "./lib/deps.ts";
 // Runtime.
 export {
   BACKEND_NAMES,
+  BackendError,
   type BackendInfo,
   type BackendName,
-  BackendError,
   currentBackend,
   describeBackend,
   initBackend,
@@ -63,7 +63,7 @@ export {
   toEdmKwargs,
   type UNetConfig,
 } from "./lib/nets/config.ts";
-export type { DenoiseOptions, DenoiseResult, Denoiser, ReturnFlag } from "./lib/nets/types.ts";
+export type { DenoiseOptions, Denoiser, DenoiseResult, ReturnFlag } from "./lib/nets/types.ts";
 export { EDMPrecond, InputError } from "./lib/nets/precond.ts";
 export { Module, StateDictError } from "./lib/nets/module.ts";
 export {

@@ -56,7 +56,9 @@ export function nhwc(t: HostTensor): tf.Tensor {
 
 /** Largest absolute difference between two tensors of the same shape. */
 export async function maxAbsDiff(a: tf.Tensor, b: tf.Tensor): Promise<number> {
-  if (a.shape.join() !== b.shape.join()) throw new Error(`shape mismatch [${a.shape}] vs [${b.shape}]`);
+  if (a.shape.join() !== b.shape.join()) {
+    throw new Error(`shape mismatch [${a.shape}] vs [${b.shape}]`);
+  }
   const d = tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))));
   const v = (await d.data())[0];
   d.dispose();

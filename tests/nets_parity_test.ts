@@ -29,7 +29,11 @@ for (const name of NETS) {
 
         const d = fx.net.denoise(x, sigma, { labels, augmentLabels });
         const l = fx.net.denoise(x, sigma, { labels, augmentLabels, returnFlag: "encoder" });
-        const both = fx.net.denoise(x, sigma, { labels, augmentLabels, returnFlag: "encoder_decoder" });
+        const both = fx.net.denoise(x, sigma, {
+          labels,
+          augmentLabels,
+          returnFlag: "encoder_decoder",
+        });
         assert.equal(tf.memory().numTensors, before + 4, "denoise leaked tensors");
 
         const errD = await maxAbsDiff(d, wantD);
@@ -38,10 +42,19 @@ for (const name of NETS) {
         const errBothL = await maxAbsDiff(both.logits, wantL);
         const scale = await maxAbs(wantD);
         assert.ok(scale > 0.01, "reference output is degenerate");
-        for (const [what, err] of [["denoised", errD], ["logits", errL], ["e_d denoised", errBothD], ["e_d logits", errBothL]] as const) {
+        for (
+          const [what, err] of [["denoised", errD], ["logits", errL], ["e_d denoised", errBothD], [
+            "e_d logits",
+            errBothL,
+          ]] as const
+        ) {
           assert.ok(err < TOL, `${name} case ${i} ${what}: max abs error ${err}`);
         }
-        tf.dispose([x, sigma, labels, augmentLabels, wantD, wantL, d, l, both.denoised, both.logits].filter((t) => t) as tf.Tensor[]);
+        tf.dispose(
+          [x, sigma, labels, augmentLabels, wantD, wantL, d, l, both.denoised, both.logits].filter((
+            t,
+          ) => t) as tf.Tensor[],
+        );
       }
     } finally {
       fx.net.dispose();

@@ -26,7 +26,6 @@ interface PresetRecord {
   param_count: number;
 }
 
-
 /** A tiny conditional network with attention, for gradient and memory tests. */
 function tinyConfig(arch: "SongUNet" | "DhariwalUNet" = "SongUNet"): NetworkConfigInput {
   const common = { imgResolution: 8, imgChannels: 2, labelDim: 3, augmentDim: 9 };
@@ -45,7 +44,14 @@ function tinyConfig(arch: "SongUNet" | "DhariwalUNet" = "SongUNet"): NetworkConf
     }
     : {
       ...common,
-      unet: { arch, modelChannels: 64, channelMult: [1, 2], numBlocks: 1, attnResolutions: [4], dropout: 0.2 },
+      unet: {
+        arch,
+        modelChannels: 64,
+        channelMult: [1, 2],
+        numBlocks: 1,
+        attnResolutions: [4],
+        dropout: 0.2,
+      },
     };
 }
 
@@ -66,7 +72,9 @@ Deno.test("official presets build with exactly the reference parameter names, sh
     try {
       const ours = net.namedTensors();
       const params = ours.filter(([, e]) => e.kind === "param").map(([n, e]) => [n, e.torchShape]);
-      const buffers = ours.filter(([, e]) => e.kind === "buffer").map(([n, e]) => [n, e.torchShape]);
+      const buffers = ours.filter(([, e]) => e.kind === "buffer").map((
+        [n, e],
+      ) => [n, e.torchShape]);
       assert.deepEqual(params, ref.params, `${name}: parameter names/shapes/order`);
       assert.deepEqual(
         buffers.map(([n, s]) => `${n}:${s}`).sort(),
@@ -134,7 +142,11 @@ Deno.test("loadStateDict rejects missing, unexpected and wrong-shape tensors and
   const before = await net.stateDict();
   const missing = new Map(state);
   missing.delete("model.map_layer0.weight");
-  assert.throws(() => net.loadStateDict(missing), (e: Error) => e instanceof StateDictError && /missing model\.map_layer0\.weight/.test(e.message));
+  assert.throws(
+    () => net.loadStateDict(missing),
+    (e: Error) =>
+      e instanceof StateDictError && /missing model\.map_layer0\.weight/.test(e.message),
+  );
   const extra = new Map(state);
   extra.set("model.bogus", { dtype: "float32", shape: [1], data: new Float32Array(1) });
   assert.throws(() => net.loadStateDict(extra), /unexpected model\.bogus/);
@@ -153,7 +165,9 @@ Deno.test("loadNetwork: missing file, non-network safetensors, corrupt file give
   await setupBackend();
   const dir = await Deno.makeTempDir();
   await assert.rejects(loadNetwork(`${dir}/nope.safetensors`), IoError);
-  await writeSafetensors(`${dir}/plain.safetensors`, { a: { dtype: "float32", shape: [1], data: new Float32Array(1) } });
+  await writeSafetensors(`${dir}/plain.safetensors`, {
+    a: { dtype: "float32", shape: [1], data: new Float32Array(1) },
+  });
   await assert.rejects(loadNetwork(`${dir}/plain.safetensors`), /no network config/);
   await Deno.writeFile(`${dir}/junk.safetensors`, new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8, 9]));
   await assert.rejects(loadNetwork(`${dir}/junk.safetensors`), IoError);
@@ -194,7 +208,8 @@ async function checkAlongGradient(
   const dirs = g.map((gi) => tf.div(gi, norm));
   tf.dispose(g);
   const h = 1e-2;
-  const shift = (k: number) => tf.tidy(() => vars.forEach((v, i) => v.assign(tf.add(v, tf.mul(dirs[i], k)))));
+  const shift = (k: number) =>
+    tf.tidy(() => vars.forEach((v, i) => v.assign(tf.add(v, tf.mul(dirs[i], k)))));
   shift(h);
   const fp = f();
   shift(-2 * h);
@@ -203,7 +218,10 @@ async function checkAlongGradient(
   const numeric = ((await fp.data())[0] - (await fm.data())[0]) / (2 * h);
   tf.dispose([fp, fm, ...dirs]);
   const rel = Math.abs(norm - numeric) / norm;
-  assert.ok(rel < 1e-2, `${label}: gradient norm ${norm} vs finite difference ${numeric} (rel ${rel})`);
+  assert.ok(
+    rel < 1e-2,
+    `${label}: gradient norm ${norm} vs finite difference ${numeric} (rel ${rel})`,
+  );
   return norm;
 }
 
@@ -235,7 +253,10 @@ for (const arch of ["SongUNet", "DhariwalUNet"] as const) {
     await checkAlongGradient(f, named.map(([, v]) => v), `${arch} d/d(all weights)`);
     // A few individual tensors of different kinds: embedding, attention, norm, output.
     for (const [name, v] of named) {
-      if (/map_layer0\.weight|map_label\.weight|qkv\.weight|enc\.8x8_conv\.weight|norm1\.weight$/.test(name)) {
+      if (
+        /map_layer0\.weight|map_label\.weight|qkv\.weight|enc\.8x8_conv\.weight|norm1\.weight$/
+          .test(name)
+      ) {
         await checkAlongGradient(f, [v], `${arch} d/d${name}`);
       }
     }
@@ -292,7 +313,12 @@ Deno.test("repeated denoise calls keep tf.memory().numTensors flat", async () =>
   const start = tf.memory().numTensors;
   for (let i = 0; i < 5; i++) {
     for (const flag of ["decoder", "encoder", "encoder_decoder"] as const) {
-      const out = net.denoise(x, i % 2 ? 0.5 : [0.2, 3], { labels, augmentLabels: aug, returnFlag: flag, training: i % 2 === 0 });
+      const out = net.denoise(x, i % 2 ? 0.5 : [0.2, 3], {
+        labels,
+        augmentLabels: aug,
+        returnFlag: flag,
+        training: i % 2 === 0,
+      });
       tf.dispose(out as tf.TensorContainer);
     }
   }
@@ -306,14 +332,33 @@ Deno.test("bad inputs and configs give clear errors", async () => {
   const net = createNetwork(tinyConfig(), { seed: 6 });
   const x = tf.zeros([2, 8, 8, 2]) as tf.Tensor4D;
   const nchw = tf.zeros([2, 2, 8, 8]) as tf.Tensor4D;
-  assert.throws(() => net.denoise(nchw, 1), (e: Error) => e instanceof InputError && /NHWC/.test(e.message));
+  assert.throws(
+    () => net.denoise(nchw, 1),
+    (e: Error) => e instanceof InputError && /NHWC/.test(e.message),
+  );
   assert.throws(() => net.denoise(x, [1, 2, 3]), /sigma must hold 1 or 2 values/);
-  assert.throws(() => net.denoise(x, 1, { labels: tf.zeros([2, 5]) as tf.Tensor2D }), /labels must be \[2, 3\]/);
-  assert.throws(() => net.denoise(x, 1, { returnFlag: "bogus" as "decoder" }), /invalid returnFlag/);
-  assert.throws(() => fromEdmKwargs({ img_resolution: 32, img_channels: 3, model_type: "SongUNet", bogus: 1 }), ConfigError);
-  assert.throws(() => fromEdmKwargs({ img_resolution: 32, img_channels: 3, model_type: "UNet" }), /unknown model_type/);
+  assert.throws(
+    () => net.denoise(x, 1, { labels: tf.zeros([2, 5]) as tf.Tensor2D }),
+    /labels must be \[2, 3\]/,
+  );
+  assert.throws(
+    () => net.denoise(x, 1, { returnFlag: "bogus" as "decoder" }),
+    /invalid returnFlag/,
+  );
+  assert.throws(
+    () => fromEdmKwargs({ img_resolution: 32, img_channels: 3, model_type: "SongUNet", bogus: 1 }),
+    ConfigError,
+  );
+  assert.throws(
+    () => fromEdmKwargs({ img_resolution: 32, img_channels: 3, model_type: "UNet" }),
+    /unknown model_type/,
+  );
   assert.throws(() => preset("nope"), /unknown preset 'nope'/);
-  assert.throws(() => createNetwork({ imgResolution: 30, unet: { arch: "SongUNet", channelMult: [1, 2, 2, 2] } }), /not divisible/);
+  assert.throws(
+    () =>
+      createNetwork({ imgResolution: 30, unet: { arch: "SongUNet", channelMult: [1, 2, 2, 2] } }),
+    /not divisible/,
+  );
   tf.dispose([x, nchw]);
   net.dispose();
 });

@@ -87,7 +87,11 @@ export interface NetworkConfig {
 /** Partial configuration accepted by {@linkcode resolveConfig}: everything but `unet.arch` is optional. */
 export type NetworkConfigInput =
   & Partial<Omit<NetworkConfig, "unet">>
-  & { unet: Partial<SongUNetConfig> & { arch: "SongUNet" } | Partial<DhariwalUNetConfig> & { arch: "DhariwalUNet" } };
+  & {
+    unet:
+      | Partial<SongUNetConfig> & { arch: "SongUNet" }
+      | Partial<DhariwalUNetConfig> & { arch: "DhariwalUNet" };
+  };
 
 /** Error for an invalid network configuration. */
 export class ConfigError extends Error {
@@ -128,7 +132,9 @@ export function resolveConfig(input: NetworkConfigInput): NetworkConfig {
   const u = input.unet;
   if (!u || (u.arch !== "SongUNet" && u.arch !== "DhariwalUNet")) {
     throw new ConfigError(
-      `unknown architecture '${(u as { arch?: string })?.arch}' (expected SongUNet or DhariwalUNet)`,
+      `unknown architecture '${
+        (u as { arch?: string })?.arch
+      }' (expected SongUNet or DhariwalUNet)`,
     );
   }
   const unet: UNetConfig = u.arch === "SongUNet"
@@ -169,7 +175,9 @@ function validateConfig(c: NetworkConfig): void {
   if (!(c.sigmaData > 0)) bad(`sigmaData ${c.sigmaData}`);
   const u = c.unet;
   if (!isPosInt(u.modelChannels)) bad(`modelChannels ${u.modelChannels}`);
-  if (!Array.isArray(u.channelMult) || u.channelMult.length === 0 || !u.channelMult.every(isPosInt)) {
+  if (
+    !Array.isArray(u.channelMult) || u.channelMult.length === 0 || !u.channelMult.every(isPosInt)
+  ) {
     bad(`channelMult ${JSON.stringify(u.channelMult)}`);
   }
   if (!isPosInt(u.channelMultEmb)) bad(`channelMultEmb ${u.channelMultEmb}`);
@@ -184,8 +192,12 @@ function validateConfig(c: NetworkConfig): void {
   const minCh = Math.min(u.modelChannels, ...u.channelMult.map((m) => m * u.modelChannels));
   if (minCh % 4 !== 0) bad(`channel counts must be multiples of 4 for GroupNorm (got ${minCh})`);
   if (u.arch === "SongUNet") {
-    if (!["positional", "fourier"].includes(u.embeddingType)) bad(`embeddingType ${u.embeddingType}`);
-    if (!["standard", "skip", "residual"].includes(u.encoderType)) bad(`encoderType ${u.encoderType}`);
+    if (!["positional", "fourier"].includes(u.embeddingType)) {
+      bad(`embeddingType ${u.embeddingType}`);
+    }
+    if (!["standard", "skip", "residual"].includes(u.encoderType)) {
+      bad(`encoderType ${u.encoderType}`);
+    }
     if (!["standard", "skip"].includes(u.decoderType)) bad(`decoderType ${u.decoderType}`);
     if (!isPosInt(u.channelMultNoise)) bad(`channelMultNoise ${u.channelMultNoise}`);
     if ((u.modelChannels * u.channelMultNoise) % 2 !== 0) bad("noise channels must be even");
@@ -213,10 +225,27 @@ export type EdmKwargs = Record<string, unknown>;
  */
 export function fromEdmKwargs(kw: EdmKwargs): NetworkConfig {
   const known = new Set([
-    "img_resolution", "img_channels", "label_dim", "use_fp16", "sigma_min", "sigma_max",
-    "sigma_data", "model_type", "augment_dim", "model_channels", "channel_mult",
-    "channel_mult_emb", "num_blocks", "attn_resolutions", "dropout", "label_dropout",
-    "embedding_type", "channel_mult_noise", "encoder_type", "decoder_type", "resample_filter",
+    "img_resolution",
+    "img_channels",
+    "label_dim",
+    "use_fp16",
+    "sigma_min",
+    "sigma_max",
+    "sigma_data",
+    "model_type",
+    "augment_dim",
+    "model_channels",
+    "channel_mult",
+    "channel_mult_emb",
+    "num_blocks",
+    "attn_resolutions",
+    "dropout",
+    "label_dropout",
+    "embedding_type",
+    "channel_mult_noise",
+    "encoder_type",
+    "decoder_type",
+    "resample_filter",
   ]);
   for (const k of Object.keys(kw)) {
     if (!known.has(k)) throw new ConfigError(`unsupported network option '${k}'`);
@@ -248,7 +277,15 @@ export function fromEdmKwargs(kw: EdmKwargs): NetworkConfig {
       resampleFilter: arr("resample_filter"),
     } as const
     : { arch, ...common } as const;
-  for (const k of ["embedding_type", "channel_mult_noise", "encoder_type", "decoder_type", "resample_filter"]) {
+  for (
+    const k of [
+      "embedding_type",
+      "channel_mult_noise",
+      "encoder_type",
+      "decoder_type",
+      "resample_filter",
+    ]
+  ) {
     if (arch === "DhariwalUNet" && kw[k] !== undefined) {
       throw new ConfigError(`option '${k}' does not apply to DhariwalUNet`);
     }
@@ -261,7 +298,9 @@ export function fromEdmKwargs(kw: EdmKwargs): NetworkConfig {
     augmentDim: num("augment_dim"),
     useFp16: kw.use_fp16 === undefined ? undefined : Boolean(kw.use_fp16),
     sigmaMin: num("sigma_min"),
-    sigmaMax: sigmaMax === undefined || sigmaMax === null || sigmaMax === "inf" ? undefined : Number(sigmaMax),
+    sigmaMax: sigmaMax === undefined || sigmaMax === null || sigmaMax === "inf"
+      ? undefined
+      : Number(sigmaMax),
     sigmaData: num("sigma_data"),
     unet,
   });
@@ -361,7 +400,11 @@ export function preset(name: PresetName | string): NetworkConfig {
         imgChannels: 3,
         labelDim: 0,
         augmentDim: 9,
-        unet: { ...ddpmpp, channelMult: [1, 2, 2, 2], dropout: name.startsWith("ffhq") ? 0.05 : 0.25 },
+        unet: {
+          ...ddpmpp,
+          channelMult: [1, 2, 2, 2],
+          dropout: name.startsWith("ffhq") ? 0.05 : 0.25,
+        },
       });
     case "imagenet64-adm":
       return resolveConfig({
@@ -388,6 +431,8 @@ export function preset(name: PresetName | string): NetworkConfig {
         },
       });
     default:
-      throw new ConfigError(`unknown preset '${name}' (expected one of: ${PRESET_NAMES.join(", ")})`);
+      throw new ConfigError(
+        `unknown preset '${name}' (expected one of: ${PRESET_NAMES.join(", ")})`,
+      );
   }
 }

@@ -6,10 +6,24 @@
  */
 import { tf } from "../deps.ts";
 import type { DhariwalUNetConfig } from "./config.ts";
-import type { InitSpec, Initializer } from "./init.ts";
-import { Conv2d, GroupNorm, Linear, PositionalEmbedding, silu, UNetBlock, type UNetBlockOptions } from "./layers.ts";
+import type { Initializer, InitSpec } from "./init.ts";
+import {
+  Conv2d,
+  GroupNorm,
+  Linear,
+  PositionalEmbedding,
+  silu,
+  UNetBlock,
+  type UNetBlockOptions,
+} from "./layers.ts";
 import { Module } from "./module.ts";
-import { encoderLogits, labelDropout, ModuleDict, type UNetInputs, type UNetOutputs } from "./song_unet.ts";
+import {
+  encoderLogits,
+  labelDropout,
+  ModuleDict,
+  type UNetInputs,
+  type UNetOutputs,
+} from "./song_unet.ts";
 
 /** The ADM U-Net. */
 export class DhariwalUNet extends Module {
@@ -47,7 +61,11 @@ export class DhariwalUNet extends Module {
     this.outChannels = o.outChannels;
     this.labelDim = o.labelDim;
     const embChannels = c.modelChannels * c.channelMultEmb;
-    const initK: InitSpec = { mode: "kaiming_uniform", weight: Math.sqrt(1 / 3), bias: Math.sqrt(1 / 3) };
+    const initK: InitSpec = {
+      mode: "kaiming_uniform",
+      weight: Math.sqrt(1 / 3),
+      bias: Math.sqrt(1 / 3),
+    };
     const initZero: InitSpec = { mode: "kaiming_uniform", weight: 0, bias: 0 };
     const block: UNetBlockOptions = {
       embChannels,
@@ -65,8 +83,14 @@ export class DhariwalUNet extends Module {
         new Linear(init, o.augmentDim, c.modelChannels, { bias: false, init: initZero }),
       );
     }
-    this.mapLayer0 = this.addChild("map_layer0", new Linear(init, c.modelChannels, embChannels, { init: initK }));
-    this.mapLayer1 = this.addChild("map_layer1", new Linear(init, embChannels, embChannels, { init: initK }));
+    this.mapLayer0 = this.addChild(
+      "map_layer0",
+      new Linear(init, c.modelChannels, embChannels, { init: initK }),
+    );
+    this.mapLayer1 = this.addChild(
+      "map_layer1",
+      new Linear(init, embChannels, embChannels, { init: initK }),
+    );
     if (o.labelDim) {
       this.mapLabel = this.addChild(
         "map_label",
@@ -95,7 +119,10 @@ export class DhariwalUNet extends Module {
         const cin = cout;
         cout = c.modelChannels * mult;
         const attention = c.attnResolutions.includes(res);
-        enc.set(`${res}x${res}_block${idx}`, new UNetBlock(init, cin, cout, { ...block, attention }));
+        enc.set(
+          `${res}x${res}_block${idx}`,
+          new UNetBlock(init, cin, cout, { ...block, attention }),
+        );
         skips.push(cout);
       }
     });
@@ -107,7 +134,10 @@ export class DhariwalUNet extends Module {
       const mult = c.channelMult[level];
       const res = o.imgResolution >> level;
       if (level === levels - 1) {
-        dec.set(`${res}x${res}_in0`, new UNetBlock(init, cout, cout, { ...block, attention: true }));
+        dec.set(
+          `${res}x${res}_in0`,
+          new UNetBlock(init, cout, cout, { ...block, attention: true }),
+        );
         dec.set(`${res}x${res}_in1`, new UNetBlock(init, cout, cout, block));
       } else {
         dec.set(`${res}x${res}_up`, new UNetBlock(init, cout, cout, { ...block, up: true }));
@@ -116,21 +146,34 @@ export class DhariwalUNet extends Module {
         const cin = cout + skips.pop()!;
         cout = c.modelChannels * mult;
         const attention = c.attnResolutions.includes(res);
-        dec.set(`${res}x${res}_block${idx}`, new UNetBlock(init, cin, cout, { ...block, attention }));
+        dec.set(
+          `${res}x${res}_block${idx}`,
+          new UNetBlock(init, cin, cout, { ...block, attention }),
+        );
       }
     }
     this.outNorm = this.addChild("out_norm", new GroupNorm(cout));
-    this.outConv = this.addChild("out_conv", new Conv2d(init, cout, o.outChannels, 3, { init: initZero }));
+    this.outConv = this.addChild(
+      "out_conv",
+      new Conv2d(init, cout, o.outChannels, 3, { init: initZero }),
+    );
   }
 
   /** The mapping network → `[N or 1, embChannels]`. */
   embed(i: UNetInputs): tf.Tensor2D {
     let emb = this.mapNoise.forward(i.noiseLabels);
-    if (this.mapAugment && i.augmentLabels) emb = tf.add(emb, this.mapAugment.forward(i.augmentLabels));
+    if (this.mapAugment && i.augmentLabels) {
+      emb = tf.add(emb, this.mapAugment.forward(i.augmentLabels));
+    }
     emb = silu(this.mapLayer0.forward(emb)) as tf.Tensor2D;
     emb = this.mapLayer1.forward(emb);
     if (this.mapLabel && i.classLabels) {
-      const labels = labelDropout(i.classLabels, this.config.labelDropout, this.training, i.x.shape[0]);
+      const labels = labelDropout(
+        i.classLabels,
+        this.config.labelDropout,
+        this.training,
+        i.x.shape[0],
+      );
       emb = tf.add(emb, this.mapLabel.forward(labels));
     }
     return silu(emb) as tf.Tensor2D;

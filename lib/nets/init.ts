@@ -48,7 +48,10 @@ export class Initializer {
     const seed = this.nextSeed();
     switch (mode) {
       case "xavier_uniform":
-        return tf.mul(tf.randomUniform(shape, -1, 1, "float32", seed), Math.sqrt(6 / (fanIn + fanOut)) * gain);
+        return tf.mul(
+          tf.randomUniform(shape, -1, 1, "float32", seed),
+          Math.sqrt(6 / (fanIn + fanOut)) * gain,
+        );
       case "xavier_normal":
         return tf.randomNormal(shape, 0, Math.sqrt(2 / (fanIn + fanOut)) * gain, "float32", seed);
       case "kaiming_uniform":

@@ -8,7 +8,7 @@
  * @module
  */
 import { tf } from "../deps.ts";
-import { DEFAULT_INIT, type InitSpec, type Initializer } from "./init.ts";
+import { DEFAULT_INIT, type Initializer, type InitSpec } from "./init.ts";
 import { Module } from "./module.ts";
 
 /** silu(x) = x · sigmoid(x). */
@@ -71,7 +71,9 @@ export function resampleFilter2d(f: number[]): tf.Tensor {
   const s = f.reduce((a, b) => a + b, 0);
   const L = f.length;
   const vals = new Float32Array(L * L);
-  for (let i = 0; i < L; i++) for (let j = 0; j < L; j++) vals[i * L + j] = Math.fround(f[i] * f[j]) / Math.fround(s * s);
+  for (let i = 0; i < L; i++) {
+    for (let j = 0; j < L; j++) vals[i * L + j] = Math.fround(f[i] * f[j]) / Math.fround(s * s);
+  }
   return tf.tensor(vals, [1, 1, L, L]);
 }
 
@@ -112,7 +114,12 @@ export function downsample(x: tf.Tensor4D, f: tf.Tensor, pad: number): tf.Tensor
 export function upsample(x: tf.Tensor4D, f: tf.Tensor, pad: number): tf.Tensor4D {
   const [n, h, w, c] = x.shape;
   if (isBox(f) && pad === 0) {
-    const cols = tf.reshape(tf.tile(tf.reshape(x, [n * h, w, 1, c]), [1, 1, 2, 1]), [n * h, 1, 2 * w, c]);
+    const cols = tf.reshape(tf.tile(tf.reshape(x, [n * h, w, 1, c]), [1, 1, 2, 1]), [
+      n * h,
+      1,
+      2 * w,
+      c,
+    ]);
     return tf.reshape(tf.tile(cols, [1, 2, 1, 1]), [n, 2 * h, 2 * w, c]) as tf.Tensor4D;
   }
   const L = f.shape[3]!;
@@ -182,7 +189,14 @@ export class Conv2d extends Module {
         "weight",
         [outChannels, inChannels, kernel, kernel],
         "conv",
-        () => init.weight([kernel, kernel, inChannels, outChannels], spec.mode, fanIn, fanOut, spec.weight),
+        () =>
+          init.weight(
+            [kernel, kernel, inChannels, outChannels],
+            spec.mode,
+            fanIn,
+            fanOut,
+            spec.weight,
+          ),
       );
       if (opts.bias ?? true) {
         this.bias = this.addParam(
@@ -240,10 +254,16 @@ export class GroupNorm extends Module {
   readonly weight: tf.Variable;
   readonly bias: tf.Variable;
 
-  constructor(numChannels: number, opts: { numGroups?: number; minChannelsPerGroup?: number; eps?: number } = {}) {
+  constructor(
+    numChannels: number,
+    opts: { numGroups?: number; minChannelsPerGroup?: number; eps?: number } = {},
+  ) {
     super();
     this.numChannels = numChannels;
-    this.numGroups = Math.min(opts.numGroups ?? 32, Math.floor(numChannels / (opts.minChannelsPerGroup ?? 4)));
+    this.numGroups = Math.min(
+      opts.numGroups ?? 32,
+      Math.floor(numChannels / (opts.minChannelsPerGroup ?? 4)),
+    );
     if (this.numGroups < 1 || numChannels % this.numGroups !== 0) {
       throw new Error(`GroupNorm: ${numChannels} channels cannot form ${this.numGroups} groups`);
     }
@@ -363,7 +383,9 @@ export class UNetBlock extends Module {
     super();
     this.inChannels = inChannels;
     this.outChannels = outChannels;
-    this.numHeads = !o.attention ? 0 : o.numHeads ?? Math.floor(outChannels / (o.channelsPerHead ?? 64));
+    this.numHeads = !o.attention
+      ? 0
+      : o.numHeads ?? Math.floor(outChannels / (o.channelsPerHead ?? 64));
     if (o.attention && this.numHeads < 1) {
       throw new Error(`UNetBlock: attention with ${outChannels} channels gives no heads`);
     }
@@ -375,16 +397,27 @@ export class UNetBlock extends Module {
     const initSpec = o.init ?? DEFAULT_INIT;
     const initZero = o.initZero ?? { ...DEFAULT_INIT, weight: 0 };
     this.norm0 = this.addChild("norm0", new GroupNorm(inChannels, { eps }));
-    this.conv0 = this.addChild("conv0", new Conv2d(init, inChannels, outChannels, 3, { ...rs, init: initSpec }));
+    this.conv0 = this.addChild(
+      "conv0",
+      new Conv2d(init, inChannels, outChannels, 3, { ...rs, init: initSpec }),
+    );
     this.affine = this.addChild(
       "affine",
-      new Linear(init, o.embChannels, outChannels * (this.adaptiveScale ? 2 : 1), { init: initSpec }),
+      new Linear(init, o.embChannels, outChannels * (this.adaptiveScale ? 2 : 1), {
+        init: initSpec,
+      }),
     );
     this.norm1 = this.addChild("norm1", new GroupNorm(outChannels, { eps }));
-    this.conv1 = this.addChild("conv1", new Conv2d(init, outChannels, outChannels, 3, { init: initZero }));
+    this.conv1 = this.addChild(
+      "conv1",
+      new Conv2d(init, outChannels, outChannels, 3, { init: initZero }),
+    );
     if (outChannels !== inChannels || o.up || o.down) {
       const kernel = o.resampleProj || outChannels !== inChannels ? 1 : 0;
-      this.skip = this.addChild("skip", new Conv2d(init, inChannels, outChannels, kernel, { ...rs, init: initSpec }));
+      this.skip = this.addChild(
+        "skip",
+        new Conv2d(init, inChannels, outChannels, kernel, { ...rs, init: initSpec }),
+      );
     }
     if (this.numHeads) {
       this.norm2 = this.addChild("norm2", new GroupNorm(outChannels, { eps }));
@@ -392,7 +425,10 @@ export class UNetBlock extends Module {
         "qkv",
         new Conv2d(init, outChannels, outChannels * 3, 1, { init: o.initAttn ?? initSpec }),
       );
-      this.proj = this.addChild("proj", new Conv2d(init, outChannels, outChannels, 1, { init: initZero }));
+      this.proj = this.addChild(
+        "proj",
+        new Conv2d(init, outChannels, outChannels, 1, { init: initZero }),
+      );
     }
   }
 
@@ -425,12 +461,21 @@ export class UNetBlock extends Module {
     const hw = h * w;
     const qkv = tf.reshape(this.qkv!.forward(this.norm2!.forward(x)), [n * hw * heads * ch, 3]);
     const [q, k, v] = tf.unstack(qkv, 1).map((t) =>
-      tf.reshape(tf.transpose(tf.reshape(t, [n, hw, heads, ch]), [0, 2, 1, 3]), [n * heads, hw, ch]) as tf.Tensor3D
+      tf.reshape(tf.transpose(tf.reshape(t, [n, hw, heads, ch]), [0, 2, 1, 3]), [
+        n * heads,
+        hw,
+        ch,
+      ]) as tf.Tensor3D
     );
     // w[i, j] = softmax_j(Σ_c q[c, i]·k[c, j] / sqrt(Ch)); EDM scales k before the product.
     const wts = tf.softmax(tf.matMul(q, tf.div(k, Math.sqrt(ch)), false, true));
     const a = tf.matMul(wts, v); // [n·heads, hw, ch]
-    const merged = tf.reshape(tf.transpose(tf.reshape(a, [n, heads, hw, ch]), [0, 2, 1, 3]), [n, h, w, c]);
+    const merged = tf.reshape(tf.transpose(tf.reshape(a, [n, heads, hw, ch]), [0, 2, 1, 3]), [
+      n,
+      h,
+      w,
+      c,
+    ]);
     const y = tf.add(this.proj!.forward(merged as tf.Tensor4D), x);
     return (this.skipScale !== 1 ? tf.mul(y, this.skipScale) : y) as tf.Tensor4D;
   }

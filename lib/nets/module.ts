@@ -144,7 +144,9 @@ export class Module {
 
   /** Trainable parameters with their dotted names. */
   namedParameters(): [string, tf.Variable][] {
-    return this.namedTensors().filter(([, e]) => e.kind === "param").map(([n, e]) => [n, e.variable]);
+    return this.namedTensors().filter(([, e]) => e.kind === "param").map((
+      [n, e],
+    ) => [n, e.variable]);
   }
 
   /** The number of trainable parameter elements (what PyTorch's `numel` sum over `parameters()` gives). */
@@ -214,11 +216,14 @@ export class Module {
       ? [...map.keys()].filter((k) => k.startsWith(prefix) && !known.has(k))
       : [];
     const problems: string[] = [];
-    const list = (xs: string[]) => xs.slice(0, 5).join(", ") + (xs.length > 5 ? `, … (${xs.length} in all)` : "");
+    const list = (xs: string[]) =>
+      xs.slice(0, 5).join(", ") + (xs.length > 5 ? `, … (${xs.length} in all)` : "");
     if (strict && missing.length) problems.push(`missing ${list(missing)}`);
     if (wrong.length) problems.push(`wrong shape ${list(wrong)}`);
     if (unexpected.length) problems.push(`unexpected ${list(unexpected)}`);
-    if (problems.length) throw new StateDictError(`state dict does not match the network: ${problems.join("; ")}`);
+    if (problems.length) {
+      throw new StateDictError(`state dict does not match the network: ${problems.join("; ")}`);
+    }
     for (const [name, e] of ours) {
       const t = map.get(prefix + name);
       if (!t) continue;
@@ -237,7 +242,9 @@ export class Module {
     for (const [name, e] of ours) {
       const t = theirs.get(name);
       if (!t || !sameShape(t.variable.shape, e.variable.shape)) {
-        throw new StateDictError(`cannot copy: '${name}' missing or of another shape in the source`);
+        throw new StateDictError(
+          `cannot copy: '${name}' missing or of another shape in the source`,
+        );
       }
     }
     for (const [name, e] of ours) e.variable.assign(theirs.get(name)!.variable);

@@ -15,10 +15,17 @@
  *
  * @module
  */
-import { type NetworkConfig, type NetworkConfigInput, fromEdmKwargs, resolveConfig, toEdmKwargs } from "./config.ts";
+import {
+  fromEdmKwargs,
+  type NetworkConfig,
+  type NetworkConfigInput,
+  resolveConfig,
+  toEdmKwargs,
+} from "./config.ts";
 import { EDMPrecond } from "./precond.ts";
 import { IoError } from "../io/host_tensor.ts";
 import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
+import { importNetwork } from "./import.ts";
 
 export { preset } from "./config.ts";
 
@@ -85,13 +92,14 @@ export function configFromMetadata(metadata: Record<string, string>, path = "fil
 
 /**
  * Loads a network saved by {@linkcode saveNetwork} (or any safetensors file holding an EDM
- * state dict with the config in its metadata). Every tensor must be present with the expected
- * shape; float16/bfloat16 weights are converted to float32.
+ * state dict with the config in its metadata), or imports one from an official PyTorch file
+ * (`.pkl`, `.pt`, `.pth`; see `importNetwork` in `import.ts`). Every tensor must be present with
+ * the expected shape; float16/bfloat16 weights are converted to float32.
  */
 export async function loadNetwork(path: string): Promise<EDMPrecond> {
   const lower = path.toLowerCase();
   if (lower.endsWith(".pkl") || lower.endsWith(".pt") || lower.endsWith(".pth")) {
-    throw new IoError(`${path}: reading ${lower.slice(lower.lastIndexOf("."))} files is not supported yet; convert to .safetensors first`);
+    return (await importNetwork(path)).net;
   }
   const { tensors, metadata } = await readSafetensors(path);
   const config = configFromMetadata(metadata, path);

@@ -13,7 +13,7 @@ import { DhariwalUNet } from "./dhariwal_unet.ts";
 import { Initializer } from "./init.ts";
 import { Module } from "./module.ts";
 import { SongUNet } from "./song_unet.ts";
-import type { DenoiseOptions, DenoiseResult, Denoiser, ReturnFlag } from "./types.ts";
+import type { DenoiseOptions, Denoiser, DenoiseResult, ReturnFlag } from "./types.ts";
 
 /** Error for inputs of the wrong shape or kind given to a network. */
 export class InputError extends Error {
@@ -67,7 +67,9 @@ export class EDMPrecond extends Module implements Denoiser {
   /** Checks shapes and makes σ a `[N or 1, 1, 1, 1]` tensor. */
   #prepare(x: tf.Tensor4D, sigma: number | number[] | tf.Tensor, o: DenoiseOptions): tf.Tensor4D {
     const [n, h, w, c] = x.shape;
-    if (x.rank !== 4 || h !== this.imgResolution || w !== this.imgResolution || c !== this.imgChannels) {
+    if (
+      x.rank !== 4 || h !== this.imgResolution || w !== this.imgResolution || c !== this.imgChannels
+    ) {
       throw new InputError(
         `expected images [N, ${this.imgResolution}, ${this.imgResolution}, ${this.imgChannels}] (NHWC), got [${x.shape}]`,
       );
@@ -76,17 +78,26 @@ export class EDMPrecond extends Module implements Denoiser {
     if (typeof sigma === "number") s = tf.scalar(sigma);
     else if (Array.isArray(sigma)) s = tf.tensor1d(sigma);
     else s = tf.cast(sigma, "float32");
-    if (s.size !== 1 && s.size !== n) throw new InputError(`sigma must hold 1 or ${n} values, got ${s.size}`);
+    if (s.size !== 1 && s.size !== n) {
+      throw new InputError(`sigma must hold 1 or ${n} values, got ${s.size}`);
+    }
     if (o.labels) {
       if (!this.labelDim) throw new InputError("labels given to an unconditional network");
-      if (o.labels.rank !== 2 || o.labels.shape[1] !== this.labelDim || (o.labels.shape[0] !== n && o.labels.shape[0] !== 1)) {
+      if (
+        o.labels.rank !== 2 || o.labels.shape[1] !== this.labelDim ||
+        (o.labels.shape[0] !== n && o.labels.shape[0] !== 1)
+      ) {
         throw new InputError(`labels must be [${n}, ${this.labelDim}], got [${o.labels.shape}]`);
       }
     }
     if (o.augmentLabels) {
-      if (!this.augmentDim) throw new InputError("augment labels given to a network without augment_dim");
+      if (!this.augmentDim) {
+        throw new InputError("augment labels given to a network without augment_dim");
+      }
       const a = o.augmentLabels;
-      if (a.rank !== 2 || a.shape[1] !== this.augmentDim || (a.shape[0] !== n && a.shape[0] !== 1)) {
+      if (
+        a.rank !== 2 || a.shape[1] !== this.augmentDim || (a.shape[0] !== n && a.shape[0] !== 1)
+      ) {
         throw new InputError(`augment labels must be [${n}, ${this.augmentDim}], got [${a.shape}]`);
       }
     }
@@ -111,7 +122,9 @@ export class EDMPrecond extends Module implements Denoiser {
   ): DenoiseResult<F> {
     const flag: ReturnFlag = options.returnFlag ?? "decoder";
     if (!["decoder", "encoder", "encoder_decoder"].includes(flag)) {
-      throw new InputError(`invalid returnFlag '${flag}' (expected decoder, encoder or encoder_decoder)`);
+      throw new InputError(
+        `invalid returnFlag '${flag}' (expected decoder, encoder or encoder_decoder)`,
+      );
     }
     const training = options.training ?? false;
     const wasTraining = this.training;
@@ -127,7 +140,9 @@ export class EDMPrecond extends Module implements Denoiser {
         const cIn = tf.div(1, denom);
         const cNoise = tf.reshape(tf.div(tf.log(s), 4), [-1]) as tf.Tensor1D;
         const classLabels = this.labelDim
-          ? (options.labels ? tf.cast(options.labels, "float32") as tf.Tensor2D : tf.zeros([1, this.labelDim]) as tf.Tensor2D)
+          ? (options.labels
+            ? tf.cast(options.labels, "float32") as tf.Tensor2D
+            : tf.zeros([1, this.labelDim]) as tf.Tensor2D)
           : undefined;
         const { out, logits } = this.model.forward({
           x: tf.mul(cIn, x) as tf.Tensor4D,

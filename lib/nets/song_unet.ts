@@ -6,7 +6,7 @@
  */
 import { tf } from "../deps.ts";
 import type { SongUNetConfig } from "./config.ts";
-import type { InitSpec, Initializer } from "./init.ts";
+import type { Initializer, InitSpec } from "./init.ts";
 import {
   Conv2d,
   FourierEmbedding,
@@ -53,7 +53,12 @@ export function encoderLogits(x: tf.Tensor4D): tf.Tensor4D {
 }
 
 /** Applies label dropout in training mode: zeroes each sample's label with probability `p`. */
-export function labelDropout(labels: tf.Tensor2D, p: number, training: boolean, n: number): tf.Tensor2D {
+export function labelDropout(
+  labels: tf.Tensor2D,
+  p: number,
+  training: boolean,
+  n: number,
+): tf.Tensor2D {
   if (!training || !p) return labels;
   const keep = tf.cast(tf.greaterEqual(tf.randomUniform([n, 1]), p), "float32");
   return tf.mul(labels, keep) as tf.Tensor2D;
@@ -118,15 +123,26 @@ export class SongUNet extends Module {
         ? new PositionalEmbedding(noiseChannels, { endpoint: true })
         : new FourierEmbedding(init, noiseChannels),
     );
-    if (o.labelDim) this.mapLabel = this.addChild("map_label", new Linear(init, o.labelDim, noiseChannels, { init: initX }));
+    if (o.labelDim) {
+      this.mapLabel = this.addChild(
+        "map_label",
+        new Linear(init, o.labelDim, noiseChannels, { init: initX }),
+      );
+    }
     if (o.augmentDim) {
       this.mapAugment = this.addChild(
         "map_augment",
         new Linear(init, o.augmentDim, noiseChannels, { bias: false, init: initX }),
       );
     }
-    this.mapLayer0 = this.addChild("map_layer0", new Linear(init, noiseChannels, embChannels, { init: initX }));
-    this.mapLayer1 = this.addChild("map_layer1", new Linear(init, embChannels, embChannels, { init: initX }));
+    this.mapLayer0 = this.addChild(
+      "map_layer0",
+      new Linear(init, noiseChannels, embChannels, { init: initX }),
+    );
+    this.mapLayer1 = this.addChild(
+      "map_layer1",
+      new Linear(init, embChannels, embChannels, { init: initX }),
+    );
 
     // Encoder.
     const enc = this.enc = this.addChild("enc", new ModuleDict());
@@ -167,7 +183,10 @@ export class SongUNet extends Module {
         const cin = cout;
         cout = c.modelChannels * mult;
         const attention = c.attnResolutions.includes(res);
-        enc.set(`${res}x${res}_block${idx}`, new UNetBlock(init, cin, cout, { ...block, attention }));
+        enc.set(
+          `${res}x${res}_block${idx}`,
+          new UNetBlock(init, cin, cout, { ...block, attention }),
+        );
         skips.push(cout);
       }
     });
@@ -179,7 +198,10 @@ export class SongUNet extends Module {
       const mult = c.channelMult[level];
       const res = o.imgResolution >> level;
       if (level === levels - 1) {
-        dec.set(`${res}x${res}_in0`, new UNetBlock(init, cout, cout, { ...block, attention: true }));
+        dec.set(
+          `${res}x${res}_in0`,
+          new UNetBlock(init, cout, cout, { ...block, attention: true }),
+        );
         dec.set(`${res}x${res}_in1`, new UNetBlock(init, cout, cout, block));
       } else {
         dec.set(`${res}x${res}_up`, new UNetBlock(init, cout, cout, { ...block, up: true }));
@@ -188,17 +210,26 @@ export class SongUNet extends Module {
         const cin = cout + skips.pop()!;
         cout = c.modelChannels * mult;
         const attention = idx === c.numBlocks && c.attnResolutions.includes(res);
-        dec.set(`${res}x${res}_block${idx}`, new UNetBlock(init, cin, cout, { ...block, attention }));
+        dec.set(
+          `${res}x${res}_block${idx}`,
+          new UNetBlock(init, cin, cout, { ...block, attention }),
+        );
       }
       if (c.decoderType === "skip" || level === 0) {
         if (c.decoderType === "skip" && level < levels - 1) {
           dec.set(
             `${res}x${res}_aux_up`,
-            new Conv2d(init, o.outChannels, o.outChannels, 0, { up: true, resampleFilter: c.resampleFilter }),
+            new Conv2d(init, o.outChannels, o.outChannels, 0, {
+              up: true,
+              resampleFilter: c.resampleFilter,
+            }),
           );
         }
         dec.set(`${res}x${res}_aux_norm`, new GroupNorm(cout, { eps: 1e-6 }));
-        dec.set(`${res}x${res}_aux_conv`, new Conv2d(init, cout, o.outChannels, 3, { init: initZero }));
+        dec.set(
+          `${res}x${res}_aux_conv`,
+          new Conv2d(init, cout, o.outChannels, 3, { init: initZero }),
+        );
       }
     }
   }
@@ -212,9 +243,14 @@ export class SongUNet extends Module {
     if (this.mapLabel && i.classLabels) {
       const n = i.x.shape[0];
       const labels = labelDropout(i.classLabels, this.config.labelDropout, this.training, n);
-      emb = tf.add(emb, this.mapLabel.forward(tf.mul(labels, Math.sqrt(this.labelDim)) as tf.Tensor2D));
+      emb = tf.add(
+        emb,
+        this.mapLabel.forward(tf.mul(labels, Math.sqrt(this.labelDim)) as tf.Tensor2D),
+      );
     }
-    if (this.mapAugment && i.augmentLabels) emb = tf.add(emb, this.mapAugment.forward(i.augmentLabels));
+    if (this.mapAugment && i.augmentLabels) {
+      emb = tf.add(emb, this.mapAugment.forward(i.augmentLabels));
+    }
     emb = silu(this.mapLayer0.forward(emb)) as tf.Tensor2D;
     return silu(this.mapLayer1.forward(emb)) as tf.Tensor2D;
   }

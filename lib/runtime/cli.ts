@@ -15,7 +15,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { BACKEND_NAMES, describeBackend, initBackend, type BackendInfo } from "./backend.ts";
+import { BACKEND_NAMES, type BackendInfo, describeBackend, initBackend } from "./backend.ts";
 
 /** An error that a task reports as one line, without a stack trace (bad flags, bad input). */
 export class UsageError extends Error {
@@ -44,7 +44,12 @@ export function parseFlags(args: string[], spec: FlagSpec, usage: string): Parse
   for (const s of spec.string ?? []) options[s] = { type: "string" };
   for (const b of spec.boolean ?? []) options[b] = { type: "boolean" };
   try {
-    const { values, positionals } = parseArgs({ args, options, allowPositionals: true, strict: true });
+    const { values, positionals } = parseArgs({
+      args,
+      options,
+      allowPositionals: true,
+      strict: true,
+    });
     return { ...(values as Record<string, string | boolean>), positionals };
   } catch (e) {
     const msg = (e as Error).message.replace(/\.?\s*To specify a positional.*$/s, "");
@@ -53,21 +58,34 @@ export function parseFlags(args: string[], spec: FlagSpec, usage: string): Parse
 }
 
 /** Parses a numeric flag value; `undefined` gives the default. */
-export function numberFlag(name: string, value: unknown, fallback: number, opts: { integer?: boolean; min?: number } = {}): number {
+export function numberFlag(
+  name: string,
+  value: unknown,
+  fallback: number,
+  opts: { integer?: boolean; min?: number } = {},
+): number {
   if (value === undefined) return fallback;
   const n = Number(value);
   if (typeof value !== "string" || value.trim() === "" || !Number.isFinite(n)) {
     throw new UsageError(`--${name} must be a number, got '${value}'`);
   }
-  if (opts.integer && !Number.isInteger(n)) throw new UsageError(`--${name} must be an integer, got '${value}'`);
-  if (opts.min !== undefined && n < opts.min) throw new UsageError(`--${name} must be at least ${opts.min}, got ${n}`);
+  if (opts.integer && !Number.isInteger(n)) {
+    throw new UsageError(`--${name} must be an integer, got '${value}'`);
+  }
+  if (opts.min !== undefined && n < opts.min) {
+    throw new UsageError(`--${name} must be at least ${opts.min}, got ${n}`);
+  }
   return n;
 }
 
 /** Starts the backend named by `--backend` (or the automatic choice) and prints the choice once. */
 export async function startBackend(name?: string): Promise<BackendInfo> {
-  if (name !== undefined && name !== "auto" && !(BACKEND_NAMES as readonly string[]).includes(name)) {
-    throw new UsageError(`--backend must be one of ${BACKEND_NAMES.join(", ")}, auto; got '${name}'`);
+  if (
+    name !== undefined && name !== "auto" && !(BACKEND_NAMES as readonly string[]).includes(name)
+  ) {
+    throw new UsageError(
+      `--backend must be one of ${BACKEND_NAMES.join(", ")}, auto; got '${name}'`,
+    );
   }
   const info = await initBackend(name);
   console.error(describeBackend(info));
