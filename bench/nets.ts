@@ -15,7 +15,7 @@ import { preset, PRESET_NAMES } from "../lib/nets/config.ts";
 import { createNetwork } from "../lib/nets/network.ts";
 
 const USAGE =
-  "usage: bench/nets.ts [--nets a,b] [--backends webgpu,cpu] [--batch 8] [--repeats 1] [--json out.json] [--cpu-max-gflop 50]";
+  "usage: bench/nets.ts [--nets a,b] [--backends webgpu,cpu] [--batch 8] [--repeats 1] [--warmup 1] [--json out.json] [--cpu-max-gflop 5]";
 
 interface Row {
   backend: string;
@@ -35,8 +35,8 @@ const GFLOP_PER_IMAGE: Record<string, number> = {
   mnist: 0.85,
 };
 
-async function timeIt(fn: () => Promise<void>, repeats: number): Promise<number> {
-  await fn(); // warm-up
+async function timeIt(fn: () => Promise<void>, repeats: number, warmup: number): Promise<number> {
+  for (let i = 0; i < warmup; i++) await fn(); // WebGPU compiles its shaders on the first call
   const t0 = performance.now();
   for (let i = 0; i < repeats; i++) await fn();
   return (performance.now() - t0) / 1000 / repeats;
@@ -46,6 +46,7 @@ async function benchOne(
   name: string,
   batch: number,
   repeats: number,
+  warmup: number,
 ): Promise<Omit<Row, "backend" | "adapter">> {
   const cfg = preset(name);
   const net = createNetwork(cfg, { seed: 0 });
@@ -66,7 +67,7 @@ async function benchOne(
     const y = net.denoise(x, sigma, { labels });
     await y.data();
     y.dispose();
-  }, repeats);
+  }, repeats, warmup);
   const forwardBackwardS = await timeIt(async () => {
     const { value, grads } = tf.variableGrads(
       () =>
@@ -80,7 +81,7 @@ async function benchOne(
     await value.data();
     for (const g of Object.values(grads)) await g.data();
     tf.dispose([value, ...Object.values(grads)]);
-  }, repeats);
+  }, repeats, warmup);
   if (tf.memory().numTensors !== start) {
     throw new Error(`bench leaked ${tf.memory().numTensors - start} tensors`);
   }
@@ -92,7 +93,7 @@ async function benchOne(
 
 await runMain(async () => {
   const f = parseFlags(Deno.args, {
-    string: ["nets", "backends", "batch", "repeats", "json", "cpu-max-gflop"],
+    string: ["nets", "backends", "batch", "repeats", "warmup", "json", "cpu-max-gflop"],
   }, USAGE);
   const nets = String(f.nets ?? "cifar10-ddpmpp-cond,mnist").split(",");
   for (const n of nets) {
@@ -103,7 +104,8 @@ await runMain(async () => {
   const backends = String(f.backends ?? BACKEND_NAMES.join(",")).split(",");
   const batch = numberFlag("batch", f.batch, 8, { integer: true, min: 1 });
   const repeats = numberFlag("repeats", f.repeats, 1, { integer: true, min: 1 });
-  const cpuMax = numberFlag("cpu-max-gflop", f["cpu-max-gflop"], 50, { min: 0 });
+  const warmup = numberFlag("warmup", f.warmup, 1, { integer: true, min: 0 });
+  const cpuMax = numberFlag("cpu-max-gflop", f["cpu-max-gflop"], 5, { min: 0 });
   const rows: Row[] = [];
   for (const b of backends) {
     let info;
@@ -117,7 +119,7 @@ await runMain(async () => {
       ? `${info.adapter}${info.isFallbackAdapter ? " (software)" : ""}`
       : "tfjs-cpu (JS)";
     for (const n of nets) {
-      const gflop = (GFLOP_PER_IMAGE[n] ?? 0) * batch * 3 * (repeats + 1);
+      const gflop = (GFLOP_PER_IMAGE[n] ?? 0) * batch * 4 * (repeats + warmup);
       if (info.name === "cpu" && gflop > cpuMax) {
         const note = `skipped: ~${
           gflop.toFixed(0)
@@ -136,7 +138,7 @@ await runMain(async () => {
         continue;
       }
       console.error(`${b} ${n}: batch ${batch}, ${repeats} timed repeat(s) after a warm-up…`);
-      rows.push({ backend: b, adapter, ...(await benchOne(n, batch, repeats)) });
+      rows.push({ backend: b, adapter, ...(await benchOne(n, batch, repeats, warmup)) });
     }
   }
   const fmt = (s: number) => Number.isFinite(s) ? s.toFixed(2) : "–";
