@@ -98,3 +98,64 @@ export {
   writeSafetensors,
 } from "./lib/io/safetensors.ts";
 export { writeFileAtomic } from "./lib/io/atomic.ts";
+
+// Data.
+export {
+  createImageDataset,
+  type ImageDataset,
+  type ImageDatasetInit,
+  imageFileName,
+  loadImageZip,
+  type LoadImageZipOptions,
+  mnistDataset,
+  writeImageZip,
+} from "./lib/data/dataset.ts";
+export {
+  type Batch,
+  epochPermutation,
+  InfiniteSampler,
+  makeBatch,
+  type MakeBatchOptions,
+  type SamplerState,
+} from "./lib/data/sampler.ts";
+
+// Distillation: losses (pure functions of tensors), noise levels, optimiser, EMA.
+export {
+  clipValues,
+  fakeScoreDiscriminatorLoss,
+  fakeScoreLoss,
+  fakeStepObjective,
+  G_STEP_WARMUP_NIMG,
+  GAN_WARMUP_NIMG,
+  ganTermEnabled,
+  generatorObjective,
+  generatorStepEnabled,
+  type LossResult,
+  nanToNum,
+  sampleKeepMask,
+  sanitizeGradients,
+  sidaDiscriminatorLoss,
+  sidaGeneratorAdversarialLoss,
+  sidGeneratorLoss,
+  stopGradient,
+} from "./lib/distill/losses.ts";
+export {
+  DEFAULT_ALPHA,
+  DEFAULT_TMAX,
+  edmLossWeight,
+  type RandomSource,
+  sampleFakeSigma,
+  sampleGeneratorSigma,
+  seededRandom,
+} from "./lib/distill/sigma.ts";
+export { Adam, type AdamOptions } from "./lib/distill/optim.ts";
+export { Ema, emaBeta, type EmaOptions, updateEma } from "./lib/distill/ema.ts";
+
+// Checkpoint import (.pkl / .pt, safe pickle reader).
+export {
+  describeImport,
+  importNetwork,
+  type ImportOptions,
+  type ImportSummary,
+  importToSafetensors,
+} from "./lib/nets/import.ts";
