@@ -11,7 +11,7 @@
  * ```ts
  * import { createNetwork, initBackend, preset, tf } from "./mod.ts";
  *
- * await initBackend();                          // webgpu when an adapter exists, else cpu
+ * await initBackend();  // webgpu on a GPU, else native (OpenBLAS), else cpu
  * const net = createNetwork(preset("mnist"), { seed: 0 });
  * const x = tf.randomNormal([4, 32, 32, 1]) as tf.Tensor4D;
  * const labels = tf.oneHot(tf.tensor1d([0, 1, 2, 3], "int32"), 10).toFloat() as tf.Tensor2D;
@@ -44,6 +44,13 @@ export {
   describeBackend,
   initBackend,
 } from "./lib/runtime/backend.ts";
+export {
+  type Blas,
+  BlasUnavailableError,
+  loadBlas,
+  NATIVE_BACKEND,
+  registerNativeBackend,
+} from "./lib/runtime/native/backend.ts";
 
 // Networks.
 export {

@@ -63,25 +63,33 @@ async function benchOne(
   const sigma = tf.exp(tf.randomNormal([batch], -1.2, 1.2, "float32", 2));
   const params = net.namedParameters().map(([, v]) => v);
   const start = tf.memory().numTensors;
-  const forwardS = await timeIt(async () => {
-    const y = net.denoise(x, sigma, { labels });
-    await y.data();
-    y.dispose();
-  }, repeats, warmup);
-  const forwardBackwardS = await timeIt(async () => {
-    const { value, grads } = tf.variableGrads(
-      () =>
-        tf.tidy(() =>
-          tf.mean(
-            tf.square(tf.sub(net.denoise(x, sigma, { labels, training: true }), x)),
-          ) as tf.Scalar
-        ),
-      params,
-    );
-    await value.data();
-    for (const g of Object.values(grads)) await g.data();
-    tf.dispose([value, ...Object.values(grads)]);
-  }, repeats, warmup);
+  const forwardS = await timeIt(
+    async () => {
+      const y = net.denoise(x, sigma, { labels });
+      await y.data();
+      y.dispose();
+    },
+    repeats,
+    warmup,
+  );
+  const forwardBackwardS = await timeIt(
+    async () => {
+      const { value, grads } = tf.variableGrads(
+        () =>
+          tf.tidy(() =>
+            tf.mean(
+              tf.square(tf.sub(net.denoise(x, sigma, { labels, training: true }), x)),
+            ) as tf.Scalar
+          ),
+        params,
+      );
+      await value.data();
+      for (const g of Object.values(grads)) await g.data();
+      tf.dispose([value, ...Object.values(grads)]);
+    },
+    repeats,
+    warmup,
+  );
   if (tf.memory().numTensors !== start) {
     throw new Error(`bench leaked ${tf.memory().numTensors - start} tensors`);
   }
@@ -117,6 +125,8 @@ await runMain(async () => {
     }
     const adapter = info.name === "webgpu"
       ? `${info.adapter}${info.isFallbackAdapter ? " (software)" : ""}`
+      : info.name === "native"
+      ? "OpenBLAS via FFI"
       : "tfjs-cpu (JS)";
     for (const n of nets) {
       const gflop = (GFLOP_PER_IMAGE[n] ?? 0) * batch * 4 * (repeats + warmup);

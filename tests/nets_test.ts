@@ -15,6 +15,7 @@ import {
 import { StateDictError } from "../lib/nets/module.ts";
 import { createNetwork, loadNetwork, saveNetwork } from "../lib/nets/network.ts";
 import { EDMPrecond, InputError } from "../lib/nets/precond.ts";
+import { conv2dIm2colGrad } from "../lib/nets/layers.ts";
 import { IoError, toFloat32 } from "../lib/io/host_tensor.ts";
 import { readSafetensors, writeSafetensors } from "../lib/io/safetensors.ts";
 import { fixturePath, loadNetFixture, maxAbsDiff, setupBackend, TEST_BACKEND } from "./helpers.ts";
@@ -361,4 +362,25 @@ Deno.test("bad inputs and configs give clear errors", async () => {
   );
   tf.dispose([x, nchw]);
   net.dispose();
+});
+
+Deno.test("conv2dIm2colGrad: values and both gradients equal tf.conv2d's", async () => {
+  await setupBackend();
+  const before = tf.memory().numTensors;
+  for (const [k, pad, ci, co] of [[3, 1, 5, 7], [1, 0, 4, 6], [3, 2, 3, 4]]) {
+    const x = tf.randomNormal([2, 6, 6, ci], 0, 1, "float32", 1) as tf.Tensor4D;
+    const w = tf.randomNormal([k, k, ci, co], 0, 1, "float32", 2) as tf.Tensor4D;
+    const yRef = tf.conv2d(x, w, 1, pad);
+    const y = conv2dIm2colGrad(x, w, pad);
+    const r = tf.randomNormal(yRef.shape, 0, 1, "float32", 3);
+    const loss = (conv: typeof conv2dIm2colGrad) => (a: tf.Tensor, b: tf.Tensor) =>
+      tf.sum(tf.mul(conv(a as tf.Tensor4D, b as tf.Tensor4D, pad), r));
+    const ref = tf.grads(loss((a, b, p) => tf.conv2d(a, b, 1, p)))([x, w]);
+    const ours = tf.grads(loss(conv2dIm2colGrad))([x, w]);
+    assert.ok((await maxAbsDiff(y, yRef)) < 1e-5, `value k=${k} pad=${pad}`);
+    assert.ok((await maxAbsDiff(ours[0], ref[0])) < 1e-4, `dx k=${k} pad=${pad}`);
+    assert.ok((await maxAbsDiff(ours[1], ref[1])) < 1e-4, `dw k=${k} pad=${pad}`);
+    tf.dispose([x, w, yRef, y, r, ...ref, ...ours]);
+  }
+  assert.equal(tf.memory().numTensors, before);
 });

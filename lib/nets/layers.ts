@@ -138,6 +138,43 @@ export function upsample(x: tf.Tensor4D, f: tf.Tensor, pad: number): tf.Tensor4D
   return tf.depthwiseConv2d(padded as tf.Tensor4D, k, 1, "valid");
 }
 
+/**
+ * Stride-1 convolution whose filter gradient is an im2col matrix product instead of tfjs'
+ * `Conv2DBackpropFilter` kernel, which is the bottleneck of training on tfjs-webgpu (about 9× the
+ * time of the forward convolution there). Values and gradients equal `tf.conv2d`'s up to
+ * float32 summation order.
+ *
+ *   dW[i, j, c, o] = Σ_{n,h,w} x_pad[n, h+i, w+j, c] · dy[n, h, w, o]
+ */
+export function conv2dIm2colGrad(x: tf.Tensor4D, w: tf.Tensor4D, pad: number): tf.Tensor4D {
+  const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [x4, w4, save] = args as [tf.Tensor4D, tf.Tensor4D, tf.GradSaveFunc];
+    save([x4, w4]);
+    return {
+      value: tf.conv2d(x4, w4, 1, pad),
+      gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[]) => {
+        const [xv, wv] = saved as [tf.Tensor4D, tf.Tensor4D];
+        const d = dy as tf.Tensor4D;
+        const [kh, kw, ci, co] = wv.shape;
+        const [n, ho, wo] = d.shape;
+        const dx = tf.conv2dTranspose(d, wv, xv.shape, 1, pad);
+        const xp = pad ? tf.pad(xv, [[0, 0], [pad, pad], [pad, pad], [0, 0]]) : xv;
+        const cols: tf.Tensor4D[] = [];
+        for (let i = 0; i < kh; i++) {
+          for (let j = 0; j < kw; j++) cols.push(tf.slice(xp, [0, i, j, 0], [n, ho, wo, ci]));
+        }
+        const patches = tf.reshape(cols.length === 1 ? cols[0] : tf.concat(cols, 3), [
+          n * ho * wo,
+          kh * kw * ci,
+        ]);
+        const dw = tf.matMul(patches, tf.reshape(d, [n * ho * wo, co]), true, false);
+        return [dx, tf.reshape(dw, [kh, kw, ci, co])];
+      },
+    };
+  });
+  return f(x, w) as tf.Tensor4D;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Convolution with optional up/down-sampling.
 
@@ -219,7 +256,8 @@ export class Conv2d extends Module {
   }
 
   #conv(x: tf.Tensor4D, pad: number): tf.Tensor4D {
-    return tf.conv2d(x, this.weight as tf.Tensor4D, 1, pad);
+    const w = this.weight as tf.Tensor4D;
+    return tf.getBackend() === "webgpu" ? conv2dIm2colGrad(x, w, pad) : tf.conv2d(x, w, 1, pad);
   }
 
   /** Applies the layer to NHWC `x`. */

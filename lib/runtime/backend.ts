@@ -1,19 +1,22 @@
 /**
- * Backend selection: WebGPU when an adapter exists, else tfjs' CPU backend.
+ * Backend selection: WebGPU on a hardware GPU adapter; `native` (tfjs-cpu with BLAS kernels
+ * through FFI, see `native/backend.ts`) when there is no adapter or only a software fallback one
+ * (for example Mesa's llvmpipe); tfjs' pure-JS `cpu` backend as the last fallback.
  *
  * @example
  * ```ts
  * import { initBackend } from "./backend.ts";
- * const info = await initBackend();      // or initBackend("cpu")
+ * const info = await initBackend();      // or initBackend("native"), initBackend("cpu")
  * console.log(info.name, info.adapter);
  * ```
  *
  * @module
  */
 import { tf } from "../deps.ts";
+import { registerNativeBackend } from "./native/backend.ts";
 
 /** Backend names accepted by {@linkcode initBackend} and by every task's `--backend` flag. */
-export const BACKEND_NAMES = ["webgpu", "cpu"] as const;
+export const BACKEND_NAMES = ["webgpu", "native", "cpu"] as const;
 
 /** A backend name accepted by {@linkcode initBackend}. */
 export type BackendName = typeof BACKEND_NAMES[number];
@@ -26,6 +29,8 @@ export interface BackendInfo {
   adapter?: string;
   /** True when the WebGPU adapter is a software fallback (for example Mesa's llvmpipe). */
   isFallbackAdapter?: boolean;
+  /** The BLAS library behind the `native` backend (path and configuration). */
+  blas?: string;
   /** Why the first choice was not taken, when a fallback happened. */
   note?: string;
 }
@@ -82,15 +87,33 @@ async function probeWebGpu(): Promise<AdapterProbe> {
   return { adapter: parts.join(" ") || "unknown adapter", isFallbackAdapter: fallback };
 }
 
+/** Registers and starts the `native` backend; the error message when it cannot start. */
+async function startNative(): Promise<{ blas?: string; error?: string }> {
+  let description: string;
+  try {
+    const blas = registerNativeBackend();
+    description = `${blas.description} from ${blas.path}`;
+  } catch (e) {
+    return { error: (e as Error).message.split("\n")[0] };
+  }
+  const ok = await tf.setBackend("native").catch(() => false);
+  if (!ok) return { error: "tfjs could not start the native backend" };
+  await tf.ready();
+  return { blas: description };
+}
+
 /**
  * Chooses and starts a tfjs backend.
  *
- * With no name (or `"auto"`), uses `webgpu` when a WebGPU adapter exists and `cpu` otherwise. The
- * environment variable `SIDA_BACKEND` overrides the automatic choice. Asking for `webgpu`
- * explicitly when no adapter exists is an error.
+ * With no name (or `"auto"`): `webgpu` on a hardware WebGPU adapter; `native` when there is no
+ * adapter or only a software fallback one (`isFallbackAdapter`, e.g. llvmpipe), or when WebGPU
+ * fails to start; `cpu` when the native backend cannot start either (no BLAS library). The
+ * environment variable `SIDA_BACKEND` overrides the automatic choice. Asking for `webgpu` or
+ * `native` explicitly when it cannot start is an error that says why.
  *
- * @param name `"webgpu"`, `"cpu"`, `"auto"` or undefined.
- * @returns the chosen backend, the adapter's description, and whether it is a software fallback.
+ * @param name `"webgpu"`, `"native"`, `"cpu"`, `"auto"` or undefined.
+ * @returns the chosen backend, the adapter's description, whether it is a software fallback, the
+ *   BLAS library (for `native`), and why an earlier choice was skipped.
  */
 export async function initBackend(name?: string): Promise<BackendInfo> {
   let wanted = name ?? "auto";
@@ -103,10 +126,12 @@ export async function initBackend(name?: string): Promise<BackendInfo> {
       `unknown backend '${wanted}' (expected one of: ${BACKEND_NAMES.join(", ")}, auto)`,
     );
   }
-  let note: string | undefined;
+  const notes: string[] = [];
+  let probe: AdapterProbe | undefined;
   if (wanted === "webgpu" || wanted === "auto") {
-    const probe = await probeWebGpu();
-    if (!probe.error) {
+    probe = await probeWebGpu();
+    const software = !probe.error && probe.isFallbackAdapter;
+    if (!probe.error && (wanted === "webgpu" || !software)) {
       const ok = await tf.setBackend("webgpu").catch(() => false);
       if (ok) {
         await tf.ready();
@@ -120,11 +145,34 @@ export async function initBackend(name?: string): Promise<BackendInfo> {
       probe.error = "tfjs could not start its webgpu backend";
     }
     if (wanted === "webgpu") throw new BackendError(`backend 'webgpu' unavailable: ${probe.error}`);
-    note = `webgpu unavailable (${probe.error})`;
+    notes.push(
+      probe.error
+        ? `webgpu unavailable (${probe.error})`
+        : `webgpu adapter ${probe.adapter} is a software fallback`,
+    );
+  }
+  if (wanted === "native" || wanted === "auto") {
+    const native = await startNative();
+    if (!native.error) {
+      current = {
+        name: "native",
+        blas: native.blas,
+        ...(probe?.adapter ? { adapter: probe.adapter } : {}),
+        ...(probe?.isFallbackAdapter !== undefined
+          ? { isFallbackAdapter: probe.isFallbackAdapter }
+          : {}),
+        ...(notes.length ? { note: notes.join("; ") } : {}),
+      };
+      return current;
+    }
+    if (wanted === "native") {
+      throw new BackendError(`backend 'native' unavailable: ${native.error}`);
+    }
+    notes.push(`native unavailable (${native.error})`);
   }
   if (!(await tf.setBackend("cpu"))) throw new BackendError("tfjs could not start its cpu backend");
   await tf.ready();
-  current = { name: "cpu", ...(note ? { note } : {}) };
+  current = { name: "cpu", ...(notes.length ? { note: notes.join("; ") } : {}) };
   return current;
 }
 
@@ -133,6 +181,11 @@ export function describeBackend(info: BackendInfo): string {
   if (info.name === "webgpu") {
     const kind = info.isFallbackAdapter ? "software fallback adapter" : "hardware adapter";
     return `backend: webgpu on ${info.adapter} (${kind})`;
+  }
+  if (info.name === "native") {
+    return `backend: native (tfjs-cpu + ${info.blas ?? "BLAS"})${
+      info.note ? ` (${info.note})` : ""
+    }`;
   }
   return `backend: cpu${info.note ? ` (${info.note})` : ""}`;
 }

@@ -1,0 +1,218 @@
+/**
+ * Kernel speed per backend: GFLOP/s of a 1024³ matMul and of conv2d forward / backward (input and
+ * filter gradients) at shapes typical of the U-Nets, plus the `mnist` network's forward and
+ * forward+backward time at batch 64.
+ *
+ *   deno task bench:kernels                                  # native, webgpu, cpu
+ *   deno run -A bench/kernels.ts --backends native --batch 64 --repeats 3
+ *
+ * The first call of each measurement is a warm-up and is not counted. On `cpu`, measurements
+ * estimated to take longer than `--cpu-max-s` seconds (default 120) are skipped, and say so.
+ * Prints a Markdown table; `--json F` also writes the rows to F.
+ */
+import { tf } from "../lib/deps.ts";
+import { numberFlag, parseFlags, runMain, startBackend } from "../lib/runtime/cli.ts";
+import { createNetwork, preset } from "../lib/nets/network.ts";
+
+const USAGE =
+  "usage: bench/kernels.ts [--backends native,webgpu,cpu] [--batch 64] [--repeats 2] [--cpu-max-s 120] [--json out.json]";
+
+interface Row {
+  backend: string;
+  what: string;
+  gflop: number;
+  seconds: number;
+  note?: string;
+}
+
+/** Rough tfjs-cpu (pure JS) throughput, for the skip estimate (GFLOP/s). */
+const CPU_GFLOPS = 0.3;
+
+async function timeIt(fn: () => Promise<void>, repeats: number): Promise<number> {
+  await fn();
+  const t0 = performance.now();
+  for (let i = 0; i < repeats; i++) await fn();
+  return (performance.now() - t0) / 1000 / repeats;
+}
+
+async function sync(ts: tf.Tensor[]): Promise<void> {
+  for (const t of ts) await t.data();
+  tf.dispose(ts);
+}
+
+interface ConvCase {
+  n: number;
+  hw: number;
+  ci: number;
+  co: number;
+}
+
+const CONV_CASES: ConvCase[] = [
+  { n: 8, hw: 32, ci: 32, co: 32 },
+  { n: 8, hw: 16, ci: 64, co: 64 },
+  { n: 8, hw: 8, ci: 256, co: 256 },
+  { n: 64, hw: 32, ci: 32, co: 32 },
+  { n: 64, hw: 16, ci: 64, co: 64 },
+  { n: 64, hw: 8, ci: 128, co: 128 },
+];
+
+async function kernelRows(backend: string, repeats: number, cpuMaxS: number): Promise<Row[]> {
+  const rows: Row[] = [];
+  const measure = async (
+    what: string,
+    gflop: number,
+    make: () => tf.Tensor[],
+    run: (inputs: tf.Tensor[]) => tf.Tensor[],
+  ) => {
+    const estimate = gflop * (repeats + 1) / CPU_GFLOPS;
+    if (backend === "cpu" && estimate > cpuMaxS) {
+      rows.push({
+        backend,
+        what,
+        gflop,
+        seconds: NaN,
+        note: `skipped: ~${estimate.toFixed(0)} s on tfjs-cpu`,
+      });
+      return;
+    }
+    const inputs = make();
+    const seconds = await timeIt(() => sync(run(inputs)), repeats);
+    tf.dispose(inputs);
+    rows.push({ backend, what, gflop, seconds });
+  };
+  await measure(
+    "matMul 1024³",
+    2 * 1024 ** 3 / 1e9,
+    () => [tf.randomNormal([1024, 1024]), tf.randomNormal([1024, 1024])],
+    ([a, b]) => [tf.matMul(a, b)],
+  );
+  for (const c of CONV_CASES) {
+    const gflop = 2 * c.n * c.hw * c.hw * 9 * c.ci * c.co / 1e9;
+    const tag = `${c.n}x${c.hw}x${c.hw}x${c.ci}→${c.co} 3x3`;
+    const make = () => [
+      tf.randomNormal([c.n, c.hw, c.hw, c.ci]),
+      tf.randomNormal([3, 3, c.ci, c.co], 0, 0.1),
+      tf.randomNormal([c.n, c.hw, c.hw, c.co]),
+    ];
+    await measure(`conv2d fwd ${tag}`, gflop, make, ([x, w]) => [
+      tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, "same"),
+    ]);
+    await measure(`conv2d bwd input ${tag}`, gflop, make, ([x, w, dy]) => [
+      tf.conv2dTranspose(dy as tf.Tensor4D, w as tf.Tensor4D, x.shape as never, 1, "same"),
+    ]);
+    await measure(`conv2d bwd filter ${tag}`, gflop, make, ([x, w, dy]) => [
+      tf.engine().runKernel("Conv2DBackpropFilter", { x, dy }, {
+        strides: 1,
+        pad: "same",
+        dataFormat: "NHWC",
+        filterShape: w.shape,
+      }) as tf.Tensor,
+    ]);
+  }
+  return rows;
+}
+
+async function netRows(backend: string, batch: number, repeats: number, cpuMaxS: number) {
+  const rows: Row[] = [];
+  const gflopFwd = 0.85 * batch;
+  const skip = backend === "cpu" && gflopFwd * 4 * (repeats + 1) / CPU_GFLOPS > cpuMaxS;
+  if (skip) {
+    const note = `skipped: ~${
+      (gflopFwd * 4 * (repeats + 1) / CPU_GFLOPS).toFixed(0)
+    } s on tfjs-cpu`;
+    rows.push({
+      backend,
+      what: `mnist net fwd, batch ${batch}`,
+      gflop: gflopFwd,
+      seconds: NaN,
+      note,
+    });
+    rows.push({
+      backend,
+      what: `mnist net fwd+bwd, batch ${batch}`,
+      gflop: 3 * gflopFwd,
+      seconds: NaN,
+      note,
+    });
+    return rows;
+  }
+  const cfg = preset("mnist");
+  const net = createNetwork(cfg, { seed: 0 });
+  const r = cfg.imgResolution;
+  const x = tf.randomNormal([batch, r, r, cfg.imgChannels], 0, 1, "float32", 1) as tf.Tensor4D;
+  const classes = tf.tensor1d(Array.from({ length: batch }, (_, i) => i % cfg.labelDim), "int32");
+  const labels = tf.cast(tf.oneHot(classes, cfg.labelDim), "float32") as tf.Tensor2D;
+  const sigma = tf.exp(tf.randomNormal([batch], -1.2, 1.2, "float32", 2));
+  const params = net.namedParameters().map(([, v]) => v);
+  const start = tf.memory().numTensors;
+  const fwd = await timeIt(() => sync([net.denoise(x, sigma, { labels })]), repeats);
+  rows.push({ backend, what: `mnist net fwd, batch ${batch}`, gflop: gflopFwd, seconds: fwd });
+  const fb = await timeIt(async () => {
+    const { value, grads } = tf.variableGrads(
+      () =>
+        tf.tidy(() =>
+          tf.mean(
+            tf.square(tf.sub(net.denoise(x, sigma, { labels, training: true }), x)),
+          ) as tf.Scalar
+        ),
+      params,
+    );
+    await sync([value, ...Object.values(grads)]);
+  }, repeats);
+  rows.push({
+    backend,
+    what: `mnist net fwd+bwd, batch ${batch}`,
+    gflop: 3 * gflopFwd,
+    seconds: fb,
+  });
+  if (tf.memory().numTensors !== start) {
+    throw new Error(`bench leaked ${tf.memory().numTensors - start} tensors`);
+  }
+  tf.dispose([x, classes, labels, sigma]);
+  net.dispose();
+  return rows;
+}
+
+await runMain(async () => {
+  const f = parseFlags(Deno.args, {
+    string: ["backends", "batch", "repeats", "cpu-max-s", "json"],
+  }, USAGE);
+  const backends = String(f.backends ?? "native,webgpu,cpu").split(",");
+  const batch = numberFlag("batch", f.batch, 64, { integer: true, min: 1 });
+  const repeats = numberFlag("repeats", f.repeats, 2, { integer: true, min: 1 });
+  const cpuMaxS = numberFlag("cpu-max-s", f["cpu-max-s"], 120, { min: 0 });
+  const rows: Row[] = [];
+  const labels: Record<string, string> = {};
+  for (const b of backends) {
+    let info;
+    try {
+      info = await startBackend(b);
+    } catch (e) {
+      console.error(`skipping backend ${b}: ${(e as Error).message}`);
+      continue;
+    }
+    labels[b] = info.name === "webgpu"
+      ? `webgpu (${info.adapter}${info.isFallbackAdapter ? ", software" : ""})`
+      : info.name === "native"
+      ? `native (${info.blas})`
+      : "cpu (tfjs JS)";
+    rows.push(...await kernelRows(b, repeats, cpuMaxS));
+    rows.push(...await netRows(b, batch, repeats, cpuMaxS));
+  }
+  const names = [...new Set(rows.map((r) => r.what))];
+  const used = backends.filter((b) => labels[b]);
+  console.log(`| kernel | GFLOP | ${used.map((b) => `${b} s (GFLOP/s)`).join(" | ")} |`);
+  console.log(`|---|---:|${used.map(() => "---:").join("|")}|`);
+  for (const what of names) {
+    const cells = used.map((b) => {
+      const r = rows.find((x) => x.backend === b && x.what === what);
+      if (!r) return "–";
+      if (!Number.isFinite(r.seconds)) return r.note ?? "–";
+      return `${r.seconds.toFixed(3)} (${(r.gflop / r.seconds).toFixed(1)})`;
+    });
+    const g = rows.find((x) => x.what === what)!.gflop;
+    console.log(`| ${what} | ${g.toFixed(2)} | ${cells.join(" | ")} |`);
+  }
+  for (const b of used) console.log(`\n${b}: ${labels[b]}`);
+  if (f.json) await Deno.writeTextFile(String(f.json), JSON.stringify({ labels, rows }, null, 2));
+});

@@ -1,0 +1,509 @@
+/**
+ * The `native` backend against tfjs-cpu: every replaced kernel on random shapes (strides,
+ * padding modes, dilations, batches of one, broadcasting), gradients through `tf.grad`, and
+ * flat memory. Skipped (with a message) when no BLAS library can be loaded.
+ */
+import assert from "node:assert/strict";
+import { tf } from "../lib/deps.ts";
+import { NATIVE_KERNEL_NAMES, registerNativeBackend } from "../lib/runtime/native/backend.ts";
+import { BACKEND_NAMES, describeBackend, initBackend } from "../lib/runtime/backend.ts";
+
+let unavailable: string | undefined;
+try {
+  registerNativeBackend();
+} catch (e) {
+  unavailable = (e as Error).message;
+  console.error(`native backend tests skipped: ${unavailable}`);
+}
+const ignore = unavailable !== undefined;
+
+const REL_TOL = 1e-4;
+
+/** A deterministic pseudo-random Float32Array (mulberry32), values in [-1, 1). */
+function randomArray(n: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
+  }
+  return out;
+}
+
+type Build = (inputs: tf.Tensor[]) => tf.Tensor | tf.Tensor[];
+
+async function runOn(
+  backend: string,
+  shapes: number[][],
+  seed: number,
+  build: Build,
+): Promise<{ shapes: number[][]; values: Float32Array[] }> {
+  await tf.setBackend(backend);
+  const inputs = shapes.map((s, i) =>
+    tf.tensor(randomArray(s.reduce((a, b) => a * b, 1), seed + i), s, "float32")
+  );
+  const before = tf.memory().numTensors;
+  const out = tf.tidy(build.bind(null, inputs));
+  const outs = Array.isArray(out) ? out : [out];
+  const values = await Promise.all(outs.map(async (t) => await t.data() as Float32Array));
+  const result = { shapes: outs.map((t) => t.shape), values };
+  tf.dispose(outs);
+  assert.equal(tf.memory().numTensors, before, `${backend}: tensors leaked`);
+  tf.dispose(inputs);
+  return result;
+}
+
+/** Runs `build` on cpu and on native with the same inputs and compares every output. */
+async function compare(what: string, shapes: number[][], build: Build, seed = 1): Promise<void> {
+  const ref = await runOn("cpu", shapes, seed, build);
+  const got = await runOn("native", shapes, seed, build);
+  assert.equal(got.values.length, ref.values.length, `${what}: output count`);
+  for (let k = 0; k < ref.values.length; k++) {
+    assert.deepEqual(got.shapes[k], ref.shapes[k], `${what}: output ${k} shape`);
+    const a = ref.values[k], b = got.values[k];
+    let err = 0, scale = 0;
+    for (let i = 0; i < a.length; i++) {
+      err = Math.max(err, Math.abs(a[i] - b[i]));
+      scale = Math.max(scale, Math.abs(a[i]));
+      if (Number.isNaN(a[i]) !== Number.isNaN(b[i])) err = Infinity;
+    }
+    assert.ok(
+      err <= REL_TOL * Math.max(1, scale),
+      `${what}: output ${k} max abs error ${err} (scale ${scale})`,
+    );
+  }
+}
+
+/** Value and gradients of sum(f(inputs)²) w.r.t. every input. */
+function withGrads(f: (xs: tf.Tensor[]) => tf.Tensor): Build {
+  return (xs) => {
+    const g = tf.grads((...args: tf.Tensor[]) => tf.sum(tf.square(f(args))));
+    return [f(xs), ...g(xs)];
+  };
+}
+
+Deno.test({
+  name: "native: the replaced kernels are registered",
+  ignore,
+  fn() {
+    for (
+      const k of [
+        "BatchMatMul",
+        "_FusedMatMul",
+        "Conv2D",
+        "FusedConv2D",
+        "Conv2DBackpropInput",
+        "Conv2DBackpropFilter",
+        "DepthwiseConv2dNative",
+        "DepthwiseConv2dNativeBackpropInput",
+        "DepthwiseConv2dNativeBackpropFilter",
+      ]
+    ) {
+      assert.ok(NATIVE_KERNEL_NAMES.includes(k), k);
+    }
+    // Every cpu kernel exists for native too.
+    for (const k of tf.getKernelsForBackend("cpu")) {
+      assert.ok(tf.getKernel(k.kernelName, "native"), `native lacks ${k.kernelName}`);
+    }
+    assert.ok((BACKEND_NAMES as readonly string[]).includes("native"));
+  },
+});
+
+Deno.test({
+  name: "native: initBackend('native') and describeBackend",
+  ignore,
+  async fn() {
+    const info = await initBackend("native");
+    assert.equal(info.name, "native");
+    assert.equal(tf.getBackend(), "native");
+    assert.match(describeBackend(info), /^backend: native \(tfjs-cpu \+ .+\)/);
+  },
+});
+
+Deno.test({
+  name: "native: a missing BLAS library is a one-line error",
+  async fn() {
+    const cmd = new Deno.Command(Deno.execPath(), {
+      args: [
+        "eval",
+        `import { loadBlas } from "${new URL("../lib/runtime/native/blas.ts", import.meta.url)}";
+         try { loadBlas(); console.log("loaded"); } catch (e) { console.log(e.name + ": " + e.message); }`,
+      ],
+      env: { SIDA_BLAS: "/nonexistent/libblas.so" },
+      stdout: "piped",
+      stderr: "piped",
+    });
+    const out = new TextDecoder().decode((await cmd.output()).stdout).trim();
+    assert.match(out, /^BlasUnavailableError: SIDA_BLAS=\/nonexistent\/libblas\.so could not be/);
+    assert.equal(out.split("\n").length, 1);
+  },
+});
+
+Deno.test({
+  name: "native: matMul and batched matMul (transposes, broadcasting, batch 1) with gradients",
+  ignore,
+  async fn() {
+    const cases: [number[], number[], boolean, boolean][] = [
+      [[7, 5], [5, 3], false, false],
+      [[5, 7], [5, 3], true, false],
+      [[7, 5], [3, 5], false, true],
+      [[5, 7], [3, 5], true, true],
+      [[1, 4, 6], [1, 6, 2], false, false],
+      [[3, 4, 6], [6, 2], false, false],
+      [[3, 6, 4], [6, 2], true, false],
+      [[4, 6], [3, 6, 2], false, false],
+      [[2, 3, 4, 6], [2, 3, 5, 6], false, true],
+      [[64, 33, 17], [64, 17, 9], false, false],
+      [[1, 1], [1, 1], false, false],
+    ];
+    let seed = 10;
+    for (const [sa, sb, ta, tb] of cases) {
+      const f = ([a, b]: tf.Tensor[]) => tf.matMul(a, b, ta, tb);
+      // tfjs' BatchMatMul gradient does not reduce broadcast batch dimensions.
+      const broadcast = sa.length !== sb.length;
+      await compare(
+        `matMul ${sa}x${sb} ${ta} ${tb}`,
+        [sa, sb],
+        broadcast ? f : withGrads(f),
+        seed++,
+      );
+    }
+  },
+});
+
+Deno.test({
+  name: "native: fused matMul with bias and activations",
+  ignore,
+  async fn() {
+    for (const activation of ["linear", "relu", "elu", "sigmoid", "relu6", "leakyrelu"] as const) {
+      await compare(
+        `fused matMul ${activation}`,
+        [[6, 5], [5, 4], [4]],
+        ([a, b, bias]) =>
+          tf.fused.matMul({
+            a: a as tf.Tensor2D,
+            b: b as tf.Tensor2D,
+            bias,
+            activation,
+            leakyreluAlpha: 0.1,
+          }),
+      );
+    }
+    // A bias that is not a trailing vector (goes through the Add kernel), with transposes.
+    await compare(
+      "fused matMul bias [M,1]",
+      [[5, 6], [4, 5], [6, 1]],
+      ([a, b, bias]) =>
+        tf.fused.matMul({
+          a: a as tf.Tensor2D,
+          b: b as tf.Tensor2D,
+          bias,
+          transposeA: true,
+          transposeB: true,
+        }),
+    );
+    await compare(
+      "fused matMul gradients",
+      [[6, 5], [5, 4], [4]],
+      withGrads(([a, b, bias]) =>
+        tf.fused.matMul({ a: a as tf.Tensor2D, b: b as tf.Tensor2D, bias, activation: "relu" })
+      ),
+    );
+  },
+});
+
+type Pad = "same" | "valid" | number | [[0, 0], [number, number], [number, number], [0, 0]];
+
+const CONV_CASES: {
+  x: [number, number, number, number];
+  k: [number, number];
+  co: number;
+  stride: number | [number, number];
+  pad: Pad;
+  dil?: number | [number, number];
+}[] = [
+  { x: [2, 9, 7, 3], k: [3, 3], co: 5, stride: 1, pad: "same" },
+  { x: [1, 8, 8, 4], k: [3, 3], co: 6, stride: 2, pad: "valid" },
+  { x: [1, 8, 8, 4], k: [3, 3], co: 6, stride: 2, pad: "same" },
+  { x: [3, 6, 6, 2], k: [1, 1], co: 3, stride: 1, pad: 0 },
+  { x: [2, 6, 5, 4], k: [1, 1], co: 3, stride: 2, pad: "same" },
+  { x: [2, 10, 10, 3], k: [5, 5], co: 4, stride: [2, 1], pad: [[0, 0], [1, 2], [2, 0], [0, 0]] },
+  { x: [2, 9, 9, 3], k: [3, 2], co: 4, stride: 1, pad: 2 },
+  { x: [1, 5, 5, 8], k: [3, 3], co: 16, stride: 1, pad: 1 },
+  { x: [2, 11, 9, 3], k: [3, 3], co: 4, stride: 1, pad: "same", dil: 2 },
+  { x: [1, 12, 12, 2], k: [3, 2], co: 3, stride: 1, pad: "valid", dil: [2, 3] },
+];
+
+Deno.test({
+  name: "native: conv2d forward (strides, padding, dilation) and gradients w.r.t. x and filter",
+  ignore,
+  async fn() {
+    let seed = 100;
+    for (const c of CONV_CASES) {
+      const what = `conv2d x${c.x} k${c.k} co${c.co} s${c.stride} p${JSON.stringify(c.pad)} d${
+        c.dil ?? 1
+      }`;
+      const f = ([x, w]: tf.Tensor[]) =>
+        tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, c.stride, c.pad, "NHWC", c.dil ?? 1);
+      const shapes = [c.x, [...c.k, c.x[3], c.co]];
+      // tfjs has no conv2d gradients for dilations > 1.
+      await compare(what, shapes, c.dil ? f : withGrads(f), seed++);
+    }
+  },
+});
+
+Deno.test({
+  name: "native: fused conv2d with bias and activation, conv2dTranspose",
+  ignore,
+  async fn() {
+    for (const activation of ["linear", "relu", "sigmoid"] as const) {
+      await compare(
+        `fused conv2d ${activation}`,
+        [[2, 7, 7, 3], [3, 3, 3, 4], [4]],
+        ([x, w, b]) =>
+          tf.fused.conv2d({
+            x: x as tf.Tensor4D,
+            filter: w as tf.Tensor4D,
+            strides: 1,
+            pad: "same",
+            bias: b,
+            activation,
+          }),
+      );
+    }
+    await compare(
+      "fused conv2d gradients",
+      [[2, 7, 7, 3], [3, 3, 3, 4], [4]],
+      withGrads(([x, w, b]) =>
+        tf.fused.conv2d({
+          x: x as tf.Tensor4D,
+          filter: w as tf.Tensor4D,
+          strides: 2,
+          pad: "same",
+          bias: b,
+          activation: "relu",
+        })
+      ),
+    );
+    await compare(
+      "conv2dTranspose stride 2",
+      [[2, 4, 4, 5], [3, 3, 3, 5]],
+      ([x, w]) => tf.conv2dTranspose(x as tf.Tensor4D, w as tf.Tensor4D, [2, 8, 8, 3], 2, "same"),
+    );
+  },
+});
+
+Deno.test({
+  name: "native: depthwise conv2d forward and gradients (multipliers, strides, padding, dilation)",
+  ignore,
+  async fn() {
+    const cases: {
+      x: [number, number, number, number];
+      k: number;
+      mult: number;
+      stride: number;
+      pad: Pad;
+      dil?: number;
+    }[] = [
+      { x: [2, 8, 8, 3], k: 3, mult: 1, stride: 1, pad: "same" },
+      { x: [1, 9, 9, 4], k: 2, mult: 1, stride: 2, pad: 0 },
+      { x: [2, 8, 7, 3], k: 4, mult: 2, stride: 2, pad: "same" },
+      { x: [1, 7, 7, 2], k: 3, mult: 3, stride: 1, pad: "valid" },
+      { x: [2, 10, 10, 3], k: 3, mult: 1, stride: 1, pad: [[0, 0], [1, 2], [0, 3], [0, 0]] },
+      { x: [1, 11, 11, 3], k: 3, mult: 2, stride: 1, pad: "same", dil: 2 },
+    ];
+    let seed = 200;
+    for (const c of cases) {
+      const what = `depthwise x${c.x} k${c.k} m${c.mult} s${c.stride} p${JSON.stringify(c.pad)} d${
+        c.dil ?? 1
+      }`;
+      const f = ([x, w]: tf.Tensor[]) =>
+        tf.depthwiseConv2d(x as tf.Tensor4D, w as tf.Tensor4D, c.stride, c.pad, "NHWC", c.dil ?? 1);
+      await compare(what, [c.x, [c.k, c.k, c.x[3], c.mult]], c.dil ? f : withGrads(f), seed++);
+    }
+    // The backprop kernels with dilation 2: tfjs' gradients refuse dilations and tfjs-cpu's
+    // backprop kernels ignore them, so check the adjoint identities instead:
+    // <dy, conv(x, w)> = <backpropInput(dy, w), x> = <backpropFilter(x, dy), w>.
+    await tf.setBackend("native");
+    const attrs = { strides: 1, pad: "same", dilations: 2 };
+    const [x, w, dy] = [[1, 9, 9, 3], [3, 3, 3, 2], [1, 9, 9, 6]].map((s, i) =>
+      tf.tensor4d(
+        randomArray(s.reduce((a, b) => a * b), 400 + i),
+        s as [number, number, number, number],
+      )
+    ) as tf.Tensor4D[];
+    const y = tf.depthwiseConv2d(x, w, 1, "same", "NHWC", 2);
+    const dx = tf.engine().runKernel("DepthwiseConv2dNativeBackpropInput", { dy, filter: w }, {
+      ...attrs,
+      inputShape: x.shape,
+    }) as tf.Tensor;
+    const dw = tf.engine().runKernel("DepthwiseConv2dNativeBackpropFilter", { x, dy }, {
+      ...attrs,
+      filterShape: w.shape,
+    }) as tf.Tensor;
+    const dots = await Promise.all(
+      [[y, dy], [dx, x], [dw, w]].map(async ([a, b]) => {
+        const s = tf.sum(tf.mul(a, b));
+        const v = (await s.data())[0];
+        s.dispose();
+        return v;
+      }),
+    );
+    assert.ok(Math.abs(dots[0] - dots[1]) < 1e-4 * Math.abs(dots[0]), `dx adjoint ${dots}`);
+    assert.ok(Math.abs(dots[0] - dots[2]) < 1e-4 * Math.abs(dots[0]), `dw adjoint ${dots}`);
+    tf.dispose([x, w, dy, y, dx, dw]);
+  },
+});
+
+Deno.test({
+  name: "native: broadcasting binary ops, unary ops, reductions",
+  ignore,
+  async fn() {
+    const pairs: [number[], number[]][] = [
+      [[4, 5], [4, 5]],
+      [[2, 3, 4, 5], [5]],
+      [[2, 3, 4, 5], [2, 1, 1, 5]],
+      [[2, 6, 3, 2], [2, 1, 3, 1]],
+      [[3, 1, 4], [1, 5, 1]],
+      [[6], []],
+      [[], [3, 2]],
+      [[1, 1], [1, 1]],
+    ];
+    const ops: [string, (a: tf.Tensor, b: tf.Tensor) => tf.Tensor][] = [
+      ["add", tf.add],
+      ["sub", tf.sub],
+      ["mul", tf.mul],
+      ["div", tf.div],
+      ["squaredDifference", tf.squaredDifference],
+      ["maximum", tf.maximum],
+      ["minimum", tf.minimum],
+    ];
+    let seed = 300;
+    for (const [sa, sb] of pairs) {
+      for (const [name, op] of ops) {
+        const f = ([a, b]: tf.Tensor[]) => op(a, name === "div" ? tf.add(tf.abs(b), 0.5) : b);
+        // tfjs' SquaredDifference, Maximum and Minimum gradients do not reduce broadcast dims.
+        const grads = ["add", "sub", "mul", "div"].includes(name) || sa.join() === sb.join();
+        await compare(`${name} [${sa}] [${sb}]`, [sa, sb], grads ? withGrads(f) : f, seed++);
+      }
+    }
+    const unary: [string, (x: tf.Tensor) => tf.Tensor][] = [
+      ["sigmoid", tf.sigmoid],
+      ["square", tf.square],
+      ["neg", tf.neg],
+      ["exp", tf.exp],
+      ["floor", (x) => tf.floor(tf.mul(x, 3))],
+      ["abs", tf.abs],
+      ["sqrt", (x) => tf.sqrt(tf.add(tf.abs(x), 0.1))],
+      ["rsqrt", (x) => tf.rsqrt(tf.add(tf.abs(x), 0.1))],
+      ["log", (x) => tf.log(tf.add(tf.abs(x), 0.1))],
+    ];
+    for (const [name, f] of unary) {
+      await compare(name, [[3, 4, 5]], withGrads(([x]) => f(x)), seed++);
+    }
+    const shape = [2, 3, 4, 5];
+    for (const axes of [0, 1, 3, -1, [1, 3], [0, 2], [0, 1, 2, 3], [2, 3]]) {
+      for (const keep of [false, true]) {
+        await compare(`reductions axes ${axes} keepDims ${keep}`, [shape], ([x]) => [
+          tf.sum(x, axes, keep),
+          tf.mean(x, axes, keep),
+          tf.max(x, axes, keep),
+          tf.min(x, axes, keep),
+        ], seed++);
+      }
+    }
+    await compare(
+      "moments [1, 3]",
+      [[2, 16, 4, 3]],
+      withGrads(([x]) => {
+        const { mean, variance } = tf.moments(x, [1, 3], true);
+        return tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, 1e-5)));
+      }),
+    );
+  },
+});
+
+Deno.test({
+  name: "native: softmax, transpose, slice, split, concat, stack, unstack, tile (with gradients)",
+  ignore,
+  async fn() {
+    await compare("softmax", [[3, 7, 9]], withGrads(([x]) => tf.softmax(tf.mul(x, 4))));
+    for (const perm of [[0, 2, 1, 3], [3, 2, 1, 0], [1, 0, 2, 3], [0, 1, 3, 2]]) {
+      await compare(`transpose ${perm}`, [[2, 3, 4, 5]], withGrads(([x]) => tf.transpose(x, perm)));
+    }
+    await compare(
+      "slice",
+      [[3, 5, 4, 6]],
+      withGrads(([x]) => tf.slice(x, [1, 0, 1, 2], [2, 5, 2, -1])),
+    );
+    await compare(
+      "slice whole rows",
+      [[3, 5, 4]],
+      withGrads(([x]) => tf.slice(x, [1, 0, 0], [1, -1, -1])),
+    );
+    await compare(
+      "split",
+      [[2, 3, 6, 4]],
+      withGrads(([x]) => tf.concat(tf.split(x, [1, 2, 3], 2).reverse(), 2)),
+    );
+    await compare(
+      "split equal",
+      [[2, 4, 4, 8]],
+      withGrads(([x]) => {
+        const [a, b] = tf.split(x, 2, 3);
+        return tf.add(tf.mul(a, 2), b);
+      }),
+    );
+    await compare(
+      "concat axis 3",
+      [[2, 3, 3, 2], [2, 3, 3, 5]],
+      withGrads(([a, b]) => tf.concat([a, b], 3)),
+    );
+    await compare(
+      "concat axis 1",
+      [[2, 3, 4], [2, 1, 4], [2, 2, 4]],
+      withGrads(([a, b, c]) => tf.concat([a, b, c], 1)),
+    );
+    await compare(
+      "stack / unstack",
+      [[4, 3], [4, 3]],
+      withGrads(([a, b]) => tf.stack([a, tf.stack(tf.unstack(tf.mul(a, b), 1), 1)], 0)),
+    );
+    await compare(
+      "unstack [N, 3]",
+      [[50, 3]],
+      withGrads(([x]) => tf.add(...tf.unstack(x, 1).slice(0, 2) as [tf.Tensor, tf.Tensor])),
+    );
+    await compare("tile", [[2, 1, 3, 4]], withGrads(([x]) => tf.tile(x, [1, 2, 2, 1])));
+    await compare("tile last axis", [[2, 3]], withGrads(([x]) => tf.tile(x, [3, 2])));
+  },
+});
+
+Deno.test({
+  name: "native: memory stays flat over repeated gradient steps",
+  ignore,
+  async fn() {
+    await tf.setBackend("native");
+    const x = tf.randomNormal([2, 8, 8, 4], 0, 1, "float32", 1) as tf.Tensor4D;
+    const w = tf.variable(tf.randomNormal([3, 3, 4, 4], 0, 1, "float32", 2));
+    const step = () => {
+      const { value, grads } = tf.variableGrads(() =>
+        tf.tidy(() => {
+          const y = tf.conv2d(x, w as tf.Tensor4D, 1, "same");
+          const d = tf.depthwiseConv2d(y, tf.ones([2, 2, 4, 1]) as tf.Tensor4D, 2, 0);
+          return tf.mean(
+            tf.square(tf.matMul(tf.reshape(d, [2, -1]), tf.reshape(d, [2, -1]), false, true)),
+          ) as tf.Scalar;
+        }), [w]);
+      tf.dispose([value, ...Object.values(grads)]);
+    };
+    step();
+    const before = tf.memory().numTensors;
+    for (let i = 0; i < 3; i++) step();
+    assert.equal(tf.memory().numTensors, before);
+    tf.dispose([x, w]);
+  },
+});
