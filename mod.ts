@@ -166,3 +166,31 @@ export {
   type ImportSummary,
   importToSafetensors,
 } from "./lib/nets/import.ts";
+
+// Evaluation.
+export {
+  FeatureStats,
+  featureStats,
+  fid,
+  inceptionScore,
+  type MeanStd,
+  MetricError,
+  precisionRecall,
+  type Stats,
+} from "./lib/metrics/stats.ts";
+export { loadRefStats, saveRefStats } from "./lib/metrics/ref_stats.ts";
+export { decodeNpz, encodeNpz, readNpz, writeNpz } from "./lib/metrics/npz.ts";
+export type { Detector, DetectorOutput } from "./lib/metrics/detector.ts";
+export {
+  DEFAULT_MNIST_FEATURES,
+  DEFAULT_MNIST_REF_STATS,
+  MnistFeatureNet,
+} from "./lib/metrics/mnist_features.ts";
+export {
+  generateBatches,
+  type GeneratedBatch,
+  type GenerateOptions,
+  imageGridPng,
+  SIGMA_INIT,
+  writeImageGrid,
+} from "./lib/metrics/generate.ts";
