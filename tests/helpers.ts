@@ -1,8 +1,8 @@
 /**
  * Shared test helpers: backend set-up, fixture loading, and tensor comparisons.
  *
- * The backend under test is `SIDA_TEST_BACKEND` (default `cpu`), so CI can run the same suite on
- * `webgpu` too.
+ * The backend under test is `SIDA_TEST_BACKEND` (default `auto`: what `initBackend()` picks, i.e.
+ * `native` on a machine without a GPU), so CI can run the same suite on `cpu` and `webgpu` too.
  */
 import { tf } from "../lib/deps.ts";
 import { initBackend } from "../lib/runtime/backend.ts";
@@ -12,7 +12,7 @@ import { fromEdmKwargs, type NetworkConfig } from "../lib/nets/config.ts";
 import { EDMPrecond } from "../lib/nets/precond.ts";
 
 /** The backend the tests run on. */
-export const TEST_BACKEND = Deno.env.get("SIDA_TEST_BACKEND") ?? "cpu";
+export const TEST_BACKEND = Deno.env.get("SIDA_TEST_BACKEND") ?? "auto";
 
 let ready: Promise<unknown> | undefined;
 
