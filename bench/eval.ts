@@ -1,23 +1,26 @@
 /**
  * `deno task bench:eval`: times one 2048-d FID (LAPACK/FFI path and, with `--js`, the pure
- * TypeScript path), the 2048-d covariance accumulation of 10,000 features, and the MNIST
- * feature network's throughput (images/s at batch 64). Prints JSON lines.
- *
- * The Inception-v3 detector is not implemented yet, so there is no Inception throughput number.
+ * TypeScript path), the 2048-d covariance accumulation of 10,000 features, the MNIST feature
+ * network's throughput (images/s at batch 64), and the Inception-v3 detector's throughput
+ * (32×32 images resized to 299×299, images/s at `--inception-batch`, default 64; the weights of
+ * `--detector` / `SIDA_INCEPTION` when given, random ones otherwise; `--skip-inception` skips
+ * it). Prints JSON lines.
  *
  * @module
  */
 import { tf } from "../lib/deps.ts";
 import { lapackLibrary } from "../lib/metrics/linalg.ts";
+import { InceptionV3 } from "../lib/metrics/inception.ts";
 import { MnistFeatureNet } from "../lib/metrics/mnist_features.ts";
 import { FeatureStats, fid } from "../lib/metrics/stats.ts";
-import { parseFlags, runMain, startBackend } from "../lib/runtime/cli.ts";
+import { numberFlag, parseFlags, runMain, startBackend } from "../lib/runtime/cli.ts";
 
 await runMain(async () => {
   const flags = parseFlags(
     Deno.args,
-    { boolean: ["js"] },
-    "usage: deno task bench:eval [--js] [--backend B]",
+    { boolean: ["js", "skip-inception"], string: ["detector", "inception-batch"] },
+    "usage: deno task bench:eval [--js] [--backend B] [--detector inception.pt] " +
+      "[--inception-batch 64] [--skip-inception]",
   );
   const backend = await startBackend(flags.backend as string | undefined);
   const d = 2048;
@@ -80,4 +83,34 @@ await runMain(async () => {
   );
   x.dispose();
   net.dispose();
+
+  if (flags["skip-inception"]) return;
+  const batch = numberFlag("inception-batch", flags["inception-batch"], 64, {
+    integer: true,
+    min: 1,
+  });
+  const detPath = (flags.detector as string | undefined) ?? Deno.env.get("SIDA_INCEPTION");
+  const inc = detPath ? await InceptionV3.load(detPath) : new InceptionV3({ seed: 1 });
+  const warm = tf.randomUniform([2, 32, 32, 3], 0, 255, "float32", 2) as tf.Tensor4D;
+  const imgs = tf.randomUniform([batch, 32, 32, 3], 0, 255, "float32", 3) as tf.Tensor4D;
+  const runInc = async (t: tf.Tensor4D) => {
+    const { features, probs } = inc.run(t);
+    await features.data();
+    tf.dispose([features, probs]);
+  };
+  await runInc(warm);
+  const t1 = performance.now();
+  await runInc(imgs);
+  const incSec = (performance.now() - t1) / 1000;
+  console.log(
+    JSON.stringify({
+      bench: `inception features (32x32 -> 299x299), batch ${batch}`,
+      backend: backend.name,
+      weights: detPath ?? "random",
+      seconds: incSec,
+      imagesPerSecond: batch / incSec,
+    }),
+  );
+  tf.dispose([warm, imgs]);
+  inc.dispose();
 });

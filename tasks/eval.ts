@@ -5,7 +5,9 @@
  *
  * Detectors: `mnist` (our MNIST feature network, `data/mnist-features.safetensors`; default for
  * 32×32 grey generators, with the shipped `data/mnist-ref-stats.npz` and the MNIST digits as the
- * real set for PR) or `inception` (not available yet in this build).
+ * real set for PR) or `inception` (the Inception-v3 FID detector, `lib/metrics/inception.ts`:
+ * `--detector` names `inception-2015-12-05.pt` or its safetensors conversion; without the flag
+ * the `SIDA_INCEPTION` environment variable is used).
  *
  * @module
  */
@@ -20,6 +22,7 @@ import {
   DEFAULT_MNIST_REF_STATS,
   MnistFeatureNet,
 } from "../lib/metrics/mnist_features.ts";
+import { InceptionV3 } from "../lib/metrics/inception.ts";
 import { loadRefStats } from "../lib/metrics/ref_stats.ts";
 import type { Stats } from "../lib/metrics/stats.ts";
 import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
@@ -105,9 +108,13 @@ await runMain(async () => {
       (flags.detector as string | undefined) ?? DEFAULT_MNIST_FEATURES,
     );
   } else if (features === "inception") {
-    throw new UsageError(
-      "the Inception-v3 detector is not available in this build yet (use --features mnist)",
-    );
+    const path = (flags.detector as string | undefined) ?? Deno.env.get("SIDA_INCEPTION");
+    if (!path) {
+      throw new UsageError(
+        "--features inception needs --detector inception-2015-12-05.pt (or SIDA_INCEPTION)",
+      );
+    }
+    detector = await InceptionV3.load(path);
   } else {
     throw new UsageError(`--features must be mnist or inception, got '${features}'`);
   }

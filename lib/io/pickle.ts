@@ -400,6 +400,26 @@ export const ALLOWED_GLOBALS: ReadonlySet<string> = new Set([
   ...NN_CLASSES.map((n) => `torch.nn.modules.${n}`),
 ]);
 
+/**
+ * TorchScript archives (`torch.jit.save`): `data.pkl` rebuilds the module tree from classes
+ * named `__torch__.<qualified name>` (inert records here: `NEWOBJ` with no arguments, then
+ * `BUILD` with the attribute dict) and lists with `torch.jit._pickle.build_*` (which return their
+ * argument) or `restore_type_tag` (which returns its first argument).
+ */
+const TORCHSCRIPT_LIST_BUILDERS = new Set([
+  "torch.jit._pickle.build_intlist",
+  "torch.jit._pickle.build_doublelist",
+  "torch.jit._pickle.build_boollist",
+  "torch.jit._pickle.build_tensorlist",
+  "torch.jit._pickle.build_genericlist",
+  "torch.jit._pickle.restore_type_tag",
+]);
+
+/** Whether `module` is a TorchScript class namespace (`__torch__` or below it). */
+function isTorchScriptClass(module: string): boolean {
+  return module === "__torch__" || module.startsWith("__torch__.");
+}
+
 /** Classes instantiated as generic {@linkcode PyObject}s by `NEWOBJ` / `REDUCE`. */
 const GENERIC_CLASSES = new Set([
   "torch.device",
@@ -1014,7 +1034,9 @@ class Machine {
     const q = `${module}.${name}`;
     let g = this.globals.get(q);
     if (g) return g;
-    if (!ALLOWED_GLOBALS.has(q)) {
+    if (
+      !ALLOWED_GLOBALS.has(q) && !TORCHSCRIPT_LIST_BUILDERS.has(q) && !isTorchScriptClass(module)
+    ) {
       this.fail(`refusing global '${q.slice(0, 200)}' (not on the allow-list of safe globals)`);
     }
     g = new PyGlobal(module, name);
@@ -1037,7 +1059,7 @@ class Machine {
     }
     if (q === "builtins.set" || q === "__builtin__.set") return new PySet();
     if (q === "torch.Size") return new PyTuple(this.seq(args[0] ?? new PyTuple([]), "torch.Size"));
-    if (GENERIC_CLASSES.has(q)) return new PyObject(q, args);
+    if (GENERIC_CLASSES.has(q) || isTorchScriptClass(cls.module)) return new PyObject(q, args);
     this.fail(`'${q}' cannot be instantiated`);
   }
 
@@ -1143,6 +1165,7 @@ class Machine {
       case "torch.Size":
         return new PyTuple(args.length ? this.seq(args[0], q) : []);
       default:
+        if (TORCHSCRIPT_LIST_BUILDERS.has(q)) return args[0] ?? null;
         if (GENERIC_CLASSES.has(q) || q === "dnnlib.util.EasyDict" || q === "dnnlib.EasyDict") {
           return this.newObj(fn, args);
         }
