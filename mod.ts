@@ -194,3 +194,11 @@ export {
   SIGMA_INIT,
   writeImageGrid,
 } from "./lib/metrics/generate.ts";
+export {
+  INCEPTION_CLASSES,
+  INCEPTION_FORMAT,
+  INCEPTION_RESOLUTION,
+  type InceptionOptions,
+  type InceptionOutput,
+  InceptionV3,
+} from "./lib/metrics/inception.ts";
