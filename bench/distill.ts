@@ -1,0 +1,253 @@
+/**
+ * Distillation speed: seconds per SiDA iteration (steps A + B + C of sida-spec §4.1, both warm-up
+ * gates open) and one-step generator images/s, for
+ *
+ * - `mnist`: the `mnist` network (random weights), batch 64 in 2 rounds of 32 (the mnist preset);
+ * - `cifar10`: CIFAR-10 DDPM++ cond (56M, random weights, augment_dim 9), batch 8 in one round,
+ *   on 32×32×3 synthetic labelled data;
+ *
+ * on every backend that starts (`webgpu`, `native`, `cpu`). Before timing, a batch-1
+ * forward+backward of the mnist network measures the backend's speed; a configuration whose
+ * estimated time (warm-up + timed iterations + generator calls) exceeds `--max-seconds` (default
+ * 300) is skipped, saying so.
+ *
+ *   deno task bench:distill
+ *   deno task bench:distill --backends webgpu --configs cifar10 --iters 5 --json out.json
+ *
+ * @module
+ */
+import { tf } from "../lib/deps.ts";
+import { createImageDataset, type ImageDataset, mnistDataset } from "../lib/data/dataset.ts";
+import { Distiller } from "../lib/distill/distiller.ts";
+import { generate } from "../lib/distill/generator.ts";
+import { distillPreset } from "../lib/distill/presets.ts";
+import { preset } from "../lib/nets/config.ts";
+import { createNetwork } from "../lib/nets/network.ts";
+import { BACKEND_NAMES, describeBackend } from "../lib/runtime/backend.ts";
+import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
+
+const USAGE =
+  "usage: bench/distill.ts [--backends webgpu,native,cpu] [--configs mnist,cifar10] [--iters 3] [--max-seconds 300] [--batch N] [--json out.json]";
+
+interface Config {
+  name: string;
+  network: string;
+  batch: number;
+  microBatch: number;
+  augment: boolean;
+  /** Forward GFLOP per image (bench/nets.ts figures). */
+  gflopPerImage: number;
+  data: () => Promise<ImageDataset>;
+}
+
+const CONFIGS: Record<string, Config> = {
+  mnist: {
+    name: "mnist",
+    network: "mnist",
+    batch: 64,
+    microBatch: 32,
+    augment: false,
+    gflopPerImage: 0.85,
+    data: () => mnistDataset(),
+  },
+  cifar10: {
+    name: "cifar10",
+    network: "cifar10-ddpmpp-cond",
+    batch: 8,
+    microBatch: 8,
+    augment: true,
+    gflopPerImage: 42,
+    data: () => {
+      const n = 64;
+      const pixels = new Uint8Array(n * 32 * 32 * 3);
+      for (let i = 0; i < pixels.length; i++) pixels[i] = (i * 2654435761) >>> 24;
+      return Promise.resolve(createImageDataset({
+        name: "synthetic-cifar",
+        resolution: 32,
+        channels: 3,
+        pixels,
+        labels: Array.from({ length: n }, (_, i) => i % 10),
+      }));
+    },
+  },
+};
+
+/**
+ * One SiDA iteration per image costs about 5 "forward+backward" units: step A runs G forward
+ * (≈⅓ unit), the fake net on fakes with backward (1) and on reals through the encoder with
+ * backward (≈⅔); step B runs G, the teacher and the fake net forward and backward (3).
+ */
+const UNITS_PER_IMAGE = 5;
+
+interface Row {
+  backend: string;
+  device: string;
+  config: string;
+  batch: number;
+  rounds: number;
+  secPerIteration: number;
+  trainImgPerSec: number;
+  generatorImgPerSec: number;
+  note?: string;
+}
+
+/**
+ * Seconds of one forward+backward of the mnist network at batch 1 after a warm-up (the unit of
+ * the time estimate; on tfjs-cpu the backward pass dominates).
+ */
+async function probeUnitSeconds(): Promise<number> {
+  const net = createNetwork(preset("mnist"), { seed: 0 });
+  const x = tf.randomNormal([1, 32, 32, 1]) as tf.Tensor4D;
+  const labels = tf.tidy(() =>
+    tf.cast(tf.oneHot(tf.tensor1d([3], "int32"), 10), "float32")
+  ) as tf.Tensor2D;
+  const vars = net.namedParameters().map(([, v]) => v);
+  const once = async () => {
+    const { value, grads } = tf.variableGrads(
+      () => tf.sum(net.denoise(x, 1, { labels, training: true })) as tf.Scalar,
+      vars,
+    );
+    await value.data();
+    tf.dispose([value, ...Object.values(grads)]);
+  };
+  await once(); // warm-up (WebGPU compiles its shaders)
+  const t0 = performance.now();
+  await once();
+  const s = (performance.now() - t0) / 1000;
+  tf.dispose([x, labels]);
+  net.dispose();
+  return s;
+}
+
+async function benchConfig(c: Config, iters: number): Promise<Omit<Row, "backend" | "device">> {
+  const teacher = createNetwork(preset(c.network), { seed: 0 });
+  const dataset = await c.data();
+  const base = distillPreset(c.name === "mnist" ? "mnist" : "cifar10-cond", "sida").config;
+  const d = new Distiller({
+    teacher,
+    dataset,
+    config: {
+      ...base,
+      batch: c.batch,
+      microBatch: c.microBatch,
+      augment: c.augment,
+      gWarmupNimg: 0, // both gates open: full iterations
+      ganWarmupNimg: 0,
+    },
+  });
+  await d.step(); // warm-up
+  const t0 = performance.now();
+  for (let i = 0; i < iters; i++) await d.step();
+  const secPerIteration = (performance.now() - t0) / 1000 / iters;
+  const gen = async () => {
+    const x = generate(d.Gema, { n: c.batch, seed: 1 });
+    await x.data();
+    x.dispose();
+  };
+  await gen();
+  const t1 = performance.now();
+  for (let i = 0; i < iters; i++) await gen();
+  const genSec = (performance.now() - t1) / 1000 / iters;
+  const rounds = d.rounds;
+  d.dispose();
+  teacher.dispose();
+  return {
+    config: c.name,
+    batch: c.batch,
+    rounds,
+    secPerIteration,
+    trainImgPerSec: c.batch / secPerIteration,
+    generatorImgPerSec: c.batch / genSec,
+  };
+}
+
+await runMain(async () => {
+  const f = parseFlags(Deno.args, {
+    string: ["backends", "configs", "iters", "max-seconds", "batch", "json"],
+  }, USAGE);
+  const backends = String(f.backends ?? BACKEND_NAMES.join(",")).split(",");
+  const configs = String(f.configs ?? "mnist,cifar10").split(",");
+  for (const c of configs) {
+    if (!CONFIGS[c]) throw new UsageError(`unknown config '${c}' (mnist, cifar10)`);
+  }
+  const iters = numberFlag("iters", f.iters, 3, { integer: true, min: 1 });
+  const maxSeconds = numberFlag("max-seconds", f["max-seconds"], 300, { min: 1 });
+  // --batch N: every configuration at batch N (micro-batch min(b, N)), e.g. to measure a slow
+  // backend at all; the default is each configuration's own batch (64 and 8).
+  const batchOverride = f.batch === undefined
+    ? undefined
+    : numberFlag("batch", f.batch, 0, { integer: true, min: 1 });
+  const rows: Row[] = [];
+  for (const b of backends) {
+    let info;
+    try {
+      info = await startBackend(b);
+    } catch (e) {
+      console.error(`skipping backend ${b}: ${(e as Error).message}`);
+      continue;
+    }
+    if (info.name !== b) {
+      console.error(`skipping backend ${b}: got ${info.name}`);
+      continue;
+    }
+    const device = info.name === "webgpu"
+      ? `${info.adapter}${info.isFallbackAdapter ? " (software)" : ""}`
+      : info.name === "cpu"
+      ? "tfjs-cpu (JS)"
+      : describeBackend(info).replace(/^backend: /, "");
+    const unit = await probeUnitSeconds();
+    console.error(`${b}: mnist forward+backward at batch 1 takes ${unit.toFixed(2)} s`);
+    for (const name of configs) {
+      const c = batchOverride
+        ? {
+          ...CONFIGS[name],
+          batch: batchOverride,
+          microBatch: Math.min(CONFIGS[name].microBatch, batchOverride),
+        }
+        : CONFIGS[name];
+      // Scaled from the probe by FLOPs (batch-1 overheads make this a pessimistic estimate).
+      const scale = c.gflopPerImage / CONFIGS.mnist.gflopPerImage;
+      const perIter = unit * scale * c.batch * UNITS_PER_IMAGE;
+      const estimate = (iters + 1) * (perIter + (unit / 3) * scale * c.batch);
+      if (estimate > maxSeconds) {
+        const note = `skipped: estimated ${Math.round(estimate)} s > ${maxSeconds} s ` +
+          `(~${perIter.toFixed(0)} s per iteration)`;
+        console.error(`${b} ${name}: ${note}`);
+        rows.push({
+          backend: b,
+          device,
+          config: name,
+          batch: c.batch,
+          rounds: c.batch / c.microBatch,
+          secPerIteration: NaN,
+          trainImgPerSec: NaN,
+          generatorImgPerSec: NaN,
+          note,
+        });
+        continue;
+      }
+      console.error(`${b} ${name}: batch ${c.batch}, ${iters} timed iteration(s) after a warm-up…`);
+      const row: Row = { backend: b, device, ...(await benchConfig(c, iters)) };
+      console.error(
+        `${b} ${name}: ${row.secPerIteration.toFixed(3)} s/iteration, ` +
+          `${row.generatorImgPerSec.toFixed(1)} generator img/s`,
+      );
+      rows.push(row);
+    }
+  }
+  const fmt = (v: number, d = 2) => Number.isFinite(v) ? v.toFixed(d) : "–";
+  console.log(
+    "| backend | device | config | batch (rounds) | s / SiDA iteration | train img/s | generator img/s |",
+  );
+  console.log("| --- | --- | --- | --- | --- | --- | --- |");
+  for (const r of rows) {
+    console.log(
+      `| ${r.backend} | ${r.device} | ${r.config} | ${r.batch} (${r.rounds}) | ${
+        fmt(r.secPerIteration)
+      } | ${fmt(r.trainImgPerSec, 1)} | ${fmt(r.generatorImgPerSec, 1)}${
+        r.note ? ` (${r.note})` : ""
+      } |`,
+    );
+  }
+  if (f.json) await Deno.writeTextFile(String(f.json), JSON.stringify(rows, null, 2));
+});

@@ -1,0 +1,398 @@
+/**
+ * Distillation: the Distiller's iteration (gates, which networks change, frozen teacher, flat
+ * memory), resuming a killed run (bit-identical state, identical continuation), one-line errors
+ * that leave the run folder untouched, and Ctrl-C on `deno task sida`.
+ *
+ * Everything runs on a tiny conditional DDPM++ (8×8×3, 3 classes, augment_dim 9, 8 channels,
+ * dropout 0 so that runs are deterministic) and a 32-image synthetic data set.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { tf } from "../lib/deps.ts";
+import { createImageDataset, type ImageDataset, writeImageZip } from "../lib/data/dataset.ts";
+import type { HostTensor } from "../lib/io/host_tensor.ts";
+import { createNetwork, saveNetwork } from "../lib/nets/network.ts";
+import type { EDMPrecond } from "../lib/nets/precond.ts";
+import { Distiller } from "../lib/distill/distiller.ts";
+import { generate } from "../lib/distill/generator.ts";
+import { findLatestState, readTrainingState } from "../lib/distill/run.ts";
+import { type DistillationOptions, runDistillation } from "../lib/distill/train.ts";
+import { setupBackend, TEST_BACKEND } from "./helpers.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+
+function assertEquals(actual: unknown, expected: unknown, message?: string): void {
+  assert.deepEqual(actual, expected, message);
+}
+const TINY = {
+  imgResolution: 8,
+  imgChannels: 3,
+  labelDim: 3,
+  augmentDim: 9,
+  unet: {
+    arch: "SongUNet" as const,
+    modelChannels: 8,
+    channelMult: [1, 2],
+    numBlocks: 1,
+    attnResolutions: [],
+    dropout: 0,
+  },
+};
+
+interface Fixture {
+  dir: string;
+  teacherPath: string;
+  dataPath: string;
+  dataset: ImageDataset;
+}
+
+let fixture: Promise<Fixture> | undefined;
+
+function tinyDataset(n: number, res: number, labelled = true): ImageDataset {
+  const pixels = new Uint8Array(n * res * res * 3);
+  for (let i = 0; i < pixels.length; i++) pixels[i] = (i * 37 + (i >> 5) * 11) % 256;
+  return createImageDataset({
+    name: "tiny",
+    resolution: res,
+    channels: 3,
+    pixels,
+    labels: labelled ? Array.from({ length: n }, (_, i) => i % 3) : null,
+  });
+}
+
+function setup(): Promise<Fixture> {
+  fixture ??= (async () => {
+    await setupBackend();
+    const dir = await Deno.makeTempDir({ prefix: "sida-distill-test-" });
+    const teacher = createNetwork(TINY, { seed: 1 });
+    const teacherPath = join(dir, "teacher.safetensors");
+    await saveNetwork(teacher, teacherPath);
+    teacher.dispose();
+    const dataset = tinyDataset(32, 8);
+    const dataPath = join(dir, "data.zip");
+    await writeImageZip(dataPath, dataset);
+    return { dir, teacherPath, dataPath, dataset };
+  })();
+  return fixture;
+}
+
+async function params(net: EDMPrecond): Promise<Float32Array[]> {
+  const out: Float32Array[] = [];
+  for (const [, v] of net.namedParameters()) out.push(Float32Array.from(await v.data()));
+  return out;
+}
+
+function sameArrays(a: Float32Array[], b: Float32Array[]): boolean {
+  return a.length === b.length && a.every((x, i) => bitEqual(x, b[i]));
+}
+
+function bitEqual(a: ArrayBufferView, b: ArrayBufferView): boolean {
+  const x = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  const y = new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+  if (x.length !== y.length) return false;
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+  return true;
+}
+
+function assertSameTensors(a: Map<string, HostTensor>, b: Map<string, HostTensor>, what: string) {
+  assertEquals([...a.keys()].sort(), [...b.keys()].sort(), `${what}: tensor names`);
+  for (const [k, t] of a) {
+    const u = b.get(k)!;
+    assertEquals(t.shape, u.shape, `${what}: shape of ${k}`);
+    assertEquals(t.dtype, u.dtype, `${what}: dtype of ${k}`);
+    assert(bitEqual(t.data, u.data), `${what}: values of ${k}`);
+  }
+}
+
+const TEST_CONFIG = {
+  method: "sida" as const,
+  batch: 4,
+  microBatch: 2,
+  gWarmupNimg: 4,
+  ganWarmupNimg: 8,
+  augment: true,
+  lr: 1e-3,
+  glr: 1e-3,
+  seed: 3,
+};
+
+Deno.test("Distiller: warm-up gates, what changes, frozen teacher, flat memory", async () => {
+  const { dataset } = await setup();
+  const teacher = createNetwork(TINY, { seed: 1 });
+  const d = new Distiller({ teacher, dataset, config: TEST_CONFIG });
+  const teacher0 = await params(teacher);
+  let G = await params(d.G);
+  let fake = await params(d.fake);
+  assert(sameArrays(G, teacher0), "G starts from the teacher");
+  assert(sameArrays(fake, teacher0), "the fake net starts from the teacher");
+  let counts: number[] = [];
+  for (let i = 0; i < 6; i++) {
+    const s = await d.step();
+    assertEquals(s.curNimg, 4 * i);
+    assertEquals(s.nimg, 4 * (i + 1));
+    // Gates (sida-spec §3.6, strict ">" on the count before the iteration): G steps once
+    // curNimg > 4, the GAN term enters once curNimg > 8.
+    assertEquals(s.gStep, s.curNimg > 4, `gStep at ${s.curNimg}`);
+    assertEquals(s.ganActive, s.curNimg > 8, `ganActive at ${s.curNimg}`);
+    assert(s.lossD !== null && s.lossGGan !== null && Number.isFinite(s.lossGGan));
+    assertEquals(s.keptFake, 4);
+    assertEquals(s.keptG, 4);
+    assert(s.weightFactor.min > 0 && s.weightFactor.max >= s.weightFactor.mean);
+    const G1 = await params(d.G);
+    const fake1 = await params(d.fake);
+    assert(!sameArrays(fake1, fake), `the fake net changes at iteration ${i}`);
+    assertEquals(!sameArrays(G1, G), s.gStep, `G changes iff the gate is open (iteration ${i})`);
+    G = G1;
+    fake = fake1;
+    if (i >= 3) counts.push(tf.memory().numTensors); // all gates open, all Adam states exist
+  }
+  assert(sameArrays(await params(teacher), teacher0), "the teacher never changes");
+  assertEquals(new Set(counts).size, 1, `numTensors flat over iterations: ${counts}`);
+  assertEquals(d.curNimg, 24);
+
+  // Plain SiD: G steps from iteration 0, no discriminator.
+  const sid = new Distiller({
+    teacher,
+    dataset,
+    config: { method: "sid", batch: 4, microBatch: 4, lr: 1e-3, glr: 1e-3 },
+  });
+  const G0 = await params(sid.G);
+  counts = [];
+  for (let i = 0; i < 2; i++) {
+    const s = await sid.step();
+    assert(s.gStep && !s.ganActive && s.lossD === null && s.lossGGan === null);
+    counts.push(tf.memory().numTensors);
+  }
+  assert(!sameArrays(await params(sid.G), G0));
+  assertEquals(counts[0], counts[1]);
+  sid.dispose();
+
+  // SiD²A: G and G_ema from the SiD generator, the fake net from the teacher (sida-spec §1.3).
+  const sidG = createNetwork(TINY, { seed: 9 });
+  const d2 = new Distiller({ teacher, dataset, config: TEST_CONFIG, initGenerator: sidG });
+  assert(sameArrays(await params(d2.G), await params(sidG)));
+  assert(sameArrays(await params(d2.Gema), await params(sidG)));
+  assert(sameArrays(await params(d2.fake), teacher0));
+  assertEquals(d2.curNimg, 0);
+  const x = generate(d2.Gema, { n: 2, seed: 0 });
+  assertEquals(x.shape, [2, 8, 8, 3]);
+  x.dispose();
+  d2.dispose();
+  sidG.dispose();
+  d.dispose();
+  teacher.dispose();
+});
+
+function runOptions(f: Fixture, out: string, durationKimg: number): DistillationOptions {
+  return {
+    method: "sida",
+    teacher: f.teacherPath,
+    data: f.dataPath,
+    out,
+    preset: "cifar10-cond",
+    overrides: { ...TEST_CONFIG, microBatch: 4, gWarmupNimg: 4, ganWarmupNimg: 8, dropout: 0 },
+    durationKimg,
+    tickKimg: 0.008,
+    snapKimg: 0.016,
+    dumpKimg: 0.008,
+    backend: TEST_BACKEND,
+    quiet: true,
+  };
+}
+
+/** The CLI flags equivalent to {@linkcode runOptions}. */
+function runFlags(f: Fixture, out: string, durationKimg: number): string[] {
+  return [
+    ...["--teacher", f.teacherPath, "--data", f.dataPath, "--out", out],
+    ...["--preset", "cifar10-cond", "--batch", "4", "--micro-batch", "4", "--lr", "1e-3"],
+    ...["--glr", "1e-3", "--seed", "3", "--g-warmup-kimg", "0.004", "--gan-warmup-kimg", "0.008"],
+    ...["--dropout", "0", "--augment", "1", "--duration", String(durationKimg)],
+    ...["--tick", "0.008", "--snap", "0.016", "--dump", "0.008", "--backend", TEST_BACKEND],
+  ];
+}
+
+async function fileBytes(path: string): Promise<Uint8Array> {
+  return await Deno.readFile(path);
+}
+
+async function listing(dir: string): Promise<string[]> {
+  const names: string[] = [];
+  for await (const e of Deno.readDir(dir)) names.push(e.name);
+  return names.sort();
+}
+
+Deno.test("runs: a killed run resumes bit-identically and continues like an uninterrupted one", async () => {
+  const f = await setup();
+  const total = 0.024; // 6 iterations of 4 images
+  // Uninterrupted reference run.
+  const dirA = join(f.dir, "run-a");
+  const a = await runDistillation(runOptions(f, dirA, total));
+  assertEquals(a.curNimg, 24);
+  assertEquals(a.resumed, false);
+  const files = await listing(dirA);
+  assertEquals(files.filter((n) => n.startsWith("training-state-")), [
+    "training-state-000000.024.safetensors",
+  ]);
+  assert(files.includes("network-snapshot-000000.016.safetensors"));
+  assert(files.includes("network-snapshot-000000.024.safetensors"));
+  const log = (await Deno.readTextFile(join(dirA, "log.jsonl"))).trim().split("\n");
+  assert(log.length >= 3, `log.jsonl has ${log.length} lines`);
+  for (const line of log) assert(Number.isFinite(JSON.parse(line).lossFake));
+
+  // Run B in a subprocess, killed (SIGKILL) as soon as its first training state exists. Its
+  // duration (20 images) keeps every state it can write (8, 16, 20) short of the total.
+  const dirB = join(f.dir, "run-b");
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", join(ROOT, "tasks/sida.ts"), ...runFlags(f, dirB, 0.02)],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  let saved: string | null = null;
+  for (let i = 0; i < 1200 && !saved; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    saved = await findLatestState(dirB);
+  }
+  try {
+    child.kill("SIGKILL");
+  } catch {
+    // already finished
+  }
+  await child.status;
+  assert(saved, "the subprocess wrote a training state");
+  saved = (await findLatestState(dirB))!; // the latest complete one after the kill
+  const onDisk = await readTrainingState(saved);
+  assert(onDisk.state.curNimg < 24, `killed at ${onDisk.state.curNimg} images`);
+
+  // The state loads bit-identically (networks, both Adam states, counters, sampler).
+  const teacher = createNetwork(TINY, { seed: 1 });
+  const probe = new Distiller({
+    teacher,
+    dataset: f.dataset,
+    config: runOptions(f, dirB, total).overrides!,
+  });
+  probe.load(onDisk.state);
+  const again = await probe.state();
+  assertSameTensors(again.tensors, onDisk.state.tensors, "reloaded state");
+  assertEquals(again.curNimg, onDisk.state.curNimg);
+  assertEquals(again.iteration, onDisk.state.iteration);
+  assertEquals(again.sampler, onDisk.state.sampler);
+  probe.dispose();
+  teacher.dispose();
+
+  // Resume to the same total: identical to the uninterrupted run.
+  const b = await runDistillation(runOptions(f, dirB, total));
+  assert(b.resumed);
+  assertEquals(b.curNimg, 24);
+  assertEquals(b.iterations, (24 - onDisk.state.curNimg) / 4);
+  const finalA = await readTrainingState(join(dirA, "training-state-000000.024.safetensors"));
+  const finalB = await readTrainingState(join(dirB, "training-state-000000.024.safetensors"));
+  assertSameTensors(finalB.state.tensors, finalA.state.tensors, "resumed vs uninterrupted");
+  assertEquals(finalB.state.sampler, finalA.state.sampler);
+  assertEquals(finalB.state.iteration, finalA.state.iteration);
+  assertEquals(
+    (await listing(dirB)).filter((n) => n.startsWith("training-state-")),
+    ["training-state-000000.024.safetensors"],
+  );
+});
+
+async function runTask(args: string[]): Promise<{ code: number; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", join(ROOT, "tasks/sida.ts"), ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+}
+
+Deno.test("tasks: bad input gives one error line and leaves the run folder untouched", async () => {
+  const f = await setup();
+  const dir = join(f.dir, "run-errors");
+  await runDistillation(runOptions(f, dir, 0.008));
+  const before = await listing(dir);
+  const statePath = (await findLatestState(dir))!;
+  const stateBytes = await fileBytes(statePath);
+  const logBytes = await fileBytes(join(dir, "log.jsonl"));
+
+  const corrupt = join(f.dir, "corrupt.zip");
+  await Deno.writeFile(corrupt, new TextEncoder().encode("PK\x03\x04 this is not a zip"));
+  const wrongRes = join(f.dir, "data16.zip");
+  await writeImageZip(wrongRes, tinyDataset(8, 16));
+  const unlabelled = join(f.dir, "unlabelled.zip");
+  await writeImageZip(unlabelled, tinyDataset(8, 8, false));
+  const base = runFlags(f, dir, 0.016);
+  const replace = (flag: string, value: string) => {
+    const a = [...base];
+    a[a.indexOf(flag) + 1] = value;
+    return a;
+  };
+  const cases: [string, string[], RegExp][] = [
+    ["not a number", replace("--batch", "abc"), /--batch must be a number/],
+    ["unknown flag", [...base, "--bogus", "1"], /bogus/],
+    ["missing teacher", replace("--teacher", join(f.dir, "nope.safetensors")), /not found/],
+    ["corrupt zip", replace("--data", corrupt), /corrupt\.zip/],
+    ["wrong resolution", replace("--data", wrongRes), /16x16x3/],
+    ["unlabelled data", replace("--data", unlabelled), /no labels/],
+    ["unknown preset", replace("--preset", "cifar11"), /unknown preset/],
+    ["batch/micro-batch", replace("--micro-batch", "3"), /multiple/],
+    ["incompatible run", replace("--batch", "8"), /cannot be continued.*batch/],
+  ];
+  const results = await Promise.all(cases.map(([, args]) => runTask(args)));
+  results.forEach(({ code, stderr }, i) => {
+    const [name, , pattern] = cases[i];
+    const lines = stderr.trimEnd().split("\n");
+    assert.notEqual(code, 0, `${name}: exit code`);
+    assertEquals(lines.length, 1, `${name}: one stderr line, got ${JSON.stringify(stderr)}`);
+    assert(lines[0].startsWith("error: "), `${name}: ${lines[0]}`);
+    assert(pattern.test(lines[0]), `${name}: ${lines[0]} should match ${pattern}`);
+  });
+  assertEquals(await listing(dir), before);
+  assertEquals(await fileBytes(statePath), stateBytes);
+  assertEquals(await fileBytes(join(dir, "log.jsonl")), logBytes);
+});
+
+Deno.test("tasks: Ctrl-C on `deno task sida` writes a loadable state and exits 130", async () => {
+  const f = await setup();
+  const dir = join(f.dir, "run-sigint");
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["task", "sida", ...runFlags(f, dir, 10)],
+    cwd: ROOT,
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let text = "";
+  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  while (!/tick 0 /.test(text)) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += value;
+  }
+  assert(/tick 0 /.test(text), `training started: ${text}`);
+  child.kill("SIGINT");
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += value;
+  }
+  const status = await child.status;
+  assertEquals(status.code, 130, text);
+  assert(/interrupted: state written/.test(text), text);
+  const path = await findLatestState(dir);
+  assert(path, "a training state exists");
+  const saved = await readTrainingState(path);
+  assert(saved.state.curNimg >= 4 && saved.state.curNimg < 10_000);
+  const teacher = createNetwork(TINY, { seed: 1 });
+  const d = new Distiller({
+    teacher,
+    dataset: f.dataset,
+    config: runOptions(f, dir, 10).overrides!,
+  });
+  d.load(saved.state);
+  assertEquals(d.curNimg, saved.state.curNimg);
+  d.dispose();
+  teacher.dispose();
+});
+
+Deno.test("distill tests: remove the temporary folder", async () => {
+  if (!fixture) return;
+  await Deno.remove((await fixture).dir, { recursive: true });
+});
