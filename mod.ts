@@ -202,3 +202,31 @@ export {
   type InceptionOutput,
   InceptionV3,
 } from "./lib/metrics/inception.ts";
+
+// Distillation: the training loop, runs and tasks.
+export {
+  type DistillConfig,
+  Distiller,
+  type DistillerInit,
+  type DistillerState,
+  type DistillMethod,
+  type IterationStats,
+  resolveDistillConfig,
+} from "./lib/distill/distiller.ts";
+export {
+  DEFAULT_INIT_SIGMA,
+  generate,
+  type GenerateOptions as OneStepGenerateOptions,
+  generatorNoise,
+} from "./lib/distill/generator.ts";
+export {
+  type DistillationOptions,
+  type DistillationResult,
+  runDistillation,
+} from "./lib/distill/train.ts";
+export {
+  DISTILL_PRESET_NAMES,
+  distillPreset,
+  type DistillPresetName,
+} from "./lib/distill/presets.ts";
+export { findLatestState, readTrainingState, type SavedTrainingState } from "./lib/distill/run.ts";
