@@ -138,10 +138,11 @@ export class MnistFeatureNet implements Detector {
 }
 
 /** Where the shipped MNIST feature network lives (repository `data/`). */
-export const DEFAULT_MNIST_FEATURES =
+export const DEFAULT_MNIST_FEATURES: string =
   new URL("../../data/mnist-features.safetensors", import.meta.url)
     .pathname;
 
 /** Where the shipped MNIST reference statistics live (repository `data/`). */
-export const DEFAULT_MNIST_REF_STATS = new URL("../../data/mnist-ref-stats.npz", import.meta.url)
-  .pathname;
+export const DEFAULT_MNIST_REF_STATS: string =
+  new URL("../../data/mnist-ref-stats.npz", import.meta.url)
+    .pathname;

@@ -315,9 +315,15 @@ export class GroupNorm extends Module {
     const [n, h, w, c] = x.shape;
     const g = this.numGroups;
     const xr = tf.reshape(x, [n, h * w, g, c / g]);
-    const { mean, variance } = tf.moments(xr, [1, 3], true);
-    const y = tf.mul(tf.sub(xr, mean), tf.rsqrt(tf.add(variance, this.eps)));
-    return tf.add(tf.mul(tf.reshape(y, [n, h, w, c]), this.weight), this.bias) as tf.Tensor4D;
+    const { mean, variance } = tf.moments(xr, [1, 3], true); // [n, 1, g, 1]
+    // y = (x − μ)/σ·γ + β folded into one scale and one shift per (sample, channel), so that only
+    // two full-size passes follow the statistics (as PyTorch's CPU kernel computes it).
+    const scale = tf.mul(
+      tf.rsqrt(tf.add(variance, this.eps)),
+      tf.reshape(this.weight, [1, 1, g, c / g]),
+    );
+    const shift = tf.sub(tf.reshape(this.bias, [1, 1, g, c / g]), tf.mul(mean, scale));
+    return tf.reshape(tf.add(tf.mul(xr, scale), shift), [n, h, w, c]) as tf.Tensor4D;
   }
 }
 

@@ -197,6 +197,19 @@ function wrap(lib: Deno.DynamicLibrary<typeof SYMBOLS>, path: string): Blas {
         }
         return;
       }
+      // Never let the library read or write outside the arrays (row-major extents): an
+      // out-of-bounds write would corrupt the JS heap silently.
+      const need = (rows: number, cols: number, ld: number) => (rows - 1) * ld + cols;
+      const [ar, ac] = transA ? [k, m] : [m, k];
+      const [br, bc] = transB ? [n, k] : [k, n];
+      if (
+        lda < ac || ldb < bc || ldc < n || a.length < need(ar, ac, lda) ||
+        b.length < need(br, bc, ldb) || c.length < need(m, n, ldc)
+      ) {
+        throw new RangeError(
+          `sgemm: arrays too small for m=${m} n=${n} k=${k} (A ${a.length}/${lda}, B ${b.length}/${ldb}, C ${c.length}/${ldc})`,
+        );
+      }
       // 101 = CblasRowMajor, 111 = CblasNoTrans, 112 = CblasTrans.
       sgemm(
         101,
