@@ -17,6 +17,8 @@ import {
   DEFAULT_MNIST_FEATURES,
   DEFAULT_MNIST_REF_STATS,
   MnistFeatureNet,
+  mulberry32,
+  shuffleIndices,
 } from "../lib/metrics/mnist_features.ts";
 import { saveRefStats } from "../lib/metrics/ref_stats.ts";
 import { FeatureStats } from "../lib/metrics/stats.ts";
@@ -25,27 +27,6 @@ import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../li
 const USAGE =
   "usage: deno task train-features [--epochs 8] [--batch 64] [--seed 1] [--holdout 1000] " +
   "[--out data/mnist-features.safetensors] [--stats data/mnist-ref-stats.npz] [--backend B]";
-
-/** A small seeded generator (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function shuffle(n: number, rand: () => number): number[] {
-  const p = Array.from({ length: n }, (_, i) => i);
-  for (let i = n - 1; i > 0; i--) {
-    const j = Math.floor(rand() * (i + 1));
-    [p[i], p[j]] = [p[j], p[i]];
-  }
-  return p;
-}
 
 await runMain(async () => {
   const flags = parseFlags(Deno.args, {
@@ -68,8 +49,9 @@ await runMain(async () => {
 
   const ds = await mnistDataset();
   if (holdout >= ds.size) throw new UsageError(`--holdout must be below ${ds.size}`);
-  const rand = rng(seed);
-  const perm = shuffle(ds.size, rand);
+  // The same stream as mnistHoldoutSplit(ds.size, seed, holdout), continued for training.
+  const rand = mulberry32(seed);
+  const perm = shuffleIndices(ds.size, rand);
   const testIdx = perm.slice(0, holdout).sort((a, b) => a - b);
   const trainIdx = perm.slice(holdout);
   const res = ds.resolution;
@@ -119,7 +101,7 @@ await runMain(async () => {
   let step = 0;
   let acc = 0;
   for (let epoch = 0; epoch < epochs; epoch++) {
-    const order = shuffle(trainIdx.length, rand).map((i) => trainIdx[i]);
+    const order = shuffleIndices(trainIdx.length, rand).map((i) => trainIdx[i]);
     let lossSum = 0;
     for (let b = 0; b < stepsPerEpoch; b++) {
       const idx = order.slice(b * batch, (b + 1) * batch);

@@ -146,3 +146,38 @@ export const DEFAULT_MNIST_FEATURES: string =
 export const DEFAULT_MNIST_REF_STATS: string =
   new URL("../../data/mnist-ref-stats.npz", import.meta.url)
     .pathname;
+
+/** A small seeded generator (mulberry32), uniform in [0, 1). */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * The feature network's train / held-out split: a mulberry32(`seed`) Fisher–Yates shuffle of
+ * `0..size-1`; the first `holdout` indices (sorted) are held out, the rest train in shuffled order.
+ */
+export function mnistHoldoutSplit(
+  size: number,
+  seed: number,
+  holdout: number,
+): { train: number[]; test: number[] } {
+  const p = shuffleIndices(size, mulberry32(seed));
+  return { test: p.slice(0, holdout).sort((a, b) => a - b), train: p.slice(holdout) };
+}
+
+/** A Fisher–Yates shuffle of `0..n-1` drawing from `rand`. */
+export function shuffleIndices(n: number, rand: () => number): number[] {
+  const p = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [p[i], p[j]] = [p[j], p[i]];
+  }
+  return p;
+}
