@@ -25,7 +25,7 @@ import { FeatureStats } from "../lib/metrics/stats.ts";
 import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
 
 const USAGE =
-  "usage: deno task train-features [--epochs 8] [--batch 64] [--seed 1] [--holdout 1000] " +
+  "usage: deno task train-features [--epochs 20] [--batch 64] [--seed 1] [--holdout 1000] " +
   "[--out data/mnist-features.safetensors] [--stats data/mnist-ref-stats.npz] [--backend B]";
 
 await runMain(async () => {
@@ -38,7 +38,7 @@ await runMain(async () => {
     return;
   }
   if (flags.positionals.length) throw new UsageError(`unexpected argument (${USAGE})`);
-  const epochs = numberFlag("epochs", flags.epochs, 8, { integer: true, min: 1 });
+  const epochs = numberFlag("epochs", flags.epochs, 20, { integer: true, min: 1 });
   const batch = numberFlag("batch", flags.batch, 64, { integer: true, min: 1 });
   const seed = numberFlag("seed", flags.seed, 1, { integer: true, min: 0 });
   const holdout = numberFlag("holdout", flags.holdout, 1000, { integer: true, min: 1 });
