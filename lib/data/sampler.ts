@@ -20,6 +20,7 @@
 import { tf } from "../deps.ts";
 import type { Tensor2D, Tensor4D } from "../deps.ts";
 import type { ImageDataset } from "./dataset.ts";
+import { mulberry32Uint as mulberry32 } from "../runtime/random.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Seeded random numbers (no Math.random): a murmur3-style hash for seeding, mulberry32 streams.
@@ -44,18 +45,6 @@ function hashInts(...values: number[]): number {
     h = fmix32((h ^ hi) + 0x7f4a7c15);
   }
   return h;
-}
-
-/** mulberry32: a small 32-bit generator; returns a function giving uint32 values. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
 }
 
 function checkSeed(where: string, seed: unknown): number {

@@ -10,6 +10,7 @@ import { fastPng, tf } from "../deps.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
 import { edmSampler, toUint8Images } from "../diffusion/sampler.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
+import { mulberry32 as rng } from "../runtime/random.ts";
 
 /** σ_init of the SiD generators (`sida-spec.md` §1.2). */
 export const SIGMA_INIT = 2.5;
@@ -42,18 +43,6 @@ export interface GeneratedBatch {
   pixels: Uint8Array;
   /** Class of each image (-1 for an unconditional net). */
   labels: Int32Array;
-}
-
-/** mulberry32: a small seeded uniform generator. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /**

@@ -16,6 +16,7 @@ import { tf } from "../deps.ts";
 import { fromTfTensor, type HostTensor, IoError, toFloat32 } from "../io/host_tensor.ts";
 import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 import type { Detector, DetectorOutput } from "./detector.ts";
+import { mulberry32 } from "../runtime/random.ts";
 
 /** Format tag in the safetensors metadata. */
 export const MNIST_FEATURES_FORMAT = "sida-mnist-features/1";
@@ -147,17 +148,8 @@ export const DEFAULT_MNIST_REF_STATS: string =
   new URL("../../data/mnist-ref-stats.npz", import.meta.url)
     .pathname;
 
-/** A small seeded generator (mulberry32), uniform in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A small seeded generator (mulberry32), uniform in [0, 1); see `lib/runtime/random.ts`. */
+export { mulberry32 };
 
 /**
  * The feature network's train / held-out split: a mulberry32(`seed`) Fisher–Yates shuffle of
