@@ -215,6 +215,18 @@ function validateConfig(c: NetworkConfig): void {
   }
 }
 
+/** `EDMPrecond.__init__`'s own arguments, in positional order (`edm:training/networks.py:633-642`). */
+export const EDM_PRECOND_ARGS: readonly string[] = [
+  "img_resolution",
+  "img_channels",
+  "label_dim",
+  "use_fp16",
+  "sigma_min",
+  "sigma_max",
+  "sigma_data",
+  "model_type",
+];
+
 /** Python `_init_kwargs` of an EDMPrecond object (snake_case), as stored in EDM pickles. */
 export type EdmKwargs = Record<string, unknown>;
 
@@ -225,14 +237,7 @@ export type EdmKwargs = Record<string, unknown>;
  */
 export function fromEdmKwargs(kw: EdmKwargs): NetworkConfig {
   const known = new Set([
-    "img_resolution",
-    "img_channels",
-    "label_dim",
-    "use_fp16",
-    "sigma_min",
-    "sigma_max",
-    "sigma_data",
-    "model_type",
+    ...EDM_PRECOND_ARGS,
     "augment_dim",
     "model_channels",
     "channel_mult",

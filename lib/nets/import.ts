@@ -34,7 +34,7 @@ import {
   type TorchFile,
   type TorchFileFormat,
 } from "../io/torch_file.ts";
-import { ConfigError, fromEdmKwargs, type NetworkConfig } from "./config.ts";
+import { ConfigError, EDM_PRECOND_ARGS, fromEdmKwargs, type NetworkConfig } from "./config.ts";
 import { networkMetadata } from "./network.ts";
 import { EDMPrecond } from "./precond.ts";
 
@@ -85,16 +85,7 @@ export interface ImportSummary {
 
 const DEFAULT_KEYS = ["ema", "G_ema", "net", "G_ema_state", "model"];
 const PRECOND_CLASSES = new Set(["EDMPrecond", "EDMPrecond_EncoderDecoder"]);
-const POSITIONAL = [
-  "img_resolution",
-  "img_channels",
-  "label_dim",
-  "use_fp16",
-  "sigma_min",
-  "sigma_max",
-  "sigma_data",
-  "model_type",
-];
+const POSITIONAL = EDM_PRECOND_ARGS;
 
 interface Plan {
   file: TorchFile;
