@@ -66,9 +66,13 @@ async function compare(what: string, shapes: number[][], build: Build, seed = 1)
     const a = ref.values[k], b = got.values[k];
     let err = 0, scale = 0;
     for (let i = 0; i < a.length; i++) {
+      if (!Number.isFinite(a[i]) || !Number.isFinite(b[i])) {
+        // NaN and ±Infinity must match exactly.
+        if (!Object.is(a[i], b[i]) && !(Number.isNaN(a[i]) && Number.isNaN(b[i]))) err = Infinity;
+        continue;
+      }
       err = Math.max(err, Math.abs(a[i] - b[i]));
       scale = Math.max(scale, Math.abs(a[i]));
-      if (Number.isNaN(a[i]) !== Number.isNaN(b[i])) err = Infinity;
     }
     assert.ok(
       err <= REL_TOL * Math.max(1, scale),
@@ -505,5 +509,53 @@ Deno.test({
     for (let i = 0; i < 3; i++) step();
     assert.equal(tf.memory().numTensors, before);
     tf.dispose([x, w]);
+  },
+});
+
+Deno.test({
+  name: "native: max pooling and ReLU (with gradients, ties and NaN)",
+  ignore,
+  async fn() {
+    for (
+      const [shape, filter, stride, pad] of [
+        [[2, 8, 8, 3], 2, 2, "valid"],
+        [[1, 7, 9, 2], 3, 2, "same"],
+        [[2, 6, 5, 4], 3, 1, "same"],
+        [[1, 5, 5, 1], [2, 3], [1, 2], "valid"],
+        [[3, 4, 4, 5], 2, 2, 1],
+      ] as [
+        number[],
+        number | [number, number],
+        number | [number, number],
+        "valid" | "same" | number,
+      ][]
+    ) {
+      await compare(
+        `maxPool ${shape} f${filter} s${stride} ${pad}`,
+        [shape],
+        withGrads(([x]) => tf.maxPool(x as tf.Tensor4D, filter, stride, pad)),
+      );
+      // ReLU first: many windows of tied zeros, where the first maximum takes the gradient.
+      await compare(
+        `relu + maxPool ${shape}`,
+        [shape],
+        withGrads(([x]) => tf.maxPool(tf.relu(tf.sub(x, 0.5)) as tf.Tensor4D, filter, stride, pad)),
+      );
+    }
+    // NaN pixels and whole NaN windows.
+    await compare(
+      "maxPool with NaN",
+      [[1, 4, 4, 2]],
+      (([x]) => {
+        const mask = tf.greater(x, -0.5); // three pixels in four: some windows are all NaN
+        const y = tf.where(mask, tf.fill(x.shape, NaN), x);
+        return [tf.maxPool(y as tf.Tensor4D, 2, 2, "valid"), tf.relu(y), tf.step(y, 0.1)];
+      }) as Build,
+    );
+    await compare(
+      "relu / step",
+      [[3, 17]],
+      withGrads(([x]) => tf.mul(tf.relu(x), tf.step(x, 0.2))),
+    );
   },
 });

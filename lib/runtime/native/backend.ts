@@ -18,6 +18,7 @@ import { tf } from "../../deps.ts";
 import { type Blas, loadBlas } from "./blas.ts";
 import { gemmKernels, type KernelArgs, type NativeKernelFunc } from "./gemm_kernels.ts";
 import { elementwiseKernels } from "./elementwise_kernels.ts";
+import { poolKernels } from "./pool_kernels.ts";
 
 export { BlasUnavailableError, loadBlas } from "./blas.ts";
 export type { Blas } from "./blas.ts";
@@ -60,7 +61,11 @@ export function registerNativeBackend(): Blas {
     if (!f) throw new Error(`native backend: no cpu kernel '${name}' to fall back on`);
     return f;
   };
-  const replaced = { ...gemmKernels(blas, fallback), ...elementwiseKernels(fallback) };
+  const replaced = {
+    ...gemmKernels(blas, fallback),
+    ...elementwiseKernels(fallback),
+    ...poolKernels(fallback),
+  };
   for (const [name, kernelFunc] of Object.entries(replaced)) {
     if (tf.getKernel(name, NATIVE_BACKEND)) tf.unregisterKernel(name, NATIVE_BACKEND);
     tf.registerKernel({
