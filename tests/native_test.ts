@@ -7,6 +7,9 @@ import assert from "node:assert/strict";
 import { tf } from "../lib/deps.ts";
 import { NATIVE_KERNEL_NAMES, registerNativeBackend } from "../lib/runtime/native/backend.ts";
 import { BACKEND_NAMES, describeBackend, initBackend } from "../lib/runtime/backend.ts";
+import { loadCKernels } from "../lib/runtime/native/ckernels.ts";
+import { setCKernelsEnabled } from "../lib/runtime/native/elementwise_kernels.ts";
+import { FUSED, groupNorm, silu } from "../lib/runtime/native/fused.ts";
 
 let unavailable: string | undefined;
 try {
@@ -362,71 +365,126 @@ Deno.test({
   },
 });
 
+for (const withC of [true, false]) {
+  Deno.test({
+    name: `native: broadcasting binary ops, unary ops, reductions (${
+      withC ? "C" : "TypeScript"
+    } kernels)`,
+    ignore: ignore || (withC && !loadCKernels()),
+    async fn() {
+      const before = setCKernelsEnabled(withC);
+      try {
+        const pairs: [number[], number[]][] = [
+          // Large enough for the threaded C paths: many rows, and few long rows (split in chunks).
+          [[64, 40, 41], [41]],
+          [[3, 70000], [3, 1]],
+          [[2, 50000], [2, 50000]],
+          [[4, 5], [4, 5]],
+          [[2, 3, 4, 5], [5]],
+          [[2, 3, 4, 5], [2, 1, 1, 5]],
+          [[2, 6, 3, 2], [2, 1, 3, 1]],
+          [[3, 1, 4], [1, 5, 1]],
+          [[6], []],
+          [[], [3, 2]],
+          [[1, 1], [1, 1]],
+        ];
+        const ops: [string, (a: tf.Tensor, b: tf.Tensor) => tf.Tensor][] = [
+          ["add", tf.add],
+          ["sub", tf.sub],
+          ["mul", tf.mul],
+          ["div", tf.div],
+          ["squaredDifference", tf.squaredDifference],
+          ["maximum", tf.maximum],
+          ["minimum", tf.minimum],
+        ];
+        let seed = 300;
+        for (const [sa, sb] of pairs) {
+          for (const [name, op] of ops) {
+            const f = ([a, b]: tf.Tensor[]) => op(a, name === "div" ? tf.add(tf.abs(b), 0.5) : b);
+            // tfjs' SquaredDifference, Maximum and Minimum gradients do not reduce broadcast dims.
+            const grads = ["add", "sub", "mul", "div"].includes(name) || sa.join() === sb.join();
+            await compare(`${name} [${sa}] [${sb}]`, [sa, sb], grads ? withGrads(f) : f, seed++);
+          }
+        }
+        const unary: [string, (x: tf.Tensor) => tf.Tensor][] = [
+          ["sigmoid", tf.sigmoid],
+          ["square", tf.square],
+          ["neg", tf.neg],
+          ["exp", tf.exp],
+          ["floor", (x) => tf.floor(tf.mul(x, 3))],
+          ["abs", tf.abs],
+          ["sqrt", (x) => tf.sqrt(tf.add(tf.abs(x), 0.1))],
+          ["rsqrt", (x) => tf.rsqrt(tf.add(tf.abs(x), 0.1))],
+          ["log", (x) => tf.log(tf.add(tf.abs(x), 0.1))],
+        ];
+        for (const [name, f] of unary) {
+          await compare(name, [[3, 4, 5]], withGrads(([x]) => f(x)), seed++);
+        }
+        const shape = [2, 3, 4, 5];
+        for (const axes of [0, 1, 3, -1, [1, 3], [0, 2], [0, 1, 2, 3], [2, 3]]) {
+          for (const keep of [false, true]) {
+            await compare(`reductions axes ${axes} keepDims ${keep}`, [shape], ([x]) => [
+              tf.sum(x, axes, keep),
+              tf.mean(x, axes, keep),
+              tf.max(x, axes, keep),
+              tf.min(x, axes, keep),
+            ], seed++);
+          }
+        }
+        await compare(
+          "moments [1, 3]",
+          [[2, 16, 4, 3]],
+          withGrads(([x]) => {
+            const { mean, variance } = tf.moments(x, [1, 3], true);
+            return tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, 1e-5)));
+          }),
+        );
+        await compare(
+          "relu / step large",
+          [[300000]],
+          withGrads(([x]) => tf.mul(tf.relu(x), tf.step(x, 0.3))),
+        );
+        await compare("sigmoid large", [[2, 100000]], withGrads(([x]) => tf.sigmoid(tf.mul(x, 8))));
+      } finally {
+        setCKernelsEnabled(before);
+      }
+    },
+  });
+}
+
 Deno.test({
-  name: "native: broadcasting binary ops, unary ops, reductions",
-  ignore,
+  name: "native: fused SiLU and group norm equal the composed ops (values and gradients)",
+  ignore: ignore || !loadCKernels(),
   async fn() {
-    const pairs: [number[], number[]][] = [
-      [[4, 5], [4, 5]],
-      [[2, 3, 4, 5], [5]],
-      [[2, 3, 4, 5], [2, 1, 1, 5]],
-      [[2, 6, 3, 2], [2, 1, 3, 1]],
-      [[3, 1, 4], [1, 5, 1]],
-      [[6], []],
-      [[], [3, 2]],
-      [[1, 1], [1, 1]],
-    ];
-    const ops: [string, (a: tf.Tensor, b: tf.Tensor) => tf.Tensor][] = [
-      ["add", tf.add],
-      ["sub", tf.sub],
-      ["mul", tf.mul],
-      ["div", tf.div],
-      ["squaredDifference", tf.squaredDifference],
-      ["maximum", tf.maximum],
-      ["minimum", tf.minimum],
-    ];
-    let seed = 300;
-    for (const [sa, sb] of pairs) {
-      for (const [name, op] of ops) {
-        const f = ([a, b]: tf.Tensor[]) => op(a, name === "div" ? tf.add(tf.abs(b), 0.5) : b);
-        // tfjs' SquaredDifference, Maximum and Minimum gradients do not reduce broadcast dims.
-        const grads = ["add", "sub", "mul", "div"].includes(name) || sa.join() === sb.join();
-        await compare(`${name} [${sa}] [${sb}]`, [sa, sb], grads ? withGrads(f) : f, seed++);
-      }
+    await tf.setBackend("native");
+    assert.ok(tf.getKernel(FUSED.groupNorm, "native"), "fused kernels registered");
+    await compare("silu", [[2, 5, 7, 3]], withGrads(([x]) => silu(tf.mul(x, 6))));
+    await compare("silu large", [[4, 16, 16, 64]], withGrads(([x]) => silu(tf.mul(x, 6))));
+    for (
+      const [shape, groups] of [
+        [[2, 4, 4, 8], 2],
+        [[1, 3, 5, 6], 3],
+        [[3, 8, 8, 32], 8],
+        [[4, 16, 16, 64], 16],
+        [[2, 1, 1, 4], 4],
+      ] as [number[], number][]
+    ) {
+      const c = shape[3];
+      await compare(
+        `groupNorm ${shape} G${groups}`,
+        [shape, [c], [c]],
+        withGrads(([x, g, b]) =>
+          // Offsets and scales per channel so that the statistics matter.
+          groupNorm(
+            tf.add(tf.mul(x, tf.add(g, 2)), b) as tf.Tensor4D,
+            tf.add(g, 1),
+            b,
+            groups,
+            1e-5,
+          )
+        ),
+      );
     }
-    const unary: [string, (x: tf.Tensor) => tf.Tensor][] = [
-      ["sigmoid", tf.sigmoid],
-      ["square", tf.square],
-      ["neg", tf.neg],
-      ["exp", tf.exp],
-      ["floor", (x) => tf.floor(tf.mul(x, 3))],
-      ["abs", tf.abs],
-      ["sqrt", (x) => tf.sqrt(tf.add(tf.abs(x), 0.1))],
-      ["rsqrt", (x) => tf.rsqrt(tf.add(tf.abs(x), 0.1))],
-      ["log", (x) => tf.log(tf.add(tf.abs(x), 0.1))],
-    ];
-    for (const [name, f] of unary) {
-      await compare(name, [[3, 4, 5]], withGrads(([x]) => f(x)), seed++);
-    }
-    const shape = [2, 3, 4, 5];
-    for (const axes of [0, 1, 3, -1, [1, 3], [0, 2], [0, 1, 2, 3], [2, 3]]) {
-      for (const keep of [false, true]) {
-        await compare(`reductions axes ${axes} keepDims ${keep}`, [shape], ([x]) => [
-          tf.sum(x, axes, keep),
-          tf.mean(x, axes, keep),
-          tf.max(x, axes, keep),
-          tf.min(x, axes, keep),
-        ], seed++);
-      }
-    }
-    await compare(
-      "moments [1, 3]",
-      [[2, 16, 4, 3]],
-      withGrads(([x]) => {
-        const { mean, variance } = tf.moments(x, [1, 3], true);
-        return tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, 1e-5)));
-      }),
-    );
   },
 });
 

@@ -10,10 +10,11 @@
 import { tf } from "../deps.ts";
 import { DEFAULT_INIT, type Initializer, type InitSpec } from "./init.ts";
 import { Module } from "./module.ts";
+import { groupNorm, silu as fusedSilu } from "../runtime/native/fused.ts";
 
-/** silu(x) = x · sigmoid(x). */
+/** silu(x) = x · sigmoid(x) (one fused kernel on the `native` backend). */
 export function silu(x: tf.Tensor): tf.Tensor {
-  return tf.mul(x, tf.sigmoid(x));
+  return fusedSilu(x);
 }
 
 /** Inverted dropout (scale by 1/(1-p)), active only when `training`; the identity otherwise. */
@@ -310,20 +311,9 @@ export class GroupNorm extends Module {
     this.bias = this.addParam("bias", [numChannels], "plain", () => tf.zeros([numChannels]));
   }
 
-  /** Normalises NHWC `x` over (H, W, C/G) per group. */
+  /** Normalises NHWC `x` over (H, W, C/G) per group (one fused kernel on `native`). */
   forward(x: tf.Tensor4D): tf.Tensor4D {
-    const [n, h, w, c] = x.shape;
-    const g = this.numGroups;
-    const xr = tf.reshape(x, [n, h * w, g, c / g]);
-    const { mean, variance } = tf.moments(xr, [1, 3], true); // [n, 1, g, 1]
-    // y = (x − μ)/σ·γ + β folded into one scale and one shift per (sample, channel), so that only
-    // two full-size passes follow the statistics (as PyTorch's CPU kernel computes it).
-    const scale = tf.mul(
-      tf.rsqrt(tf.add(variance, this.eps)),
-      tf.reshape(this.weight, [1, 1, g, c / g]),
-    );
-    const shift = tf.sub(tf.reshape(this.bias, [1, 1, g, c / g]), tf.mul(mean, scale));
-    return tf.reshape(tf.add(tf.mul(xr, scale), shift), [n, h, w, c]) as tf.Tensor4D;
+    return groupNorm(x, this.weight, this.bias, this.numGroups, this.eps);
   }
 }
 

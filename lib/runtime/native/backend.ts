@@ -19,6 +19,9 @@ import { type Blas, loadBlas } from "./blas.ts";
 import { gemmKernels, type KernelArgs, type NativeKernelFunc } from "./gemm_kernels.ts";
 import { elementwiseKernels } from "./elementwise_kernels.ts";
 import { poolKernels } from "./pool_kernels.ts";
+import { bufferPool } from "./buffer_pool.ts";
+import { loadCKernels } from "./ckernels.ts";
+import { fusedKernels } from "./fused.ts";
 
 export { BlasUnavailableError, loadBlas } from "./blas.ts";
 export type { Blas } from "./blas.ts";
@@ -45,7 +48,7 @@ export function registerNativeBackend(): Blas {
   const Cpu = tf.MathBackendCPU;
   if (typeof Cpu !== "function") throw new Error("tfjs does not export MathBackendCPU");
   tf.registerBackend(NATIVE_BACKEND, () => {
-    const b = new Cpu();
+    const b = new (pooledBackendClass(Cpu))();
     (b as unknown as { firstUse: boolean }).firstUse = false; // no "install tfjs-node" banner
     return b;
   }, 0);
@@ -61,10 +64,12 @@ export function registerNativeBackend(): Blas {
     if (!f) throw new Error(`native backend: no cpu kernel '${name}' to fall back on`);
     return f;
   };
+  const c = loadCKernels();
   const replaced = {
     ...gemmKernels(blas, fallback),
     ...elementwiseKernels(fallback),
     ...poolKernels(fallback),
+    ...(c ? fusedKernels(c) : {}),
   };
   for (const [name, kernelFunc] of Object.entries(replaced)) {
     if (tf.getKernel(name, NATIVE_BACKEND)) tf.unregisterKernel(name, NATIVE_BACKEND);
@@ -81,3 +86,42 @@ export function registerNativeBackend(): Blas {
 
 /** What tfjs passes to a kernel function (re-exported for kernel authors). */
 export type { KernelArgs };
+
+type CpuClass = typeof tf.MathBackendCPU;
+type Values = tf.backend_util.BackendValues;
+
+/**
+ * tfjs-backend-cpu's backend with storage recycling: buffers of disposed tensors go back to
+ * {@linkcode bufferPool} (see its rules), and reads of pooled storage return copies.
+ */
+function pooledBackendClass(Cpu: CpuClass): CpuClass {
+  return class PooledBackend extends Cpu {
+    override write(values: Values, shape: number[], dtype: tf.DataType): tf.DataId {
+      bufferPool.register(values);
+      return super.write(values, shape, dtype);
+    }
+    override move(
+      dataId: tf.DataId,
+      values: Values,
+      shape: number[],
+      dtype: tf.DataType,
+      refCount: number,
+    ): void {
+      bufferPool.register(values);
+      super.move(dataId, values, shape, dtype, refCount);
+    }
+    override readSync(dataId: tf.DataId): Values {
+      const v = super.readSync(dataId);
+      return bufferPool.owns(v) ? (v as Float32Array).slice() : v;
+    }
+    override read(dataId: tf.DataId): Promise<Values> {
+      return Promise.resolve(this.readSync(dataId));
+    }
+    override disposeData(dataId: tf.DataId, force = false): boolean {
+      const entry = this.data.get(dataId);
+      const done = super.disposeData(dataId, force);
+      if (entry && !this.data.has(dataId)) bufferPool.release(entry.values);
+      return done;
+    }
+  } as unknown as CpuClass;
+}

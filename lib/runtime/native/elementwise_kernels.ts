@@ -14,6 +14,22 @@
  */
 import { tf } from "../../deps.ts";
 import { type CpuBackend, f32, type NativeKernelFunc } from "./gemm_kernels.ts";
+import { bufferPool } from "./buffer_pool.ts";
+import { type CKernels, loadCKernels, UNARY } from "./ckernels.ts";
+
+let useC = true;
+
+/** Uses (the default) or bypasses the C kernels, for tests of both paths; returns the old value. */
+export function setCKernelsEnabled(on: boolean): boolean {
+  const old = useC;
+  useC = on;
+  return old;
+}
+
+/** The C kernels when they are loaded and enabled. */
+export function cKernels(): CKernels | null {
+  return useC ? loadCKernels() : null;
+}
 
 function sizeOf(shape: readonly number[]): number {
   let s = 1;
@@ -114,9 +130,14 @@ export function broadcastBinary(
   outShape: readonly number[],
 ): Float32Array {
   const total = sizeOf(outShape);
-  const out = new Float32Array(total);
+  const out = bufferPool.alloc(total);
   if (total === 0) return out;
   const { sizes, aStrides, bStrides } = collapse(aShape, bShape, outShape);
+  const c = cKernels();
+  if (c) {
+    c.binary(op, out, a, b, sizes, aStrides, bStrides);
+    return out;
+  }
   const k = sizes.length;
   if (k === 0) {
     binaryRun(op, out, 0, a, 0, 0, b, 0, 0, 1);
@@ -223,7 +244,9 @@ function reduce(
       }
     }
   }
-  return Float32Array.from(acc);
+  const out = bufferPool.alloc(outSize);
+  for (let i = 0; i < outSize; i++) out[i] = acc[i];
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -236,7 +259,7 @@ export function transposeValues(
   perm: readonly number[],
 ): Float32Array {
   const r = shape.length;
-  const out = new Float32Array(x.length);
+  const out = bufferPool.alloc(x.length);
   if (x.length === 0) return out;
   const inStrides = new Array(r);
   let s = 1;
@@ -293,7 +316,7 @@ function sliceValues(
 ): Float32Array {
   const r = shape.length;
   const total = sizeOf(size);
-  const out = new Float32Array(total);
+  const out = bufferPool.alloc(total);
   if (total === 0) return out;
   const strides = new Array(r);
   let s = 1;
@@ -330,7 +353,7 @@ function sliceValues(
 /** Concatenates arrays viewed as `[outer, inner_i]` along their second axis. */
 function concatValues(parts: Float32Array[], inners: number[], outer: number): Float32Array {
   const row = inners.reduce((a, b) => a + b, 0);
-  const out = new Float32Array(outer * row);
+  const out = bufferPool.alloc(outer * row);
   let col = 0;
   for (let p = 0; p < parts.length; p++) {
     const x = parts[p], n = inners[p];
@@ -364,12 +387,15 @@ export function elementwiseKernels(
   };
 
   const unary =
-    (name: string, f: (x: Float32Array, y: Float32Array) => void): NativeKernelFunc => (args) => {
+    (name: keyof typeof UNARY, f: (x: Float32Array, y: Float32Array) => void): NativeKernelFunc =>
+    (args) => {
       const { x } = args.inputs;
       const xv = f32(args.backend, x);
       if (!xv) return fallback(name)(args);
-      const y = new Float32Array(xv.length);
-      f(xv, y);
+      const y = bufferPool.alloc(xv.length);
+      const c = cKernels();
+      if (c) c.unary(UNARY[name], y, xv);
+      else f(xv, y);
       return make(args.backend, x!.shape, y);
     };
 
@@ -441,7 +467,7 @@ export function elementwiseKernels(
       const r = logits!.shape.length;
       if (!xv || (dim !== -1 && dim !== r - 1)) return fallback("Softmax")(args);
       const n = logits!.shape[r - 1] ?? 1;
-      const y = new Float32Array(xv.length);
+      const y = bufferPool.alloc(xv.length);
       for (let i = 0; i < xv.length; i += n) {
         let m = -Infinity;
         for (let j = i; j < i + n; j++) if (xv[j] > m) m = xv[j];
@@ -477,7 +503,7 @@ export function elementwiseKernels(
       const outShape = [...shape.slice(0, axis), ...shape.slice(axis + 1)];
       const outs: tf.TensorInfo[] = [];
       for (let k = 0; k < num; k++) {
-        const y = new Float32Array(outer * inner);
+        const y = bufferPool.alloc(outer * inner);
         if (inner === 1) {
           for (let o = 0, s = k; o < outer; o++, s += num) y[o] = xv[s];
         } else {
@@ -557,7 +583,7 @@ export function elementwiseKernels(
       if (r === 0) return fallback("Tile")(args);
       const outShape = shape.map((d, i) => d * reps[i]);
       const total = sizeOf(outShape);
-      const y = new Float32Array(total);
+      const y = bufferPool.alloc(total);
       if (total === 0) return make(args.backend, outShape, y);
       const inStrides = new Array(r);
       let s = 1;

@@ -10,6 +10,7 @@
  */
 import { tf } from "../../deps.ts";
 import type { Blas } from "./blas.ts";
+import { bufferPool } from "./buffer_pool.ts";
 
 /** The storage-owning backend class the `native` backend is an instance of. */
 export type CpuBackend = tf.MathBackendCPU;
@@ -171,7 +172,7 @@ export function conv2dForward(
   const Co = ci.outChannels;
   const K = ci.filterHeight * ci.filterWidth * ci.inChannels;
   const M = ci.batchSize * ci.outHeight * ci.outWidth;
-  const y = new Float32Array(M * Co);
+  const y = M * Co && K ? bufferPool.alloc(M * Co) : bufferPool.zeros(M * Co);
   if (M === 0 || Co === 0) return y;
   if (isPointwise(ci)) {
     blas.sgemm(false, false, M, Co, K, 1, x, K, w, Co, 0, y, Co);
@@ -197,7 +198,7 @@ export function conv2dBackpropInput(
   const Co = ci.outChannels;
   const K = ci.filterHeight * ci.filterWidth * ci.inChannels;
   const M = ci.batchSize * ci.outHeight * ci.outWidth;
-  const dx = new Float32Array(ci.batchSize * ci.inHeight * ci.inWidth * ci.inChannels);
+  const dx = bufferPool.zeros(ci.batchSize * ci.inHeight * ci.inWidth * ci.inChannels);
   if (M === 0 || K === 0) return dx;
   if (isPointwise(ci)) {
     blas.sgemm(false, true, M, K, Co, 1, dy, Co, w, Co, 0, dx, K);
@@ -223,7 +224,7 @@ export function conv2dBackpropFilter(
   const Co = ci.outChannels;
   const K = ci.filterHeight * ci.filterWidth * ci.inChannels;
   const M = ci.batchSize * ci.outHeight * ci.outWidth;
-  const dw = new Float32Array(K * Co);
+  const dw = bufferPool.zeros(K * Co);
   if (M === 0 || K === 0) return dw;
   if (isPointwise(ci)) {
     blas.sgemm(true, false, K, Co, M, 1, x, K, dy, Co, 0, dw, Co);
@@ -290,7 +291,7 @@ function forEachTap(
 
 /** Depthwise NHWC convolution; returns `[N·Ho·Wo·C·mult]`. */
 export function depthwiseForward(x: Float32Array, w: Float32Array, ci: ConvInfo): Float32Array {
-  const y = new Float32Array(ci.batchSize * ci.outHeight * ci.outWidth * ci.outChannels);
+  const y = bufferPool.zeros(ci.batchSize * ci.outHeight * ci.outWidth * ci.outChannels);
   const C = ci.inChannels, mult = ci.outChannels / ci.inChannels;
   if (mult === 1) {
     forEachTap(ci, (xo, yo, wo) => {
@@ -313,7 +314,7 @@ export function depthwiseBackpropInput(
   w: Float32Array,
   ci: ConvInfo,
 ): Float32Array {
-  const dx = new Float32Array(ci.batchSize * ci.inHeight * ci.inWidth * ci.inChannels);
+  const dx = bufferPool.zeros(ci.batchSize * ci.inHeight * ci.inWidth * ci.inChannels);
   const C = ci.inChannels, mult = ci.outChannels / ci.inChannels;
   if (mult === 1) {
     forEachTap(ci, (xo, yo, wo) => {
@@ -337,7 +338,7 @@ export function depthwiseBackpropFilter(
   dy: Float32Array,
   ci: ConvInfo,
 ): Float32Array {
-  const dw = new Float32Array(ci.filterHeight * ci.filterWidth * ci.outChannels);
+  const dw = bufferPool.zeros(ci.filterHeight * ci.filterWidth * ci.outChannels);
   const C = ci.inChannels, mult = ci.outChannels / ci.inChannels;
   if (mult === 1) {
     forEachTap(ci, (xo, yo, wo) => {
@@ -395,7 +396,7 @@ export function gemmKernels(
       b.shape.slice(0, -2),
     );
     const batch = Math.max(batchA, batchB);
-    const out = new Float32Array(batch * M * N);
+    const out = K ? bufferPool.alloc(batch * M * N) : bufferPool.zeros(batch * M * N);
     const lda = transposeA ? M : K, ldb = transposeB ? K : N;
     if (batch === 1 || (batchB === 1 && !transposeA)) {
       // One GEMM: a [batch·M, K] against the shared b.

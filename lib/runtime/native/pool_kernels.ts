@@ -12,6 +12,9 @@
  */
 import { tf } from "../../deps.ts";
 import { type CpuBackend, f32, type NativeKernelFunc } from "./gemm_kernels.ts";
+import { bufferPool } from "./buffer_pool.ts";
+import { UNARY } from "./ckernels.ts";
+import { cKernels } from "./elementwise_kernels.ts";
 
 type PoolInfo = tf.backend_util.Conv2DInfo;
 
@@ -35,8 +38,8 @@ export function maxPool2d(x: Float32Array, info: PoolInfo, dy?: Float32Array): F
   const { strideHeight, strideWidth, effectiveFilterHeight: fh, effectiveFilterWidth: fw } = info;
   const top = info.padInfo.top, left = info.padInfo.left;
   const out = dy
-    ? new Float32Array(x.length)
-    : new Float32Array(batchSize * outHeight * outWidth * C);
+    ? bufferPool.zeros(x.length)
+    : bufferPool.alloc(batchSize * outHeight * outWidth * C);
   const best = new Float64Array(C);
   const pos = new Int32Array(C);
   for (let b = 0; b < batchSize; b++) {
@@ -105,8 +108,10 @@ export function poolKernels(
       const { x } = args.inputs;
       const xv = f32(args.backend, x);
       if (!xv) return fallback("Relu")(args);
-      const y = new Float32Array(xv.length);
-      for (let i = 0; i < xv.length; i++) y[i] = xv[i] < 0 ? 0 : xv[i];
+      const y = bufferPool.alloc(xv.length);
+      const c = cKernels();
+      if (c) c.unary(UNARY.Relu, y, xv);
+      else for (let i = 0; i < xv.length; i++) y[i] = xv[i] < 0 ? 0 : xv[i];
       return make(args.backend, x!.shape, y);
     },
     Step: (args) => {
@@ -114,10 +119,14 @@ export function poolKernels(
       const xv = f32(args.backend, x);
       if (!xv) return fallback("Step")(args);
       const alpha = (args.attrs?.alpha as number | undefined) ?? 0;
-      const y = new Float32Array(xv.length);
-      for (let i = 0; i < xv.length; i++) {
-        const v = xv[i];
-        y[i] = v > 0 ? 1 : v !== v ? NaN : alpha;
+      const y = bufferPool.alloc(xv.length);
+      const c = cKernels();
+      if (c) c.unary(UNARY.Step, y, xv, alpha);
+      else {
+        for (let i = 0; i < xv.length; i++) {
+          const v = xv[i];
+          y[i] = v > 0 ? 1 : v !== v ? NaN : alpha;
+        }
       }
       return make(args.backend, x!.shape, y);
     },

@@ -1,0 +1,276 @@
+/**
+ * sida's C kernels (`csrc/sida_kernels.c`): broadcasting binary operations, unary operations,
+ * SiLU and group normalisation with their gradients, multi-threaded with OpenMP.
+ *
+ * The library is compiled on first use from the repository's C source with the system's C
+ * compiler (`$CC`, else `cc`) into a cache folder (`$SIDA_CACHE_DIR`, else
+ * `$XDG_CACHE_HOME/sida`, else `~/.cache/sida`), under a name that includes a hash of the source
+ * and flags, atomically, so concurrent processes never load a half-written file. Without a
+ * compiler, when imported by URL (no local source), or with `SIDA_NATIVE_C=0`, the `native`
+ * backend uses its TypeScript loops instead: the same results, slower.
+ *
+ * Threads: `SIDA_NUM_THREADS` (else `OMP_NUM_THREADS`, else every core). Idle threads sleep
+ * (`OMP_WAIT_POLICY=PASSIVE` unless set) so that they do not compete with OpenBLAS' threads.
+ *
+ * @module
+ */
+
+const SYMBOLS = {
+  sida_version: { parameters: [], result: "i32" },
+  sida_threads: { parameters: [], result: "i32" },
+  sida_binary: {
+    parameters: ["i32", "buffer", "buffer", "buffer", "i32", "buffer", "buffer", "buffer"],
+    result: "void",
+  },
+  sida_unary: { parameters: ["i32", "buffer", "buffer", "i64", "f32"], result: "void" },
+  sida_silu_grad: { parameters: ["buffer", "buffer", "buffer", "i64"], result: "void" },
+  sida_group_norm: {
+    parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64", "i64", "f64"],
+    result: "void",
+  },
+  sida_group_norm_grad: {
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "f64",
+    ],
+    result: "void",
+  },
+} as const;
+
+/** The C library's ABI version this file expects. */
+const VERSION = 1;
+
+/** Unary operation codes of `sida_unary`. */
+export const UNARY = {
+  Sigmoid: 0,
+  Square: 1,
+  Neg: 2,
+  Exp: 3,
+  Sqrt: 4,
+  Floor: 5,
+  Log: 6,
+  Abs: 7,
+  Rsqrt: 8,
+  Relu: 9,
+  Step: 10,
+  Silu: 11,
+} as const;
+
+/** The loaded C kernels, with argument checks. */
+export interface CKernels {
+  /** Path of the loaded library. */
+  readonly path: string;
+  /** OpenMP threads. */
+  readonly threads: number;
+  /** `out = a ∘ b` over collapsed runs (sizes, element strides of a and b; 0 = broadcast). */
+  binary(
+    op: number,
+    out: Float32Array,
+    a: Float32Array,
+    b: Float32Array,
+    sizes: number[],
+    aStrides: number[],
+    bStrides: number[],
+  ): void;
+  /** `y = f(x)` element-wise (`alpha`: Step's value for x ≤ 0). */
+  unary(op: number, y: Float32Array, x: Float32Array, alpha?: number): void;
+  /** `dx = dy · silu'(x)`. */
+  siluGrad(dx: Float32Array, dy: Float32Array, x: Float32Array): void;
+  /** Group norm of `x` `[N, S, C]` (NHWC, S = H·W) with `G` groups. */
+  groupNorm(
+    y: Float32Array,
+    x: Float32Array,
+    gamma: Float32Array,
+    beta: Float32Array,
+    dims: [number, number, number, number],
+    eps: number,
+  ): void;
+  /** Group norm gradients: dx, and `[N, C]` partial sums for dγ (Σ dy·x̂) and dβ (Σ dy). */
+  groupNormGrad(
+    dx: Float32Array,
+    dgammaPart: Float64Array,
+    dbetaPart: Float64Array,
+    dy: Float32Array,
+    x: Float32Array,
+    gamma: Float32Array,
+    dims: [number, number, number, number],
+    eps: number,
+  ): void;
+}
+
+function fnv1a(text: string): string {
+  let h = 0xcbf29ce484222325n;
+  for (let i = 0; i < text.length; i++) {
+    h ^= BigInt(text.charCodeAt(i));
+    h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return h.toString(16).padStart(16, "0");
+}
+
+function cacheDir(): string {
+  const env = (k: string) => Deno.env.get(k);
+  if (env("SIDA_CACHE_DIR")) return env("SIDA_CACHE_DIR")!;
+  if (env("XDG_CACHE_HOME")) return `${env("XDG_CACHE_HOME")}/sida`;
+  return `${env("HOME") ?? "/tmp"}/.cache/sida`;
+}
+
+function compile(src: string, out: string): string | undefined {
+  const cc = Deno.env.get("CC") ?? "cc";
+  const base = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-o", out, src, "-lm"];
+  let lastError = "";
+  for (const extra of [["-fopenmp"], []]) {
+    try {
+      const r = new Deno.Command(cc, { args: [...extra, ...base], stdout: "null", stderr: "piped" })
+        .outputSync();
+      if (r.success) return undefined;
+      lastError = new TextDecoder().decode(r.stderr).split("\n")[0];
+    } catch (e) {
+      return `${cc}: ${(e as Error).message}`;
+    }
+  }
+  return lastError || "compiler failed";
+}
+
+let loaded: CKernels | null | undefined;
+let whyNot = "";
+
+/** Why the C kernels are not in use (empty when they are). */
+export function cKernelsUnavailableReason(): string {
+  return whyNot;
+}
+
+/**
+ * The C kernels, compiled on first use; `null` when they cannot be had (the reason is in
+ * {@linkcode cKernelsUnavailableReason}).
+ */
+export function loadCKernels(): CKernels | null {
+  if (loaded !== undefined) return loaded;
+  loaded = null;
+  if (Deno.env.get("SIDA_NATIVE_C") === "0") {
+    whyNot = "disabled by SIDA_NATIVE_C=0";
+    return null;
+  }
+  const srcUrl = new URL("./csrc/sida_kernels.c", import.meta.url);
+  if (srcUrl.protocol !== "file:") {
+    whyNot = "no local C source (imported by URL)";
+    return null;
+  }
+  const srcPath = decodeURIComponent(srcUrl.pathname);
+  try {
+    const source = Deno.readTextFileSync(srcPath);
+    const ext = Deno.build.os === "darwin" ? "dylib" : Deno.build.os === "windows" ? "dll" : "so";
+    const key = fnv1a(`${VERSION}\n${Deno.build.target}\n${source}`);
+    const dir = cacheDir();
+    const lib = `${dir}/libsida_kernels-${key}.${ext}`;
+    let have = false;
+    try {
+      have = Deno.statSync(lib).isFile;
+    } catch { /* not built yet */ }
+    if (!have) {
+      Deno.mkdirSync(dir, { recursive: true });
+      const tmp = `${lib}.tmp-${Deno.pid}`;
+      const err = compile(srcPath, tmp);
+      if (err) {
+        try {
+          Deno.removeSync(tmp);
+        } catch { /* nothing written */ }
+        whyNot = `could not compile ${srcPath}: ${err}`;
+        return null;
+      }
+      Deno.renameSync(tmp, lib);
+    }
+    const threads = Deno.env.get("SIDA_NUM_THREADS");
+    if (threads && !Deno.env.get("OMP_NUM_THREADS")) Deno.env.set("OMP_NUM_THREADS", threads);
+    if (!Deno.env.get("OMP_WAIT_POLICY")) Deno.env.set("OMP_WAIT_POLICY", "PASSIVE");
+    const { symbols } = Deno.dlopen(lib, SYMBOLS);
+    if (symbols.sida_version() !== VERSION) {
+      whyNot = `${lib}: unexpected version`;
+      return null;
+    }
+    loaded = makeKernels(lib, symbols);
+    return loaded;
+  } catch (e) {
+    whyNot = (e as Error).message.split("\n")[0];
+    return null;
+  }
+}
+
+function check(ok: boolean, what: string): void {
+  if (!ok) throw new RangeError(`sida C kernels: ${what}`);
+}
+
+function makeKernels(
+  path: string,
+  s: Deno.DynamicLibrary<typeof SYMBOLS>["symbols"],
+): CKernels {
+  return {
+    path,
+    threads: s.sida_threads(),
+    binary(op, out, a, b, sizes, aStrides, bStrides) {
+      const k = sizes.length;
+      check(aStrides.length === k && bStrides.length === k, "stride count");
+      let total = 1, aSpan = 1, bSpan = 1;
+      for (let d = 0; d < k; d++) {
+        total *= sizes[d];
+        aSpan += (sizes[d] - 1) * aStrides[d];
+        bSpan += (sizes[d] - 1) * bStrides[d];
+      }
+      check(total === out.length, "output length");
+      check(aSpan <= a.length && bSpan <= b.length && total > 0, "input length");
+      s.sida_binary(
+        op,
+        out,
+        a,
+        b,
+        k,
+        BigInt64Array.from(sizes, BigInt),
+        BigInt64Array.from(aStrides, BigInt),
+        BigInt64Array.from(bStrides, BigInt),
+      );
+    },
+    unary(op, y, x, alpha = 0) {
+      check(y.length === x.length, "lengths");
+      if (x.length) s.sida_unary(op, y, x, BigInt(x.length), alpha);
+    },
+    siluGrad(dx, dy, x) {
+      check(dx.length === x.length && dy.length === x.length, "lengths");
+      if (x.length) s.sida_silu_grad(dx, dy, x, BigInt(x.length));
+    },
+    groupNorm(y, x, gamma, beta, [N, S, C, G], eps) {
+      check(C % G === 0 && x.length === N * S * C && y.length === x.length, "shapes");
+      check(gamma.length === C && beta.length === C, "γ/β length");
+      if (x.length) {
+        s.sida_group_norm(y, x, gamma, beta, BigInt(N), BigInt(S), BigInt(C), BigInt(G), eps);
+      }
+    },
+    groupNormGrad(dx, dgp, dbp, dy, x, gamma, [N, S, C, G], eps) {
+      check(C % G === 0 && x.length === N * S * C, "shapes");
+      check(dx.length === x.length && dy.length === x.length, "lengths");
+      check(gamma.length === C && dgp.length === N * C && dbp.length === N * C, "γ length");
+      if (x.length) {
+        s.sida_group_norm_grad(
+          dx,
+          dgp,
+          dbp,
+          dy,
+          x,
+          gamma,
+          BigInt(N),
+          BigInt(S),
+          BigInt(C),
+          BigInt(G),
+          eps,
+        );
+      }
+    },
+  };
+}
