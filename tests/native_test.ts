@@ -7,8 +7,7 @@ import assert from "node:assert/strict";
 import { tf } from "../lib/deps.ts";
 import { NATIVE_KERNEL_NAMES, registerNativeBackend } from "../lib/runtime/native/backend.ts";
 import { BACKEND_NAMES, describeBackend, initBackend } from "../lib/runtime/backend.ts";
-import { loadCKernels } from "../lib/runtime/native/ckernels.ts";
-import { setCKernelsEnabled } from "../lib/runtime/native/elementwise_kernels.ts";
+import { loadCKernels, setCKernelsEnabled } from "../lib/runtime/native/ckernels.ts";
 import { FUSED, groupNorm, silu } from "../lib/runtime/native/fused.ts";
 
 let unavailable: string | undefined;
@@ -242,25 +241,36 @@ const CONV_CASES: {
   { x: [1, 5, 5, 8], k: [3, 3], co: 16, stride: 1, pad: 1 },
   { x: [2, 11, 9, 3], k: [3, 3], co: 4, stride: 1, pad: "same", dil: 2 },
   { x: [1, 12, 12, 2], k: [3, 2], co: 3, stride: 1, pad: "valid", dil: [2, 3] },
+  // Large enough for the threaded C im2col / col2im (several images per chunk).
+  { x: [3, 20, 20, 16], k: [3, 3], co: 8, stride: 1, pad: "same" },
 ];
 
-Deno.test({
-  name: "native: conv2d forward (strides, padding, dilation) and gradients w.r.t. x and filter",
-  ignore,
-  async fn() {
-    let seed = 100;
-    for (const c of CONV_CASES) {
-      const what = `conv2d x${c.x} k${c.k} co${c.co} s${c.stride} p${JSON.stringify(c.pad)} d${
-        c.dil ?? 1
-      }`;
-      const f = ([x, w]: tf.Tensor[]) =>
-        tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, c.stride, c.pad, "NHWC", c.dil ?? 1);
-      const shapes = [c.x, [...c.k, c.x[3], c.co]];
-      // tfjs has no conv2d gradients for dilations > 1.
-      await compare(what, shapes, c.dil ? f : withGrads(f), seed++);
-    }
-  },
-});
+for (const withC of [true, false]) {
+  Deno.test({
+    name: `native: conv2d forward (strides, padding, dilation) and gradients w.r.t. x and filter (${
+      withC ? "C" : "TypeScript"
+    } im2col)`,
+    ignore: ignore || (withC && !loadCKernels()),
+    async fn() {
+      const before = setCKernelsEnabled(withC);
+      try {
+        let seed = 100;
+        for (const c of CONV_CASES) {
+          const what = `conv2d x${c.x} k${c.k} co${c.co} s${c.stride} p${JSON.stringify(c.pad)} d${
+            c.dil ?? 1
+          }`;
+          const f = ([x, w]: tf.Tensor[]) =>
+            tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, c.stride, c.pad, "NHWC", c.dil ?? 1);
+          const shapes = [c.x, [...c.k, c.x[3], c.co]];
+          // tfjs has no conv2d gradients for dilations > 1.
+          await compare(what, shapes, c.dil ? f : withGrads(f), seed++);
+        }
+      } finally {
+        setCKernelsEnabled(before);
+      }
+    },
+  });
+}
 
 Deno.test({
   name: "native: fused conv2d with bias and activation, conv2dTranspose",

@@ -44,6 +44,8 @@ const SYMBOLS = {
     ],
     result: "void",
   },
+  sida_im2col: { parameters: ["buffer", "buffer", "buffer", "i64", "i64"], result: "void" },
+  sida_col2im: { parameters: ["buffer", "buffer", "buffer", "i64", "i64"], result: "void" },
 } as const;
 
 /** The C library's ABI version this file expects. */
@@ -94,6 +96,13 @@ export interface CKernels {
     dims: [number, number, number, number],
     eps: number,
   ): void;
+  /**
+   * im2col of an NHWC convolution for output pixels `[r0, r1)` into `col` (`[(r1−r0), KH·KW·C]`);
+   * `geom` = N, H, W, C, Ho, Wo, KH, KW, strides, dilations, top and left padding.
+   */
+  im2col(col: Float32Array, x: Float32Array, geom: number[], r0: number, r1: number): void;
+  /** `x += col2im(col)` for output pixels `[r0, r1)`. */
+  col2im(x: Float32Array, col: Float32Array, geom: number[], r0: number, r1: number): void;
   /** Group norm gradients: dx, and `[N, C]` partial sums for dγ (Σ dy·x̂) and dβ (Σ dy). */
   groupNormGrad(
     dx: Float32Array,
@@ -177,7 +186,7 @@ export function loadCKernels(): CKernels | null {
     } catch { /* not built yet */ }
     if (!have) {
       Deno.mkdirSync(dir, { recursive: true });
-      const tmp = `${lib}.tmp-${Deno.pid}`;
+      const tmp = `${lib}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
       const err = compile(srcPath, tmp);
       if (err) {
         try {
@@ -252,6 +261,20 @@ function makeKernels(
         s.sida_group_norm(y, x, gamma, beta, BigInt(N), BigInt(S), BigInt(C), BigInt(G), eps);
       }
     },
+    im2col(col, x, geom, r0, r1) {
+      const [N, H, W, C, Ho, Wo, KH, KW] = geom;
+      check(geom.length === 14 && x.length === N * H * W * C, "im2col input");
+      check(0 <= r0 && r0 < r1 && r1 <= N * Ho * Wo, "im2col rows");
+      check(col.length >= (r1 - r0) * KH * KW * C, "im2col output");
+      s.sida_im2col(col, x, BigInt64Array.from(geom, BigInt), BigInt(r0), BigInt(r1));
+    },
+    col2im(x, col, geom, r0, r1) {
+      const [N, H, W, C, Ho, Wo, KH, KW] = geom;
+      check(geom.length === 14 && x.length === N * H * W * C, "col2im output");
+      check(0 <= r0 && r0 < r1 && r1 <= N * Ho * Wo, "col2im rows");
+      check(col.length >= (r1 - r0) * KH * KW * C, "col2im input");
+      s.sida_col2im(x, col, BigInt64Array.from(geom, BigInt), BigInt(r0), BigInt(r1));
+    },
     groupNormGrad(dx, dgp, dbp, dy, x, gamma, [N, S, C, G], eps) {
       check(C % G === 0 && x.length === N * S * C, "shapes");
       check(dx.length === x.length && dy.length === x.length, "lengths");
@@ -273,4 +296,18 @@ function makeKernels(
       }
     },
   };
+}
+
+let useC = true;
+
+/** Uses (the default) or bypasses the C kernels, for tests of both paths; returns the old value. */
+export function setCKernelsEnabled(on: boolean): boolean {
+  const old = useC;
+  useC = on;
+  return old;
+}
+
+/** The C kernels when they are loaded and enabled. */
+export function cKernels(): CKernels | null {
+  return useC ? loadCKernels() : null;
 }

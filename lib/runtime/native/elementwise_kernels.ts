@@ -15,21 +15,7 @@
 import { tf } from "../../deps.ts";
 import { type CpuBackend, f32, type NativeKernelFunc } from "./gemm_kernels.ts";
 import { bufferPool } from "./buffer_pool.ts";
-import { type CKernels, loadCKernels, UNARY } from "./ckernels.ts";
-
-let useC = true;
-
-/** Uses (the default) or bypasses the C kernels, for tests of both paths; returns the old value. */
-export function setCKernelsEnabled(on: boolean): boolean {
-  const old = useC;
-  useC = on;
-  return old;
-}
-
-/** The C kernels when they are loaded and enabled. */
-export function cKernels(): CKernels | null {
-  return useC ? loadCKernels() : null;
-}
+import { cKernels, UNARY } from "./ckernels.ts";
 
 function sizeOf(shape: readonly number[]): number {
   let s = 1;

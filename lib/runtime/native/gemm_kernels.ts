@@ -11,6 +11,7 @@
 import { tf } from "../../deps.ts";
 import type { Blas } from "./blas.ts";
 import { bufferPool } from "./buffer_pool.ts";
+import { cKernels } from "./ckernels.ts";
 
 /** The storage-owning backend class the `native` backend is an instance of. */
 export type CpuBackend = tf.MathBackendCPU;
@@ -53,7 +54,29 @@ type ConvInfo = tf.backend_util.Conv2DInfo;
 // ---------------------------------------------------------------------------------------------
 // im2col / col2im over a range of output pixels (rows of the GEMM), NHWC.
 
+/** The convolution's geometry as the C kernels take it. */
+function geometry(ci: ConvInfo): number[] {
+  return [
+    ci.batchSize,
+    ci.inHeight,
+    ci.inWidth,
+    ci.inChannels,
+    ci.outHeight,
+    ci.outWidth,
+    ci.filterHeight,
+    ci.filterWidth,
+    ci.strideHeight,
+    ci.strideWidth,
+    ci.dilationHeight,
+    ci.dilationWidth,
+    ci.padInfo.top,
+    ci.padInfo.left,
+  ];
+}
+
 function im2col(x: Float32Array, ci: ConvInfo, r0: number, r1: number, col: Float32Array): void {
+  const c = cKernels();
+  if (c) return c.im2col(col, x, geometry(ci), r0, r1);
   const { inHeight: H, inWidth: W, inChannels: C, outHeight: Ho, outWidth: Wo } = ci;
   const { filterHeight: KH, filterWidth: KW, strideHeight: sh, strideWidth: sw } = ci;
   const { dilationHeight: dh, dilationWidth: dw } = ci;
@@ -104,6 +127,8 @@ function im2col(x: Float32Array, ci: ConvInfo, r0: number, r1: number, col: Floa
 }
 
 function col2im(col: Float32Array, ci: ConvInfo, r0: number, r1: number, x: Float32Array): void {
+  const c = cKernels();
+  if (c) return c.col2im(x, col, geometry(ci), r0, r1);
   const { inHeight: H, inWidth: W, inChannels: C, outHeight: Ho, outWidth: Wo } = ci;
   const { filterHeight: KH, filterWidth: KW, strideHeight: sh, strideWidth: sw } = ci;
   const { dilationHeight: dh, dilationWidth: dw } = ci;

@@ -13,8 +13,7 @@
 import { tf } from "../../deps.ts";
 import { type CpuBackend, f32, type NativeKernelFunc } from "./gemm_kernels.ts";
 import { bufferPool } from "./buffer_pool.ts";
-import { UNARY } from "./ckernels.ts";
-import { cKernels } from "./elementwise_kernels.ts";
+import { cKernels, UNARY } from "./ckernels.ts";
 
 type PoolInfo = tf.backend_util.Conv2DInfo;
 

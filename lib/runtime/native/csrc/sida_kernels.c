@@ -227,3 +227,69 @@ void sida_group_norm_grad(float *restrict dx, double *restrict dgamma_part,
     }
   }
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* im2col / col2im of NHWC convolutions over output pixels [r0, r1) (the GEMM's rows).         */
+/* g = {N, H, W, C, Ho, Wo, KH, KW, sh, sw, dh, dw, top, left}.                                 */
+
+static void im2col_row(const float *x, const int64_t *g, int64_t r, float *o) {
+  const int64_t H = g[1], W = g[2], C = g[3], Ho = g[4], Wo = g[5], KH = g[6], KW = g[7];
+  const int64_t ox = r % Wo, oy = (r / Wo) % Ho, n = r / (Wo * Ho);
+  const int64_t iy0 = oy * g[8] - g[12], ix0 = ox * g[9] - g[13];
+  for (int64_t kh = 0; kh < KH; kh++) {
+    const int64_t iy = iy0 + kh * g[10];
+    if (iy < 0 || iy >= H) {
+      memset(o, 0, sizeof(float) * KW * C);
+      o += KW * C;
+      continue;
+    }
+    const float *row = x + (n * H + iy) * W * C;
+    if (g[11] == 1 && ix0 >= 0 && ix0 + KW <= W) {
+      memcpy(o, row + ix0 * C, sizeof(float) * KW * C);
+      o += KW * C;
+      continue;
+    }
+    for (int64_t kw = 0; kw < KW; kw++, o += C) {
+      const int64_t ix = ix0 + kw * g[11];
+      if (ix < 0 || ix >= W) memset(o, 0, sizeof(float) * C);
+      else memcpy(o, row + ix * C, sizeof(float) * C);
+    }
+  }
+}
+
+void sida_im2col(float *col, const float *x, const int64_t *g, int64_t r0, int64_t r1) {
+  const int64_t K = g[6] * g[7] * g[3];
+#pragma omp parallel for schedule(static) if ((r1 - r0) * K >= PAR_MIN)
+  for (int64_t r = r0; r < r1; r++) im2col_row(x, g, r, col + (r - r0) * K);
+}
+
+static void col2im_row(const float *o, const int64_t *g, int64_t r, float *x) {
+  const int64_t H = g[1], W = g[2], C = g[3], Ho = g[4], Wo = g[5], KH = g[6], KW = g[7];
+  const int64_t ox = r % Wo, oy = (r / Wo) % Ho, n = r / (Wo * Ho);
+  const int64_t iy0 = oy * g[8] - g[12], ix0 = ox * g[9] - g[13];
+  for (int64_t kh = 0; kh < KH; kh++) {
+    const int64_t iy = iy0 + kh * g[10];
+    if (iy < 0 || iy >= H) {
+      o += KW * C;
+      continue;
+    }
+    float *row = x + (n * H + iy) * W * C;
+    for (int64_t kw = 0; kw < KW; kw++, o += C) {
+      const int64_t ix = ix0 + kw * g[11];
+      if (ix < 0 || ix >= W) continue;
+      float *d = row + ix * C;
+      for (int64_t c = 0; c < C; c++) d[c] += o[c];
+    }
+  }
+}
+
+/* x += col2im(col); threads take whole images, so that no two write the same pixel. */
+void sida_col2im(float *x, const float *col, const int64_t *g, int64_t r0, int64_t r1) {
+  const int64_t K = g[6] * g[7] * g[3], per = g[4] * g[5];
+  const int64_t n0 = r0 / per, n1 = (r1 - 1) / per + 1;
+#pragma omp parallel for schedule(static) if ((r1 - r0) * K >= PAR_MIN && n1 - n0 > 1)
+  for (int64_t n = n0; n < n1; n++) {
+    const int64_t a = n * per > r0 ? n * per : r0, b = (n + 1) * per < r1 ? (n + 1) * per : r1;
+    for (int64_t r = a; r < b; r++) col2im_row(col + (r - r0) * K, g, r, x);
+  }
+}
