@@ -14,6 +14,14 @@
  */
 import { tf } from "../deps.ts";
 import { registerNativeBackend } from "./native/backend.ts";
+import { cKernelsUnavailableReason, loadCKernels } from "./native/ckernels.ts";
+
+function cKernelsSummary(): string {
+  const c = loadCKernels();
+  return c
+    ? `C kernels on ${c.threads} thread${c.threads === 1 ? "" : "s"}`
+    : `no C kernels: ${cKernelsUnavailableReason()}`;
+}
 
 /** Backend names accepted by {@linkcode initBackend} and by every task's `--backend` flag. */
 export const BACKEND_NAMES = ["webgpu", "native", "cpu"] as const;
@@ -31,6 +39,11 @@ export interface BackendInfo {
   isFallbackAdapter?: boolean;
   /** The BLAS library behind the `native` backend (path and configuration). */
   blas?: string;
+  /**
+   * The `native` backend's C kernels: their thread count, or why they are not in use (the
+   * backend then runs its TypeScript loops).
+   */
+  cKernels?: string;
   /** Why the first choice was not taken, when a fallback happened. */
   note?: string;
 }
@@ -157,6 +170,7 @@ export async function initBackend(name?: string): Promise<BackendInfo> {
       current = {
         name: "native",
         blas: native.blas,
+        cKernels: cKernelsSummary(),
         ...(probe?.adapter ? { adapter: probe.adapter } : {}),
         ...(probe?.isFallbackAdapter !== undefined
           ? { isFallbackAdapter: probe.isFallbackAdapter }
@@ -183,7 +197,8 @@ export function describeBackend(info: BackendInfo): string {
     return `backend: webgpu on ${info.adapter} (${kind})`;
   }
   if (info.name === "native") {
-    return `backend: native (tfjs-cpu + ${info.blas ?? "BLAS"})${
+    const c = info.cKernels ? `, ${info.cKernels}` : "";
+    return `backend: native (tfjs-cpu + ${info.blas ?? "BLAS"}${c})${
       info.note ? ` (${info.note})` : ""
     }`;
   }
