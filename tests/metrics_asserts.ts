@@ -8,7 +8,8 @@ export function assert(cond: unknown, msg = "assertion failed"): asserts cond {
 
 /** Deep strict equality (typed arrays compared element by element). */
 export function assertEquals(actual: unknown, expected: unknown, msg?: string): void {
-  nodeAssert.deepStrictEqual(actual, expected, msg);
+  if (msg === undefined) nodeAssert.deepStrictEqual(actual, expected);
+  else nodeAssert.deepStrictEqual(actual, expected, msg);
 }
 
 /** |actual − expected| ≤ tol. */
