@@ -230,3 +230,23 @@ export {
   type DistillPresetName,
 } from "./lib/distill/presets.ts";
 export { findLatestState, readTrainingState, type SavedTrainingState } from "./lib/distill/run.ts";
+
+// EDM teacher training (`deno task teacher`).
+export {
+  parseTeacherArgs,
+  readTeacherState,
+  resolveTeacherConfig,
+  type SavedTeacherState,
+  TEACHER_DEFAULTS,
+  type TeacherConfig,
+  teacherEmaBeta,
+  teacherLearningRate,
+  type TeacherOptions,
+  type TeacherResult,
+  type TeacherRunInfo,
+  type TeacherState,
+  type TeacherStepStats,
+  TeacherTrainer,
+  type TeacherTrainerInit,
+  trainTeacher,
+} from "./lib/diffusion/teacher_training.ts";
