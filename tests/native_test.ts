@@ -241,6 +241,9 @@ const CONV_CASES: {
   { x: [1, 5, 5, 8], k: [3, 3], co: 16, stride: 1, pad: 1 },
   { x: [2, 11, 9, 3], k: [3, 3], co: 4, stride: 1, pad: "same", dil: 2 },
   { x: [1, 12, 12, 2], k: [3, 2], co: 3, stride: 1, pad: "valid", dil: [2, 3] },
+  // Stride 1 with asymmetric or no padding: the input gradient as a flipped-filter convolution.
+  { x: [2, 7, 8, 3], k: [3, 4], co: 5, stride: 1, pad: [[0, 0], [0, 2], [1, 2], [0, 0]] },
+  { x: [1, 8, 8, 4], k: [3, 3], co: 6, stride: 1, pad: "valid" },
   // Large enough for the threaded C im2col / col2im (several images per chunk).
   { x: [3, 20, 20, 16], k: [3, 3], co: 8, stride: 1, pad: "same" },
 ];

@@ -213,6 +213,45 @@ export function conv2dForward(
   return y;
 }
 
+/**
+ * For a stride-1, undilated convolution whose padding is smaller than its filter, the forward
+ * convolution that computes its input gradient: `dx = conv(dy, flip(w))` with padding
+ * `KH−1−top`, `KH−1−bottom`, `KW−1−left`, `KW−1−right`. It runs as one im2col + GEMM with the
+ * GEMM's inner dimension KH·KW·Co, instead of a GEMM with inner dimension Co and a col2im that
+ * scatters KH·KW times the image.
+ */
+function transposedConvInfo(ci: ConvInfo): ConvInfo | undefined {
+  const { top, bottom, left, right } = ci.padInfo;
+  const KH = ci.filterHeight, KW = ci.filterWidth;
+  if (ci.strideHeight !== 1 || ci.strideWidth !== 1) return undefined;
+  if (ci.dilationHeight !== 1 || ci.dilationWidth !== 1) return undefined;
+  const pads = [KH - 1 - top, KH - 1 - bottom, KW - 1 - left, KW - 1 - right];
+  if (pads.some((p) => p < 0)) return undefined;
+  const t = tf.backend_util.computeConv2DInfo(
+    [ci.batchSize, ci.outHeight, ci.outWidth, ci.outChannels],
+    [KH, KW, ci.outChannels, ci.inChannels],
+    1,
+    1,
+    [[0, 0], [pads[0], pads[1]], [pads[2], pads[3]], [0, 0]] as unknown as "valid",
+  );
+  return t.outHeight === ci.inHeight && t.outWidth === ci.inWidth ? t : undefined;
+}
+
+/** `w'[kh, kw, co, ci] = w[KH−1−kh, KW−1−kw, ci, co]` (HWIO in, HWIO out). */
+function flipFilter(w: Float32Array, ci: ConvInfo): Float32Array {
+  const KH = ci.filterHeight, KW = ci.filterWidth, C = ci.inChannels, Co = ci.outChannels;
+  const out = new Float32Array(w.length);
+  for (let kh = 0; kh < KH; kh++) {
+    for (let kw = 0; kw < KW; kw++) {
+      const src = ((KH - 1 - kh) * KW + (KW - 1 - kw)) * C * Co, dst = (kh * KW + kw) * Co * C;
+      for (let c = 0; c < C; c++) {
+        for (let o = 0; o < Co; o++) out[dst + o * C + c] = w[src + c * Co + o];
+      }
+    }
+  }
+  return out;
+}
+
 /** Gradient of an NHWC convolution with respect to its input; returns `[N·H·W·C]`. */
 export function conv2dBackpropInput(
   blas: Blas,
@@ -223,6 +262,8 @@ export function conv2dBackpropInput(
   const Co = ci.outChannels;
   const K = ci.filterHeight * ci.filterWidth * ci.inChannels;
   const M = ci.batchSize * ci.outHeight * ci.outWidth;
+  const flipped = M && K && !isPointwise(ci) ? transposedConvInfo(ci) : undefined;
+  if (flipped) return conv2dForward(blas, dy, flipFilter(w, ci), flipped);
   const dx = bufferPool.zeros(ci.batchSize * ci.inHeight * ci.inWidth * ci.inChannels);
   if (M === 0 || K === 0) return dx;
   if (isPointwise(ci)) {
