@@ -9,6 +9,9 @@
  * compiler, when imported by URL (no local source), or with `SIDA_NATIVE_C=0`, the `native`
  * backend uses its TypeScript loops instead: the same results, slower.
  *
+ * `SIDA_NATIVE_CFLAGS` adds compiler flags (for example `-fsanitize=address -g` to check the
+ * kernels' memory accesses, with the sanitizer's runtime preloaded).
+ *
  * Threads: `SIDA_NUM_THREADS` (else `OMP_NUM_THREADS`, else every core). Idle threads sleep
  * (`OMP_WAIT_POLICY=PASSIVE` unless set) so that they do not compete with OpenBLAS' threads.
  *
@@ -134,7 +137,19 @@ function cacheDir(): string {
 
 function compile(src: string, out: string): string | undefined {
   const cc = Deno.env.get("CC") ?? "cc";
-  const base = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-o", out, src, "-lm"];
+  const extraFlags = (Deno.env.get("SIDA_NATIVE_CFLAGS") ?? "").split(/\s+/).filter(Boolean);
+  const base = [
+    "-O3",
+    "-march=native",
+    "-fPIC",
+    "-shared",
+    "-std=c11",
+    ...extraFlags,
+    "-o",
+    out,
+    src,
+    "-lm",
+  ];
   let lastError = "";
   for (const extra of [["-fopenmp"], []]) {
     try {
@@ -177,7 +192,8 @@ export function loadCKernels(): CKernels | null {
   try {
     const source = Deno.readTextFileSync(srcPath);
     const ext = Deno.build.os === "darwin" ? "dylib" : Deno.build.os === "windows" ? "dll" : "so";
-    const key = fnv1a(`${VERSION}\n${Deno.build.target}\n${source}`);
+    const flags = Deno.env.get("SIDA_NATIVE_CFLAGS") ?? "";
+    const key = fnv1a(`${VERSION}\n${Deno.build.target}\n${flags}\n${source}`);
     const dir = cacheDir();
     const lib = `${dir}/libsida_kernels-${key}.${ext}`;
     let have = false;
