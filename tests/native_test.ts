@@ -630,3 +630,50 @@ Deno.test({
     );
   },
 });
+
+Deno.test({
+  name: "native: buffer pool reuses disposed outputs, never a user's array, and reads are copies",
+  ignore,
+  async fn() {
+    await tf.setBackend("native");
+    const { bufferPool, POOL_MIN_LENGTH, BufferPool } = await import(
+      "../lib/runtime/native/buffer_pool.ts"
+    );
+    const n = POOL_MIN_LENGTH * 2;
+    const mine = new Float32Array(n).fill(7);
+    const a = tf.tensor1d(mine);
+    const b = tf.add(a, 1); // a pooled output
+    const read = await b.data() as Float32Array;
+    assert.equal(read[0], 8);
+    const reused0 = bufferPool.stats.reused;
+    a.dispose();
+    b.dispose();
+    const c = tf.mul(tf.fill([n], 3), 2); // reuses b's buffer (same length)
+    assert.ok(bufferPool.stats.reused > reused0, "a disposed output was reused");
+    assert.equal(read[0], 8, "an array read from a disposed tensor never changes");
+    assert.ok(mine.every((v) => v === 7), "a user's array is never reused");
+    assert.equal((await c.data())[0], 6);
+    c.dispose();
+
+    // The rules on a private pool: views and second registrations pin a buffer.
+    const pool = new BufferPool(1 << 26);
+    const x = pool.alloc(n);
+    pool.register(x);
+    pool.release(x);
+    assert.equal(pool.alloc(n), x, "released buffer comes back");
+    const y = pool.alloc(n);
+    pool.register(y);
+    pool.register(y.subarray(1)); // a view of it becomes another tensor's storage
+    pool.release(y);
+    assert.notEqual(pool.alloc(n), y, "pinned buffer is not reused");
+    const z = pool.alloc(n);
+    pool.register(z);
+    pool.register(z); // the same array behind two tensors
+    pool.release(z);
+    assert.notEqual(pool.alloc(n), z, "shared buffer is not reused");
+    const small = pool.alloc(10);
+    pool.register(small);
+    pool.release(small);
+    assert.equal(pool.freeBytes, 0, "small arrays are left to the garbage collector");
+  },
+});
