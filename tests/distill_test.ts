@@ -22,7 +22,8 @@ import { setupBackend, TEST_BACKEND } from "./helpers.ts";
 const ROOT = new URL("..", import.meta.url).pathname;
 
 function assertEquals(actual: unknown, expected: unknown, message?: string): void {
-  assert.deepEqual(actual, expected, message);
+  if (message === undefined) assert.deepEqual(actual, expected);
+  else assert.deepEqual(actual, expected, message);
 }
 const TINY = {
   imgResolution: 8,
