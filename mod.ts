@@ -250,3 +250,25 @@ export {
   type TeacherTrainerInit,
   trainTeacher,
 } from "./lib/diffusion/teacher_training.ts";
+
+// Pipeline (`deno task distill`).
+export {
+  DEFAULT_EVAL_NUM,
+  DEFAULT_MNIST_TEACHER,
+  type DistillChainOptions,
+  type DistillChainResult,
+  MNIST_DEFAULT_KIMG,
+  parseDistillChainArgs,
+  runDistillChain,
+  STAGE_NAMES,
+  type StageName,
+  type StageStatus,
+} from "./lib/pipeline/distill.ts";
+export {
+  type ChainReport,
+  readShippedTeacherFid,
+  renderReportMarkdown,
+  type StageReport,
+  type TeacherFid,
+} from "./lib/pipeline/report.ts";
+export { fidPlotSvg, lossPlotSvg, svgToPng, writeChainPlots } from "./lib/pipeline/plots.ts";

@@ -1,0 +1,332 @@
+/**
+ * The report of a distillation chain (`deno task distill`): `report.json` and `report.md` in the
+ * run folder. Per stage: FID and IS with the sample count and the reference statistics (one set
+ * of reference statistics and one sample count for every FID of a report), images seen (kimg),
+ * training and evaluation wall time, backend, the generator file, its sample grid; FID of every
+ * evaluated snapshot (FID against images seen); the teacher's FID — evaluated by the chain
+ * (`--eval-teacher`), or as shipped with the teacher file ({@linkcode readShippedTeacherFid}).
+ *
+ * @module
+ */
+import { basename, join } from "node:path";
+import { writeFileAtomic } from "../io/atomic.ts";
+import { readSafetensorsHeader } from "../io/safetensors.ts";
+import type { MeanStd } from "../metrics/stats.ts";
+
+/** The format tag of `report.json`. */
+export const REPORT_FORMAT = "sida-distill-report/1";
+
+/** A teacher FID and where it comes from. */
+export interface TeacherFid {
+  /** The FID. */
+  fid: number;
+  /** Samples it was computed on, when recorded. */
+  num?: number;
+  /** Network evaluations per sample (35 for EDM's 18-step Heun sampler), when recorded. */
+  nfe?: number;
+  /** The reference statistics it was computed against, when recorded. */
+  ref?: string;
+  /** IS, when recorded. */
+  is?: MeanStd;
+  /** `shipped` (the teacher file's metadata or sidecar JSON) or `evaluated` (by this chain). */
+  origin: "shipped" | "evaluated";
+  /** The file it was read from. */
+  source: string;
+}
+
+/** FID of one evaluated snapshot. */
+export interface SnapshotMetrics {
+  /** The snapshot file, relative to the run folder. */
+  generator: string;
+  /** Images seen in its stage (kimg). */
+  kimg: number;
+  /** Images seen over the whole chain (kimg). */
+  cumulativeKimg: number;
+  fid: number;
+  is: MeanStd;
+}
+
+/** One distillation stage of the report. */
+export interface StageReport {
+  /** `sid` or `sida`. */
+  stage: string;
+  /** `SiD`, `SiD²A` (or `SiDA`). */
+  title: string;
+  /** Images seen in this stage (kimg). */
+  kimg: number;
+  /** Images seen over the whole chain at its end (kimg). */
+  cumulativeKimg: number;
+  /** Training wall time over all sessions (seconds). */
+  trainSeconds: number | null;
+  /** The training backend (of the session that finished the stage). */
+  backend: string | null;
+  /** Whether the stage was resumed from a training state. */
+  resumed: boolean;
+  /** The final generator (EMA snapshot), relative to the run folder. */
+  generator: string;
+  /** FID of the final generator (null when not evaluated with the report's settings). */
+  fid: number | null;
+  /** IS of the final generator. */
+  is: MeanStd | null;
+  /** Samples behind FID and IS. */
+  num: number | null;
+  /** Reference statistics behind the FID. */
+  ref: string | null;
+  /** Evaluation wall time of the final generator (seconds). */
+  evalSeconds: number | null;
+  /** The evaluation backend. */
+  evalBackend: string | null;
+  /** `metrics.json` of the final generator, relative to the run folder. */
+  metricsFile: string | null;
+  /** Sample grid of the final generator, relative to the run folder. */
+  grid: string | null;
+  /** Every evaluated snapshot, by images seen. */
+  snapshots: SnapshotMetrics[];
+}
+
+/** `report.json`. */
+export interface ChainReport {
+  format: typeof REPORT_FORMAT;
+  /** When the report was written (ISO 8601). */
+  createdAt: string;
+  /** The run folder. */
+  out: string;
+  /** The distillation preset. */
+  preset: string;
+  /** The real data (zip path or `mnist`). */
+  data: string;
+  /**
+   * The teacher: the file given, its SHA-256, its FID as shipped (metadata or sidecar JSON) and
+   * as evaluated by this chain with the report's settings (`--eval-teacher`), each or null.
+   */
+  teacher: {
+    source: string;
+    sha256: string;
+    shipped: TeacherFid | null;
+    evaluated: TeacherFid | null;
+  };
+  /** The settings behind every FID and IS of the report. */
+  evaluation: {
+    num: number;
+    seed: number;
+    features: string;
+    detector: string;
+    ref: string;
+    sampler: string;
+  };
+  /** The distillation stages that have finished. */
+  stages: StageReport[];
+  /** Plot files, relative to the run folder. */
+  plots: string[];
+  /** Remarks (SVG-only plots, stages not evaluated, a teacher FID on other settings, …). */
+  notes: string[];
+}
+
+function num(v: unknown): number | undefined {
+  if (typeof v === "number" && Number.isFinite(v)) return v;
+  if (typeof v === "string" && v.trim() !== "" && Number.isFinite(Number(v))) return Number(v);
+  return undefined;
+}
+
+function maybeJson(v: unknown): unknown {
+  if (typeof v !== "string") return v;
+  const t = v.trim();
+  if (!t.startsWith("{")) return v;
+  try {
+    return JSON.parse(t);
+  } catch {
+    return v;
+  }
+}
+
+/**
+ * Finds a FID in a record: a numeric `fid` (or `fid35`, `fid_heun`) at the top level or in a
+ * nested `metrics` / `eval` / `evaluation` / `fid` object (JSON strings are parsed, as safetensors
+ * metadata holds strings). Sample count from `num` / `fid_num` / `numImages` / `samples`, NFE
+ * from `nfe` / `fid_nfe`, reference from `ref` / `fid_ref` / `refStats`.
+ */
+function fidIn(obj: unknown): Omit<TeacherFid, "origin" | "source"> | null {
+  const o = maybeJson(obj);
+  if (!o || typeof o !== "object" || Array.isArray(o)) return null;
+  const r = o as Record<string, unknown>;
+  const fid = num(r.fid) ?? num(r.fid35) ?? num(r.fid_heun);
+  if (fid !== undefined) {
+    const out: Omit<TeacherFid, "origin" | "source"> = { fid };
+    const n = num(r.num) ?? num(r.fid_num) ?? num(r.numImages) ?? num(r.samples);
+    if (n !== undefined) out.num = n;
+    const nfe = num(r.nfe) ?? num(r.fid_nfe);
+    if (nfe !== undefined) out.nfe = nfe;
+    else if (num(r.fid35) !== undefined) out.nfe = 35;
+    const ref = r.ref ?? r.fid_ref ?? r.refStats;
+    if (typeof ref === "string") out.ref = ref;
+    const is = maybeJson(r.is) as Record<string, unknown> | undefined;
+    const isMean = num(is?.mean);
+    if (isMean !== undefined) out.is = { mean: isMean, std: num(is?.std) ?? 0 };
+    return out;
+  }
+  for (const k of ["metrics", "eval", "evaluation", "fid"]) {
+    const inner = fidIn(r[k]);
+    if (inner) return inner;
+  }
+  return null;
+}
+
+/**
+ * The teacher's shipped FID: from a sidecar JSON (`<teacher without extension>.json`, then
+ * `<teacher>.json`), else from the safetensors metadata of the teacher file (see `fidIn` for the
+ * keys read). Null when neither records one.
+ */
+export async function readShippedTeacherFid(teacherPath: string): Promise<TeacherFid | null> {
+  const stem = teacherPath.replace(/\.(safetensors|pkl|pt|pth)$/i, "");
+  for (const sidecar of [`${stem}.json`, `${teacherPath}.json`]) {
+    if (sidecar === teacherPath) continue;
+    let text: string;
+    try {
+      text = await Deno.readTextFile(sidecar);
+    } catch {
+      continue;
+    }
+    try {
+      const found = fidIn(JSON.parse(text));
+      if (found) return { ...found, origin: "shipped", source: sidecar };
+    } catch {
+      // not JSON: ignore
+    }
+  }
+  if (teacherPath.toLowerCase().endsWith(".safetensors")) {
+    try {
+      const { metadata } = await readSafetensorsHeader(teacherPath);
+      const found = fidIn(metadata);
+      if (found) return { ...found, origin: "shipped", source: teacherPath };
+    } catch {
+      // unreadable header: no FID
+    }
+  }
+  return null;
+}
+
+function f(v: number | null | undefined, digits = 2): string {
+  return v === null || v === undefined || !Number.isFinite(v) ? "–" : v.toFixed(digits);
+}
+
+function kimgText(v: number): string {
+  return Number.isInteger(v) ? String(v) : v.toFixed(3).replace(/0+$/, "").replace(/\.$/, "");
+}
+
+function duration(sec: number | null): string {
+  if (sec === null || !Number.isFinite(sec)) return "–";
+  const s = Math.round(sec);
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  if (h > 0) return `${h} h ${String(m).padStart(2, "0")} min`;
+  if (m > 0) return `${m} min ${String(s % 60).padStart(2, "0")} s`;
+  return `${s} s`;
+}
+
+function isText(is: MeanStd | null | undefined): string {
+  return is ? `${is.mean.toFixed(3)} ± ${is.std.toFixed(3)}` : "–";
+}
+
+/** A path for display: relative to the working directory when inside it. */
+function shown(path: string): string {
+  let cwd = "";
+  try {
+    cwd = Deno.cwd();
+  } catch {
+    return path;
+  }
+  return path.startsWith(cwd + "/") ? path.slice(cwd.length + 1) : path;
+}
+
+/** The report as Markdown (links relative to the run folder, other paths to the working folder). */
+export function renderReportMarkdown(r: ChainReport): string {
+  const e = r.evaluation;
+  const lines: string[] = [];
+  lines.push(`# Distillation report: \`${r.out}\``, "");
+  lines.push(
+    `Teacher \`${shown(r.teacher.source)}\` (SHA-256 \`${r.teacher.sha256.slice(0, 16)}…\`), ` +
+      `preset \`${r.preset}\`, real data \`${r.data}\`. Written ${r.createdAt}.`,
+    "",
+  );
+  lines.push(
+    `Every FID and IS below: ${e.num} samples per generator (${e.sampler}, seed ${e.seed}), ` +
+      `\`${e.features}\` features (\`${shown(e.detector)}\`), reference statistics \`${
+        shown(e.ref)
+      }\`.`,
+    "",
+  );
+  lines.push(
+    "| stage | generator | images seen (kimg) | FID | IS | samples | reference | training time | backend | eval time |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  );
+  for (const t of [r.teacher.evaluated, r.teacher.shipped]) {
+    if (!t) continue;
+    const sampler = t.nfe ? `${t.nfe} NFE` : "NFE not recorded";
+    lines.push(
+      `| teacher (${sampler}, ${t.origin}) | \`${basename(r.teacher.source)}\` | – | ${
+        f(t.fid)
+      } | ${isText(t.is)} | ${t.num ?? "–"} | ${t.ref ? `\`${shown(t.ref)}\`` : "–"} | – | – | – |`,
+    );
+  }
+  for (const s of r.stages) {
+    const seen = s.cumulativeKimg !== s.kimg
+      ? `${kimgText(s.kimg)} (${kimgText(s.cumulativeKimg)} in all)`
+      : kimgText(s.kimg);
+    lines.push(
+      `| ${s.title} | \`${s.generator}\` | ${seen} | ${f(s.fid)} | ${isText(s.is)} | ${
+        s.num ?? "–"
+      } | ${s.ref ? `\`${shown(s.ref)}\`` : "–"} | ${duration(s.trainSeconds)}${
+        s.resumed ? " (resumed)" : ""
+      } | ${s.backend ?? "–"} | ${duration(s.evalSeconds)} |`,
+    );
+  }
+  lines.push("");
+  const snaps = r.stages.flatMap((s) => s.snapshots.map((p) => ({ ...p, title: s.title })));
+  if (snaps.length) {
+    lines.push(
+      "## FID against images seen",
+      "",
+      "| stage | snapshot | kimg (stage) | kimg (chain) | FID | IS |",
+      "| --- | --- | --- | --- | --- | --- |",
+    );
+    for (const p of snaps) {
+      lines.push(
+        `| ${p.title} | \`${p.generator}\` | ${kimgText(p.kimg)} | ${
+          kimgText(p.cumulativeKimg)
+        } | ${f(p.fid)} | ${isText(p.is)} |`,
+      );
+    }
+    lines.push("");
+  }
+  if (r.plots.length) {
+    lines.push("## Plots", "");
+    for (const p of r.plots) lines.push(`![${basename(p)}](${p})`, "");
+  }
+  const grids = r.stages.filter((s) => s.grid);
+  if (grids.length) {
+    lines.push("## Samples (one step)", "");
+    for (const s of grids) lines.push(`${s.title}:`, "", `![${s.title} samples](${s.grid})`, "");
+  }
+  if (r.notes.length) {
+    lines.push("## Notes", "");
+    for (const n of r.notes) lines.push(`- ${n}`);
+    lines.push("");
+  }
+  return lines.join("\n");
+}
+
+/** Writes `report.json` and `report.md` into `dir`, atomically. */
+export async function writeReport(dir: string, report: ChainReport): Promise<string[]> {
+  const enc = new TextEncoder();
+  const json = join(dir, "report.json");
+  const md = join(dir, "report.md");
+  await writeFileAtomic(json, enc.encode(JSON.stringify(report, null, 2) + "\n"));
+  await writeFileAtomic(md, enc.encode(renderReportMarkdown(report)));
+  return [json, md];
+}
+
+/** `path` relative to `dir` when it lies inside it, else unchanged. */
+export function relativeTo(dir: string, path: string): string {
+  const d = dir.replace(/\/+$/, "") + "/";
+  return path.startsWith(d) ? path.slice(d.length) : path;
+}

@@ -1,0 +1,419 @@
+/**
+ * `deno task distill` on a CI-sized chain: a tiny conditional 32×32 grey teacher (SongUNet, 8
+ * channels, one level, one block, dropout 0), a 40-image labelled dataset zip, reference
+ * statistics of that dataset under a random MNIST feature network, batch 4, a few iterations
+ * per stage and 20 evaluation samples.
+ *
+ * - bad arguments fail before anything is written, with one `error:` line;
+ * - a chain killed (SIGKILL) in its SiD stage resumes from the training state and finishes;
+ * - the run folder holds every file (report, plots, grids, per-stage metrics), and the report's
+ *   numbers are finite and equal the per-stage `metrics.json` values;
+ * - a rerun skips every stage (stage markers and logs untouched); other settings on the same
+ *   folder are refused.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { createImageDataset, type ImageDataset, writeImageZip } from "../lib/data/dataset.ts";
+import { findLatestState } from "../lib/distill/run.ts";
+import { datasetFeatures } from "../lib/metrics/evaluate.ts";
+import { MnistFeatureNet } from "../lib/metrics/mnist_features.ts";
+import { saveRefStats } from "../lib/metrics/ref_stats.ts";
+import { createNetwork, saveNetwork } from "../lib/nets/network.ts";
+import {
+  type DistillChainResult,
+  parseDistillChainArgs,
+  runDistillChain,
+} from "../lib/pipeline/distill.ts";
+import { fidPlotSvg, lossPlotSvg } from "../lib/pipeline/plots.ts";
+import { type ChainReport, readShippedTeacherFid } from "../lib/pipeline/report.ts";
+import { setupBackend, TEST_BACKEND } from "./helpers.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+
+function assertEquals(actual: unknown, expected: unknown, message?: string): void {
+  if (message === undefined) assert.deepEqual(actual, expected);
+  else assert.deepEqual(actual, expected, `${message}: ${JSON.stringify(actual)}`);
+}
+
+const TINY = {
+  imgResolution: 32,
+  imgChannels: 1,
+  labelDim: 10,
+  unet: {
+    arch: "SongUNet" as const,
+    modelChannels: 8,
+    channelMult: [1],
+    numBlocks: 1,
+    attnResolutions: [],
+    dropout: 0,
+  },
+};
+
+interface Fixture {
+  dir: string;
+  teacher: string;
+  data: string;
+  ref: string;
+  detector: string;
+}
+
+function digits(n: number, res: number, channels: number): ImageDataset {
+  const pixels = new Uint8Array(n * res * res * channels);
+  for (let i = 0; i < n; i++) {
+    // A bright bar whose position depends on the class, on a dark background.
+    const c = i % 10;
+    for (let y = 0; y < res; y++) {
+      for (let x = 0; x < res; x++) {
+        const on = Math.abs(x - (4 + c * 2) * res / 32) < res / 10 && y > res / 6 &&
+          y < res - res / 6;
+        const v = on ? 220 + ((i * 7 + y) % 30) : (x * 3 + y * 5 + i) % 20;
+        for (let k = 0; k < channels; k++) pixels[((i * res + y) * res + x) * channels + k] = v;
+      }
+    }
+  }
+  return createImageDataset({
+    name: "bars",
+    resolution: res,
+    channels,
+    pixels,
+    labels: Array.from({ length: n }, (_, i) => i % 10),
+  });
+}
+
+let fixture: Promise<Fixture> | undefined;
+
+function setup(): Promise<Fixture> {
+  fixture ??= (async () => {
+    await setupBackend();
+    const dir = await Deno.makeTempDir({ prefix: "sida-chain-test-" });
+    const net = createNetwork(TINY, { seed: 1 });
+    const teacher = join(dir, "teacher.safetensors");
+    await saveNetwork(net, teacher);
+    net.dispose();
+    // The teacher's shipped FID, as a sidecar JSON.
+    await Deno.writeTextFile(
+      join(dir, "teacher.json"),
+      JSON.stringify({ fid: 12.5, num: 10000, nfe: 35, ref: "mnist-ref-stats.npz" }),
+    );
+    const ds = digits(40, 32, 1);
+    const data = join(dir, "bars.zip");
+    await writeImageZip(data, ds);
+    // A random MNIST feature network (the shipped one is retrained now and then).
+    const det = new MnistFeatureNet(undefined, 5);
+    const detector = join(dir, "features.safetensors");
+    await det.save(detector);
+    const acc = await datasetFeatures(det, ds);
+    det.dispose();
+    const ref = join(dir, "bars-ref.npz");
+    await saveRefStats(ref, { mu: acc.stats.mean(), sigma: acc.stats.cov(), dim: acc.stats.dim });
+    return { dir, teacher, data, ref, detector };
+  })();
+  return fixture;
+}
+
+/** The chain's flags: SiD 10 iterations of 4 images, SiD²A 2, a state after every iteration. */
+function chainFlags(f: Fixture, out: string): string[] {
+  return [
+    ...["--teacher", f.teacher, "--data", f.data, "--ref", f.ref, "--detector", f.detector],
+    ...["--out", out],
+    ...["--preset", "mnist", "--batch", "4", "--micro-batch", "2", "--seed", "1"],
+    ...["--lr", "1e-3", "--glr", "1e-3", "--dropout", "0"],
+    ...["--sid-kimg", "0.04", "--sida-kimg", "0.008", "--tick", "0.004", "--dump", "0.004"],
+    ...["--num", "20", "--eval-batch", "10", "--backend", TEST_BACKEND, "--quiet"],
+  ];
+}
+
+async function runTask(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", join(ROOT, "tasks/distill.ts"), ...args],
+    cwd: ROOT,
+    env,
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function listing(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const e of Deno.readDir(dir)) {
+    if (e.isDirectory) {
+      for (const n of await listing(join(dir, e.name))) out.push(`${e.name}/${n}`);
+    } else out.push(e.name);
+  }
+  return out.sort();
+}
+
+function assertOneErrorLine(name: string, r: { code: number; stderr: string }, re: RegExp) {
+  const lines = r.stderr.trimEnd().split("\n");
+  assert.notEqual(r.code, 0, `${name}: exit code`);
+  assertEquals(lines.length, 1, `${name}: one stderr line, got ${JSON.stringify(r.stderr)}`);
+  assert(lines[0].startsWith("error: "), `${name}: ${lines[0]}`);
+  assert(re.test(lines[0]), `${name}: '${lines[0]}' should match ${re}`);
+}
+
+Deno.test("distill chain: bad arguments fail before anything is written", async () => {
+  const f = await setup();
+  const out = join(f.dir, "never");
+  const base = chainFlags(f, out);
+  const replace = (flag: string, value: string) => {
+    const a = [...base];
+    a[a.indexOf(flag) + 1] = value;
+    return a;
+  };
+  const res16 = join(f.dir, "bars16.zip");
+  await writeImageZip(res16, digits(10, 16, 1));
+  const rgb = join(f.dir, "bars-rgb.zip");
+  await writeImageZip(rgb, digits(10, 32, 3));
+  const cases: [string, string[], RegExp, Record<string, string>?][] = [
+    ["unknown stage", [...base, "--stages", "import,distill"], /unknown stage 'distill'/],
+    ["bad budget", [...base, "--budget", "two"], /--budget must be a number/],
+    ["zero budget", [...base, "--budget", "0"], /--budget must be > 0/],
+    ["bad num", replace("--num", "1"), /--num must be at least 2/],
+    ["zero kimg", replace("--sid-kimg", "0"), /--sid-kimg must be > 0/],
+    ["not a kimg", replace("--sida-kimg", "1e"), /--sida-kimg must be a number/],
+    ["unknown preset", replace("--preset", "cifar11"), /unknown preset 'cifar11'/],
+    ["unknown flag", [...base, "--bogus", "1"], /bogus/],
+    ["missing teacher", replace("--teacher", join(f.dir, "nope.safetensors")), /not found/],
+    ["wrong resolution", replace("--data", res16), /16x16x1 images, the teacher needs 32x32x1/],
+    ["wrong channels", replace("--data", rgb), /32x32x3 images, the teacher needs 32x32x1/],
+    ["missing ref", replace("--ref", join(f.dir, "nope.npz")), /nope\.npz/],
+    ["batch/micro-batch", replace("--micro-batch", "3"), /multiple/],
+    ["sida before sid", [...base, "--stages", "sida,eval"], /run the sid stage first/],
+    ["no shipped teacher", ["--out", out], /deno task teacher/, {
+      SIDA_MNIST_TEACHER: join(f.dir, "missing-teacher.safetensors"),
+    }],
+  ];
+  const results = await Promise.all(cases.map(([, args, , env]) => runTask(args, env)));
+  results.forEach((r, i) => assertOneErrorLine(cases[i][0], r, cases[i][2]));
+  assert(!(await exists(out)), "the run folder was not created");
+});
+
+function metricOf(report: ChainReport, stage: string) {
+  const s = report.stages.find((x) => x.stage === stage);
+  assert(s, `stage ${stage} in the report`);
+  return s;
+}
+
+Deno.test("distill chain: killed mid-stage, resumed, complete run folder, rerun skips", async () => {
+  const f = await setup();
+  const out = join(f.dir, "run");
+  const flags = chainFlags(f, out);
+
+  // 1. A chain in a subprocess, killed as soon as the SiD stage has written a training state.
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", join(ROOT, "tasks/distill.ts"), ...flags],
+    cwd: ROOT,
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  let state: string | null = null;
+  for (let i = 0; i < 3000 && !state; i++) {
+    await new Promise((r) => setTimeout(r, 30));
+    state = await findLatestState(join(out, "sid"));
+  }
+  try {
+    child.kill("SIGKILL");
+  } catch {
+    // already finished
+  }
+  await child.status;
+  assert(state, "the subprocess wrote a SiD training state");
+  assert(!(await exists(join(out, "sid", "stage-done.json"))), "killed before the SiD stage ended");
+  assert(await exists(join(out, "import", "stage-done.json")), "the import stage had finished");
+
+  // 2. The same command line again (in this process): import skipped, SiD resumed, the rest run.
+  const first: DistillChainResult = await runDistillChain(parseDistillChainArgs(flags));
+  assertEquals(first.interrupted, false);
+  assertEquals(first.stages, { import: "skipped", sid: "resumed", sida: "ran", eval: "ran" });
+  const sidDone = JSON.parse(await Deno.readTextFile(join(out, "sid", "stage-done.json")));
+  assertEquals(sidDone.nimg, 40);
+  assertEquals(sidDone.resumed, true);
+  assert(
+    sidDone.iterationsThisSession < 10,
+    `resumed, not restarted: ${sidDone.iterationsThisSession}`,
+  );
+
+  // 3. Every file of the run folder.
+  const files = await listing(out);
+  for (
+    const name of [
+      "chain.json",
+      "chain-log.jsonl",
+      "report.md",
+      "report.json",
+      "import/teacher.safetensors",
+      "import/stage-done.json",
+      "sid/stage-done.json",
+      "sid/log.jsonl",
+      "sid/network-snapshot-000000.040.safetensors",
+      "sida/stage-done.json",
+      "sida/log.jsonl",
+      "sida/network-snapshot-000000.008.safetensors",
+      "eval/stage-done.json",
+      "eval/sid/metrics.json",
+      "eval/sid/samples.png",
+      "eval/sida/metrics.json",
+      "eval/sida/samples.png",
+      "eval/sida/snapshot-000000.004.json",
+    ]
+  ) assert(files.includes(name), `${name} in ${files.join(", ")}`);
+  // SiD snapshots every 0.02 kimg counted from the session's start (the kill point), and at the end.
+  const sidSnapshots = files.filter((n) => /^sid\/network-snapshot-/.test(n));
+  assert(sidSnapshots.length >= 2, `SiD snapshots: ${sidSnapshots}`);
+  assertEquals(
+    files.filter((n) => /^eval\/sid\/snapshot-.*\.json$/.test(n)).length,
+    sidSnapshots.length - 1,
+    "every earlier SiD snapshot evaluated",
+  );
+  assert(
+    files.includes("plots/losses.png") || files.includes("plots/losses.svg"),
+    "loss plot",
+  );
+  assert(files.includes("plots/fid.png") || files.includes("plots/fid.svg"), "FID plot");
+  for (const png of ["eval/sid/samples.png", "eval/sida/samples.png"]) {
+    const b = await Deno.readFile(join(out, png));
+    assertEquals([...b.subarray(1, 4)], [0x50, 0x4e, 0x47], png);
+  }
+
+  // 4. The report's numbers are finite and equal the per-stage metrics.json values.
+  const report: ChainReport = JSON.parse(await Deno.readTextFile(join(out, "report.json")));
+  assertEquals(report, JSON.parse(JSON.stringify(first.report)));
+  assertEquals(report.stages.map((s) => s.stage), ["sid", "sida"]);
+  assertEquals(report.evaluation.num, 20);
+  assertEquals(report.evaluation.ref, f.ref);
+  for (const stage of ["sid", "sida"]) {
+    const s = metricOf(report, stage);
+    const m = JSON.parse(await Deno.readTextFile(join(out, "eval", stage, "metrics.json")));
+    assert(Number.isFinite(s.fid) && s.fid! >= 0, `${stage} FID ${s.fid}`);
+    assert(Number.isFinite(s.is?.mean) && s.is!.mean >= 1, `${stage} IS ${s.is?.mean}`);
+    assertEquals(s.fid, m.fid);
+    assertEquals(s.is, m.is);
+    assertEquals(s.num, m.num);
+    assertEquals(s.ref, m.ref);
+    assertEquals(s.ref, report.evaluation.ref, "one reference for every FID");
+    assertEquals(s.num, 20);
+    assert(s.trainSeconds! > 0 && s.evalSeconds! > 0, `${stage} times`);
+    assert(typeof s.backend === "string" && s.backend.length > 0);
+    const snaps = files.filter((n) => n.startsWith(`${stage}/network-snapshot-`)).length;
+    assertEquals(s.snapshots.length, snaps, `${stage}: every snapshot evaluated`);
+    assertEquals(s.snapshots[s.snapshots.length - 1].fid, m.fid);
+    for (const p of s.snapshots) assert(Number.isFinite(p.fid));
+  }
+  assertEquals(metricOf(report, "sid").kimg, 0.04);
+  assertEquals(metricOf(report, "sida").kimg, 0.008);
+  assertEquals(metricOf(report, "sida").cumulativeKimg, 0.048);
+  assertEquals(report.teacher.shipped?.fid, 12.5);
+  assertEquals(report.teacher.shipped?.nfe, 35);
+  assertEquals(report.teacher.evaluated, null);
+  const md = await Deno.readTextFile(join(out, "report.md"));
+  for (const stage of ["sid", "sida"]) {
+    const s = metricOf(report, stage);
+    assert(md.includes(s.fid!.toFixed(2)), `report.md shows the ${stage} FID`);
+  }
+  assert(md.includes("SiD²A") && md.includes("12.50"), md);
+
+  // 5. A rerun skips every stage and touches neither markers nor logs.
+  const watched = [
+    "import/stage-done.json",
+    "sid/stage-done.json",
+    "sida/stage-done.json",
+    "eval/stage-done.json",
+    "sid/log.jsonl",
+    "sida/log.jsonl",
+    "eval/sid/metrics.json",
+  ];
+  const before = await Promise.all(watched.map((p) => Deno.readFile(join(out, p))));
+  const again = await runDistillChain(parseDistillChainArgs(flags));
+  assertEquals(again.stages, {
+    import: "skipped",
+    sid: "skipped",
+    sida: "skipped",
+    eval: "skipped",
+  });
+  const after = await Promise.all(watched.map((p) => Deno.readFile(join(out, p))));
+  after.forEach((b, i) => assertEquals(b, before[i], `${watched[i]} unchanged`));
+  assertEquals(again.report?.stages.map((s) => s.fid), report.stages.map((s) => s.fid));
+  const chainLog = (await Deno.readTextFile(join(out, "chain-log.jsonl"))).trim().split("\n")
+    .map((l) => JSON.parse(l));
+  assertEquals(chainLog.slice(-4).map((l) => l.action), [
+    "skipped",
+    "skipped",
+    "skipped",
+    "skipped",
+  ]);
+
+  // A subset of the stages.
+  const some = await runDistillChain(parseDistillChainArgs([...flags, "--stages", "sid,eval"]));
+  assertEquals(some.stages, {
+    import: "not selected",
+    sid: "skipped",
+    sida: "not selected",
+    eval: "skipped",
+  });
+
+  // 6. Other training settings on the same folder: refused before anything is written.
+  const listed = await listing(out);
+  const bad = await runTask([...flags, "--budget", "2"]);
+  assertOneErrorLine("other budget", bad, /other settings: sid\.kimg 0\.04 \(now 0\.08\)/);
+  assertEquals(await listing(out), listed);
+});
+
+Deno.test("distill chain: the teacher's shipped FID from metadata or a sidecar; plot SVG", async () => {
+  const f = await setup();
+  const net = createNetwork(TINY, { seed: 2 });
+  const withMeta = join(f.dir, "meta-teacher.safetensors");
+  await saveNetwork(net, withMeta, {
+    fid: "7.25",
+    fid_num: "10000",
+    fid_nfe: "35",
+    fid_ref: "data/mnist-ref-stats.npz",
+  });
+  const bare = join(f.dir, "bare-teacher.safetensors");
+  await saveNetwork(net, bare);
+  net.dispose();
+  assertEquals(await readShippedTeacherFid(withMeta), {
+    fid: 7.25,
+    num: 10000,
+    nfe: 35,
+    ref: "data/mnist-ref-stats.npz",
+    origin: "shipped",
+    source: withMeta,
+  });
+  assertEquals(await readShippedTeacherFid(bare), null);
+  await Deno.writeTextFile(
+    join(f.dir, "bare-teacher.json"),
+    JSON.stringify({ format: "x", eval: { fid: 3.5, num: 5000 } }),
+  );
+  assertEquals((await readShippedTeacherFid(bare))?.fid, 3.5);
+  assertEquals((await readShippedTeacherFid(f.teacher))?.fid, 12.5);
+
+  const svg = await fidPlotSvg([{ stage: "SiD", kimg: 1, fid: 30 }, {
+    stage: "SiD",
+    kimg: 2,
+    fid: 20,
+  }], {
+    fid: 5,
+    label: "teacher",
+  });
+  assert(svg?.startsWith('<svg xmlns="http://www.w3.org/2000/svg"'), String(svg).slice(0, 80));
+  assertEquals(await fidPlotSvg([]), null);
+  assertEquals(await lossPlotSvg([{ stage: "SiD", offsetKimg: 0, records: [{ kimg: 1 }] }]), null);
+});
+
+Deno.test("distill chain tests: remove the temporary folder", async () => {
+  if (!fixture) return;
+  await Deno.remove((await fixture).dir, { recursive: true });
+});
