@@ -52,7 +52,10 @@ export function parseFlags(args: string[], spec: FlagSpec, usage: string): Parse
     });
     return { ...(values as Record<string, string | boolean>), positionals };
   } catch (e) {
-    const msg = (e as Error).message.replace(/\.?\s*To specify a positional.*$/s, "");
+    // node's messages can span lines ("argument is ambiguous … did you forget to specify the
+    // option argument for …"): keep one line.
+    const msg = (e as Error).message.replace(/\.?\s*To specify a positional.*$/s, "")
+      .replace(/\s*\n\s*/g, " ").trim();
     throw new UsageError(`${msg} (${usage})`);
   }
 }
