@@ -11,6 +11,7 @@
  * - a rerun skips every stage (stage markers and logs untouched); other settings on the same
  *   folder are refused.
  */
+import { tf } from "../lib/deps.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { createImageDataset, type ImageDataset, writeImageZip } from "../lib/data/dataset.ts";
@@ -235,7 +236,9 @@ Deno.test("distill chain: killed mid-stage, resumed, complete run folder, rerun 
   assert(await exists(join(out, "import", "stage-done.json")), "the import stage had finished");
 
   // 2. The same command line again (in this process): import skipped, SiD resumed, the rest run.
+  const tensorsBefore = tf.memory().numTensors;
   const first: DistillChainResult = await runDistillChain(parseDistillChainArgs(flags));
+  assertEquals(tf.memory().numTensors, tensorsBefore, "the chain leaves no tensors behind");
   assertEquals(first.interrupted, false);
   assertEquals(first.stages, { import: "skipped", sid: "resumed", sida: "ran", eval: "ran" });
   const sidDone = JSON.parse(await Deno.readTextFile(join(out, "sid", "stage-done.json")));
