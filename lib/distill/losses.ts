@@ -174,13 +174,34 @@ function keepFor(keep: tf.Tensor1D, rank: number): tf.Tensor {
   return tf.reshape(keep, [keep.shape[0], ...Array(rank - 1).fill(1)]);
 }
 
-/** x_n for kept samples, zeros for dropped ones (no NaN can leak through a product). */
+/**
+ * x_n for kept samples, zeros for dropped ones (no NaN can leak through a product). The gradient
+ * is `dy` masked the same way, and zero for `keep`: one custom op, so that differentiating it
+ * does not go through tfjs' `Tile` gradient of the broadcast mask (one slice and one add per
+ * pixel of the image).
+ */
 export function zeroDropped<T extends tf.Tensor>(x: T, keep: tf.Tensor1D): T {
-  return tf.tidy(() => {
-    const mask = tf.broadcastTo(keepFor(keep, x.rank), x.shape);
-    return tf.where(mask, x, tf.zerosLike(x));
-  }) as T;
+  return zeroDroppedOp(x, keep) as T;
 }
+
+function maskRows(x: tf.Tensor, keep: tf.Tensor): tf.Tensor {
+  return tf.tidy(() => {
+    const mask = tf.broadcastTo(keepFor(keep as tf.Tensor1D, x.rank), x.shape);
+    return tf.where(mask, x, tf.zerosLike(x));
+  });
+}
+
+const zeroDroppedOp = tf.customGrad((...args) => {
+  const [x, keep, save] = args as [tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+  save([keep]);
+  return {
+    value: maskRows(x, keep),
+    gradFunc: (dy, saved) => [
+      maskRows(dy as tf.Tensor, saved[0]),
+      tf.zeros(saved[0].shape, "float32"),
+    ],
+  };
+});
 
 /**
  * Drops the samples whose `keep` entry is false from each tensor (boolean indexing along axis 0,

@@ -1,5 +1,5 @@
 /**
- * sida's C kernels (`csrc/sida_kernels.c`): broadcasting binary operations, unary operations,
+ * sida's C kernels (`csrc/*.c`, one library): broadcasting binary operations, unary operations,
  * SiLU and group normalisation with their gradients, multi-threaded with OpenMP.
  *
  * The library is compiled on first use from the repository's C source with the system's C
@@ -135,7 +135,7 @@ function cacheDir(): string {
   return `${env("HOME") ?? "/tmp"}/.cache/sida`;
 }
 
-function compile(src: string, out: string): string | undefined {
+function compile(srcs: string[], out: string): string | undefined {
   const cc = Deno.env.get("CC") ?? "cc";
   const extraFlags = (Deno.env.get("SIDA_NATIVE_CFLAGS") ?? "").split(/\s+/).filter(Boolean);
   const base = [
@@ -147,7 +147,7 @@ function compile(src: string, out: string): string | undefined {
     ...extraFlags,
     "-o",
     out,
-    src,
+    ...srcs,
     "-lm",
   ];
   let lastError = "";
@@ -164,7 +164,11 @@ function compile(src: string, out: string): string | undefined {
   return lastError || "compiler failed";
 }
 
+/** The C files compiled into the one library (`csrc/`), in link order. */
+const C_SOURCES = ["sida_kernels.c", "sida_conv.c", "sida_attention.c"];
+
 let loaded: CKernels | null | undefined;
+let libPath = "";
 let whyNot = "";
 
 /** Why the C kernels are not in use (empty when they are). */
@@ -183,14 +187,14 @@ export function loadCKernels(): CKernels | null {
     whyNot = "disabled by SIDA_NATIVE_C=0";
     return null;
   }
-  const srcUrl = new URL("./csrc/sida_kernels.c", import.meta.url);
-  if (srcUrl.protocol !== "file:") {
+  const urls = C_SOURCES.map((f) => new URL(`./csrc/${f}`, import.meta.url));
+  if (urls.some((u) => u.protocol !== "file:")) {
     whyNot = "no local C source (imported by URL)";
     return null;
   }
-  const srcPath = decodeURIComponent(srcUrl.pathname);
+  const srcPaths = urls.map((u) => decodeURIComponent(u.pathname));
   try {
-    const source = Deno.readTextFileSync(srcPath);
+    const source = srcPaths.map((p) => Deno.readTextFileSync(p)).join("\n");
     const ext = Deno.build.os === "darwin" ? "dylib" : Deno.build.os === "windows" ? "dll" : "so";
     const flags = Deno.env.get("SIDA_NATIVE_CFLAGS") ?? "";
     const key = fnv1a(`${VERSION}\n${Deno.build.target}\n${flags}\n${source}`);
@@ -203,12 +207,12 @@ export function loadCKernels(): CKernels | null {
     if (!have) {
       Deno.mkdirSync(dir, { recursive: true });
       const tmp = `${lib}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
-      const err = compile(srcPath, tmp);
+      const err = compile(srcPaths, tmp);
       if (err) {
         try {
           Deno.removeSync(tmp);
         } catch { /* nothing written */ }
-        whyNot = `could not compile ${srcPath}: ${err}`;
+        whyNot = `could not compile ${C_SOURCES.join(", ")}: ${err}`;
         return null;
       }
       Deno.renameSync(tmp, lib);
@@ -221,6 +225,7 @@ export function loadCKernels(): CKernels | null {
       whyNot = `${lib}: unexpected version`;
       return null;
     }
+    libPath = lib;
     loaded = makeKernels(lib, symbols);
     return loaded;
   } catch (e) {
@@ -326,4 +331,30 @@ export function setCKernelsEnabled(on: boolean): boolean {
 /** The C kernels when they are loaded and enabled. */
 export function cKernels(): CKernels | null {
   return useC ? loadCKernels() : null;
+}
+
+const bound = new Map<object, unknown>();
+
+/**
+ * More functions of the compiled library, for kernel modules that keep their own symbol tables:
+ * `null` when the C kernels are unavailable or disabled ({@linkcode setCKernelsEnabled}). The
+ * library is opened once per symbol table.
+ *
+ * @example
+ * ```ts
+ * const SYMBOLS = { sida_softmax: { parameters: ["buffer", "buffer", "i64", "i64"], result: "void" } } as const;
+ * const c = bindCKernels(SYMBOLS);
+ * if (c) c.sida_softmax(y, x, BigInt(rows), BigInt(cols));
+ * ```
+ */
+export function bindCKernels<S extends Deno.ForeignLibraryInterface>(
+  symbols: S,
+): Deno.DynamicLibrary<S>["symbols"] | null {
+  if (!cKernels()) return null;
+  let b = bound.get(symbols) as Deno.DynamicLibrary<S>["symbols"] | undefined;
+  if (!b) {
+    b = Deno.dlopen(libPath, symbols).symbols;
+    bound.set(symbols, b);
+  }
+  return b;
 }

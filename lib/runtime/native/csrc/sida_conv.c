@@ -1,0 +1,5 @@
+/*
+ * sida's direct NHWC convolution kernels for the `native` tfjs backend, compiled into the same
+ * library as sida_kernels.c.
+ */
+#include <stdint.h>
