@@ -246,6 +246,14 @@ const CONV_CASES: {
   { x: [1, 8, 8, 4], k: [3, 3], co: 6, stride: 1, pad: "valid" },
   // Large enough for the threaded C im2col / col2im (several images per chunk).
   { x: [3, 20, 20, 16], k: [3, 3], co: 8, stride: 1, pad: "same" },
+  // Output channels a multiple of 16: the direct C kernels (csrc/sida_conv.c), with 1, 2 and 4
+  // vectors per tile, pixel and channel tails, strides, dilations and padding of every kind.
+  { x: [2, 9, 7, 16], k: [3, 3], co: 32, stride: 1, pad: "same" },
+  { x: [1, 8, 8, 5], k: [3, 3], co: 64, stride: 2, pad: "same" },
+  { x: [2, 10, 10, 32], k: [5, 5], co: 48, stride: [2, 1], pad: [[0, 0], [1, 2], [2, 0], [0, 0]] },
+  { x: [1, 12, 12, 16], k: [3, 2], co: 16, stride: 1, pad: "valid", dil: [2, 3] },
+  { x: [3, 5, 6, 7], k: [3, 3], co: 128, stride: 1, pad: 2 },
+  { x: [2, 16, 16, 32], k: [3, 3], co: 32, stride: 1, pad: 1 },
 ];
 
 for (const withC of [true, false]) {
@@ -279,10 +287,12 @@ Deno.test({
   name: "native: fused conv2d with bias and activation, conv2dTranspose",
   ignore,
   async fn() {
-    for (const activation of ["linear", "relu", "sigmoid"] as const) {
+    for (
+      const [activation, co] of [["linear", 4], ["relu", 4], ["sigmoid", 4], ["relu", 32]] as const
+    ) {
       await compare(
-        `fused conv2d ${activation}`,
-        [[2, 7, 7, 3], [3, 3, 3, 4], [4]],
+        `fused conv2d ${activation} co ${co}`,
+        [[2, 7, 7, 3], [3, 3, 3, co], [co]],
         ([x, w, b]) =>
           tf.fused.conv2d({
             x: x as tf.Tensor4D,

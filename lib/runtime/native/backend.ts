@@ -22,6 +22,7 @@ import { poolKernels } from "./pool_kernels.ts";
 import { bufferPool } from "./buffer_pool.ts";
 import { loadCKernels } from "./ckernels.ts";
 import { fusedKernels } from "./fused.ts";
+import { copyKernels } from "./copy_kernels.ts";
 
 export { BlasUnavailableError, loadBlas } from "./blas.ts";
 export type { Blas } from "./blas.ts";
@@ -69,6 +70,7 @@ export function registerNativeBackend(): Blas {
     ...gemmKernels(blas, fallback),
     ...elementwiseKernels(fallback),
     ...poolKernels(fallback),
+    ...copyKernels(fallback),
     ...(c ? fusedKernels(c) : {}),
   };
   for (const [name, kernelFunc] of Object.entries(replaced)) {

@@ -165,7 +165,7 @@ function compile(srcs: string[], out: string): string | undefined {
 }
 
 /** The C files compiled into the one library (`csrc/`), in link order. */
-const C_SOURCES = ["sida_kernels.c", "sida_conv.c", "sida_attention.c"];
+const C_SOURCES = ["sida_kernels.c", "sida_conv.c", "sida_attention.c", "sida_copy.c"];
 
 let loaded: CKernels | null | undefined;
 let libPath = "";

@@ -11,7 +11,36 @@
 import { tf } from "../../deps.ts";
 import type { Blas } from "./blas.ts";
 import { bufferPool } from "./buffer_pool.ts";
-import { cKernels } from "./ckernels.ts";
+import { bindCKernels, cKernels } from "./ckernels.ts";
+
+/** The direct convolution kernels of `csrc/sida_conv.c`. */
+const CONV_SYMBOLS = {
+  sida_conv_vl: { parameters: [], result: "i32" },
+  sida_conv_fwd: {
+    parameters: ["buffer", "buffer", "buffer", "buffer", "i32", "i64", "buffer"],
+    result: "i32",
+  },
+  sida_conv_dw: { parameters: ["buffer", "buffer", "buffer", "i64", "buffer"], result: "i32" },
+} as const;
+
+let directConvEnabled = true;
+
+/**
+ * Uses (the default) or bypasses the direct C convolutions (`csrc/sida_conv.c`), for tests and
+ * benchmarks of both paths; returns the old value.
+ */
+export function setDirectConvEnabled(on: boolean): boolean {
+  const old = directConvEnabled;
+  directConvEnabled = on;
+  return old;
+}
+
+/** The direct convolution kernels when they can take `Co` output channels. */
+function directConv(Co: number) {
+  if (!directConvEnabled) return null;
+  const c = bindCKernels(CONV_SYMBOLS);
+  return c && Co % c.sida_conv_vl() === 0 ? c : null;
+}
 
 /** The storage-owning backend class the `native` backend is an instance of. */
 export type CpuBackend = tf.MathBackendCPU;
@@ -72,6 +101,18 @@ function geometry(ci: ConvInfo): number[] {
     ci.padInfo.top,
     ci.padInfo.left,
   ];
+}
+
+function geometry64(ci: ConvInfo): BigInt64Array {
+  return BigInt64Array.from(geometry(ci), BigInt);
+}
+
+/** Checks the array lengths a C convolution kernel will touch (x, w and y of `ci`). */
+function checkConvLengths(ci: ConvInfo, xLen: number, wLen: number, yLen: number): void {
+  const ok = xLen === ci.batchSize * ci.inHeight * ci.inWidth * ci.inChannels &&
+    wLen === ci.filterHeight * ci.filterWidth * ci.inChannels * ci.outChannels &&
+    yLen === ci.batchSize * ci.outHeight * ci.outWidth * ci.outChannels;
+  if (!ok) throw new RangeError("sida C kernels: convolution array lengths");
 }
 
 function im2col(x: Float32Array, ci: ConvInfo, r0: number, r1: number, col: Float32Array): void {
@@ -187,28 +228,41 @@ function chunkRows(k: number, m: number): number {
   return Math.max(1, Math.min(m, Math.floor(CHUNK_FLOATS / Math.max(k, 1))));
 }
 
-/** NHWC convolution `y = conv(x, w)`, `w` HWIO; returns `[N·Ho·Wo·Co]`. */
+/** NHWC convolution `y = conv(x, w) (+ bias)`, `w` HWIO, bias `[Co]`; returns `[N·Ho·Wo·Co]`. */
 export function conv2dForward(
   blas: Blas,
   x: Float32Array,
   w: Float32Array,
   ci: ConvInfo,
+  bias?: Float32Array,
 ): Float32Array {
   const Co = ci.outChannels;
   const K = ci.filterHeight * ci.filterWidth * ci.inChannels;
   const M = ci.batchSize * ci.outHeight * ci.outWidth;
   const y = M * Co && K ? bufferPool.alloc(M * Co) : bufferPool.zeros(M * Co);
   if (M === 0 || Co === 0) return y;
+  if (bias && bias.length !== Co) throw new RangeError("conv2d: bias length");
+  const direct = K && !isPointwise(ci) ? directConv(Co) : null;
+  if (direct) {
+    checkConvLengths(ci, x.length, w.length, y.length);
+    const g = geometry64(ci);
+    if (direct.sida_conv_fwd(y, x, w, bias ?? y, bias ? 1 : 0, BigInt(Co), g) === 0) return y;
+  }
   if (isPointwise(ci)) {
     blas.sgemm(false, false, M, Co, K, 1, x, K, w, Co, 0, y, Co);
-    return y;
+  } else {
+    const rows = chunkRows(K, M);
+    const col = getScratch(rows * K);
+    for (let r0 = 0; r0 < M; r0 += rows) {
+      const r1 = Math.min(M, r0 + rows);
+      im2col(x, ci, r0, r1, col);
+      blas.sgemm(false, false, r1 - r0, Co, K, 1, col, K, w, Co, 0, y.subarray(r0 * Co), Co);
+    }
   }
-  const rows = chunkRows(K, M);
-  const col = getScratch(rows * K);
-  for (let r0 = 0; r0 < M; r0 += rows) {
-    const r1 = Math.min(M, r0 + rows);
-    im2col(x, ci, r0, r1, col);
-    blas.sgemm(false, false, r1 - r0, Co, K, 1, col, K, w, Co, 0, y.subarray(r0 * Co), Co);
+  if (bias) {
+    for (let i = 0; i < y.length; i += Co) {
+      for (let j = 0; j < Co; j++) y[i + j] += bias[j];
+    }
   }
   return y;
 }
@@ -292,6 +346,11 @@ export function conv2dBackpropFilter(
   const M = ci.batchSize * ci.outHeight * ci.outWidth;
   const dw = bufferPool.zeros(K * Co);
   if (M === 0 || K === 0) return dw;
+  const direct = !isPointwise(ci) ? directConv(Co) : null;
+  if (direct) {
+    checkConvLengths(ci, x.length, dw.length, dy.length);
+    if (direct.sida_conv_dw(dw, x, dy, BigInt(Co), geometry64(ci)) === 0) return dw;
+  }
   if (isPointwise(ci)) {
     blas.sgemm(true, false, K, Co, M, 1, x, K, dy, Co, 0, dw, Co);
     return dw;
@@ -601,8 +660,18 @@ export function gemmKernels(
       const xv = f32(args.backend, x), wv = f32(args.backend, filter);
       const ci = xv && wv && convInfo(x!.shape, filter!.shape, attrs, false, attrs.dilations);
       if (!ci) return fallback("FusedConv2D")(args);
-      const r = make(args.backend, ci.outShape, conv2dForward(blas, xv!, wv!, ci));
-      return biasAndActivation(args.backend, r, bias, attrs, preluActivationWeights);
+      // A [Co] bias is added by the convolution itself.
+      const bv = bias && bias.shape.length === 1 && bias.shape[0] === ci.outChannels
+        ? f32(args.backend, bias)
+        : undefined;
+      const r = make(args.backend, ci.outShape, conv2dForward(blas, xv!, wv!, ci, bv));
+      return biasAndActivation(
+        args.backend,
+        r,
+        bv ? undefined : bias,
+        attrs,
+        preluActivationWeights,
+      );
     },
     Conv2DBackpropInput: (args) => {
       const { dy, filter } = args.inputs;

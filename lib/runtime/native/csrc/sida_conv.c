@@ -1,5 +1,241 @@
 /*
  * sida's direct NHWC convolution kernels for the `native` tfjs backend, compiled into the same
  * library as sida_kernels.c.
+ *
+ * Both kernels are "implicit GEMM": no im2col matrix is written. The inner loop keeps a tile of
+ * accumulators in vector registers (P rows × NV vectors of VL floats) and streams the operands
+ * from cache:
+ *
+ *   forward  y[p, co]       = Σ_{kh,kw,ci} x[pixel(p) + tap(kh,kw), ci] · w[kh, kw, ci, co]
+ *            tile = P output pixels × NV·VL output channels; reduction over taps and ci.
+ *   filter   dw[kh,kw,ci,co] = Σ_p x[pixel(p) + tap(kh,kw), ci] · dy[p, co]
+ *            tile = P input channels × NV·VL output channels of one tap; reduction over pixels.
+ *
+ * The input gradient of a stride-1 convolution is a forward convolution with the flipped filter
+ * (done by the TypeScript side), so it uses the forward kernel too.
+ *
+ * The vectors are GCC/Clang vector extensions: 16 floats where AVX-512 is available, else 8, and
+ * the compiler lowers them to the machine's instructions. Output channel counts must be a
+ * multiple of VL (sida_conv_vl()); the TypeScript side uses im2col + BLAS otherwise.
+ *
+ * Geometry g[14]: N, H, W, C, Ho, Wo, KH, KW, stride h/w, dilation h/w, top and left padding.
+ * Sums are float32 in a fixed order that does not depend on the thread count.
  */
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* a·b + c as one fused multiply-add (the compiler's ISO C mode would keep them apart). */
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=fast")
+#endif
+
+#if defined(__AVX512F__)
+#define VL 16
+#define TILE_ROWS_4 6
+#define TILE_ROWS_2 12
+#define TILE_ROWS_1 16
+#else
+#define VL 8
+#define TILE_ROWS_4 3
+#define TILE_ROWS_2 6
+#define TILE_ROWS_1 12
+#endif
+
+typedef float vf __attribute__((vector_size(VL * 4), aligned(4)));
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+ALWAYS_INLINE vf vload(const float *p) { return *(const vf *)p; }
+ALWAYS_INLINE void vstore(float *p, vf v) { *(vf *)p = v; }
+ALWAYS_INLINE vf vbroadcast(float s) { return s - (vf){0}; } /* folds to a broadcast */
+
+int sida_conv_vl(void) { return VL; }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Forward.                                                                                    */
+
+typedef struct {
+  int64_t N, H, W, C, Ho, Wo, KH, KW, sh, sw, dh, dw, top, left, Co;
+} Geom;
+
+static Geom geom(const int64_t *g, int64_t Co) {
+  Geom q = {g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11], g[12], g[13], Co};
+  return q;
+}
+
+/*
+ * One tile of the forward convolution: output pixels p0 … p0+P−1 (flattened n, oy, ox; pixels
+ * past the end repeat the last one and are not stored), output channels co0 … co0+NV·VL−1.
+ */
+#define DEFINE_FWD_TILE(P, NV)                                                                    \
+static void fwd_tile_##P##_##NV(const Geom *q, float *restrict y,                                 \
+                            const float *restrict x, const float *restrict w,                     \
+                            const float *restrict bias, const float *restrict zeros, int64_t p0,  \
+                            int64_t pend, int64_t co0) {                                          \
+  vf acc[P][NV];                                                                                  \
+  for (int v = 0; v < NV; v++) {                                                                  \
+    const vf b = bias ? vload(bias + co0 + v * VL) : vbroadcast(0.0f);                            \
+    for (int i = 0; i < P; i++) acc[i][v] = b;                                                    \
+  }                                                                                               \
+  int64_t iy0[P], ix0[P], base[P];                                                                \
+  for (int i = 0; i < P; i++) {                                                                   \
+    const int64_t p = p0 + i < pend ? p0 + i : pend - 1;                                          \
+    const int64_t ox = p % q->Wo, oy = (p / q->Wo) % q->Ho, n = p / (q->Wo * q->Ho);              \
+    iy0[i] = oy * q->sh - q->top;                                                                 \
+    ix0[i] = ox * q->sw - q->left;                                                                \
+    base[i] = n * q->H;                                                                           \
+  }                                                                                               \
+  const int64_t C = q->C, Co = q->Co;                                                             \
+  for (int64_t kh = 0; kh < q->KH; kh++) {                                                        \
+    for (int64_t kw = 0; kw < q->KW; kw++) {                                                      \
+      const float *xs[P];                                                                         \
+      for (int i = 0; i < P; i++) {                                                               \
+        const int64_t iy = iy0[i] + kh * q->dh, ix = ix0[i] + kw * q->dw;                         \
+        xs[i] = (iy >= 0 && iy < q->H && ix >= 0 && ix < q->W)                                    \
+                    ? x + ((base[i] + iy) * q->W + ix) * C                                        \
+                    : zeros;                                                                      \
+      }                                                                                           \
+      const float *wt = w + (kh * q->KW + kw) * C * Co + co0;                                     \
+      for (int64_t ci = 0; ci < C; ci++) {                                                        \
+        vf wv[NV];                                                                                \
+        for (int v = 0; v < NV; v++) wv[v] = vload(wt + ci * Co + v * VL);                        \
+        for (int i = 0; i < P; i++) {                                                             \
+          const vf xb = vbroadcast(xs[i][ci]);                                                    \
+          for (int v = 0; v < NV; v++) acc[i][v] += xb * wv[v];                                   \
+        }                                                                                         \
+      }                                                                                           \
+    }                                                                                             \
+  }                                                                                               \
+  for (int i = 0; i < P && p0 + i < pend; i++) {                                                  \
+    for (int v = 0; v < NV; v++) vstore(y + (p0 + i) * Co + co0 + v * VL, acc[i][v]);             \
+  }                                                                                               \
+}
+DEFINE_FWD_TILE(TILE_ROWS_4, 4)
+DEFINE_FWD_TILE(TILE_ROWS_2, 2)
+DEFINE_FWD_TILE(TILE_ROWS_1, 1)
+
+#define FWD_LOOP(P, NV)                                                                         \
+  do {                                                                                          \
+    const int64_t pb = (M + (P)-1) / (P), cb = Co / ((NV)*VL);                                  \
+    _Pragma("omp parallel for collapse(2) schedule(static) if (M * K * Co >= (1 << 18))")        \
+    for (int64_t c = 0; c < cb; c++)                                                            \
+      for (int64_t b = 0; b < pb; b++)                                                          \
+        fwd_tile_##P##_##NV(&q, y, x, w, bias, zeros, b * (P), M, c * (NV)*VL);                  \
+  } while (0)
+
+/*
+ * y[N·Ho·Wo, Co] = conv(x[N, H, W, C], w[KH, KW, C, Co]) (+ bias[Co] when `has_bias`).
+ * Returns 0, or −1 when Co is not a multiple of VL or memory runs out (nothing written).
+ */
+int sida_conv_fwd(float *y, const float *x, const float *w, const float *bias, int has_bias,
+                  int64_t Co, const int64_t *g) {
+  if (Co <= 0 || Co % VL) return -1;
+  const Geom q = geom(g, Co);
+  const int64_t M = q.N * q.Ho * q.Wo, K = q.KH * q.KW * q.C;
+  if (M == 0) return 0;
+  float *zeros = calloc(q.C > 0 ? q.C : 1, sizeof(float));
+  if (!zeros) return -1;
+  if (!has_bias) bias = 0;
+  if (Co % (4 * VL) == 0) {
+    FWD_LOOP(TILE_ROWS_4, 4);
+  } else if (Co % (2 * VL) == 0) {
+    FWD_LOOP(TILE_ROWS_2, 2);
+  } else {
+    FWD_LOOP(TILE_ROWS_1, 1);
+  }
+  free(zeros);
+  return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Filter gradient.                                                                            */
+
+/* Pixels per chunk of the filter gradient: the chunk's dy and x rows stay in L2 across tiles. */
+#define DW_CHUNK 256
+
+/*
+ * acc (tile of dw for tap (kh, kw), input channels ci0 … ci0+P−1 — past C they repeat the last
+ * one and are not stored —, output channels co0 …) += Σ over pixels [p0, p1).
+ */
+#define DEFINE_DW_TILE(P, NV)                                                                     \
+static void dw_tile_##P##_##NV(const Geom *q, vf (*acc)[NV],                                      \
+                           const float *restrict x, const float *restrict dy, int64_t kh,         \
+                           int64_t kw, int64_t ci0, int64_t co0, int64_t p0, int64_t p1) {        \
+  const int64_t C = q->C, Co = q->Co;                                                             \
+  int64_t cis[P];                                                                                 \
+  for (int i = 0; i < P; i++) cis[i] = ci0 + i < C ? ci0 + i : C - 1;                             \
+  vf a[P][NV];                                                                                    \
+  for (int i = 0; i < P; i++)                                                                     \
+    for (int v = 0; v < NV; v++) a[i][v] = acc[i][v];                                             \
+  int64_t ox = p0 % q->Wo, oy = (p0 / q->Wo) % q->Ho, n = p0 / (q->Wo * q->Ho);                   \
+  for (int64_t p = p0; p < p1; p++) {                                                             \
+    const int64_t iy = oy * q->sh - q->top + kh * q->dh, ix = ox * q->sw - q->left + kw * q->dw;  \
+    if (iy >= 0 && iy < q->H && ix >= 0 && ix < q->W) {                                           \
+      const float *xr = x + ((n * q->H + iy) * q->W + ix) * C;                                    \
+      const float *dr = dy + p * Co + co0;                                                        \
+      vf d[NV];                                                                                   \
+      for (int v = 0; v < NV; v++) d[v] = vload(dr + v * VL);                                     \
+      for (int i = 0; i < P; i++) {                                                               \
+        const vf xb = vbroadcast(xr[cis[i]]);                                                     \
+        for (int v = 0; v < NV; v++) a[i][v] += xb * d[v];                                        \
+      }                                                                                           \
+    }                                                                                             \
+    if (++ox == q->Wo) {                                                                          \
+      ox = 0;                                                                                     \
+      if (++oy == q->Ho) {                                                                        \
+        oy = 0;                                                                                   \
+        n++;                                                                                      \
+      }                                                                                           \
+    }                                                                                             \
+  }                                                                                               \
+  for (int i = 0; i < P; i++)                                                                     \
+    for (int v = 0; v < NV; v++) acc[i][v] = a[i][v];                                             \
+}
+DEFINE_DW_TILE(TILE_ROWS_4, 4)
+DEFINE_DW_TILE(TILE_ROWS_2, 2)
+DEFINE_DW_TILE(TILE_ROWS_1, 1)
+
+#define DW_LOOP(P, NV)                                                                          \
+  do {                                                                                          \
+    const int64_t ib = (q.C + (P)-1) / (P), cb = Co / ((NV)*VL), taps = q.KH * q.KW;            \
+    const int64_t tiles = taps * ib * cb;                                                       \
+    _Pragma("omp parallel for schedule(dynamic, 1) if (M * K * Co >= (1 << 18) && tiles > 1)") \
+    for (int64_t t = 0; t < tiles; t++) {                                                       \
+      const int64_t c = t % cb, i = (t / cb) % ib, tap = t / (cb * ib);                         \
+      const int64_t kh = tap / q.KW, kw = tap % q.KW, ci0 = i * (P), co0 = c * (NV)*VL;          \
+      vf acc[P][NV];                                                                            \
+      for (int r = 0; r < (P); r++)                                                             \
+        for (int v = 0; v < (NV); v++) acc[r][v] = vbroadcast(0.0f);                           \
+      for (int64_t p0 = 0; p0 < M; p0 += DW_CHUNK)                                              \
+        dw_tile_##P##_##NV(&q, acc, x, dy, kh, kw, ci0, co0, p0,                                \
+                p0 + DW_CHUNK < M ? p0 + DW_CHUNK : M);                                         \
+      for (int r = 0; r < (P) && ci0 + r < q.C; r++)                                            \
+        for (int v = 0; v < (NV); v++)                                                          \
+          vstore(dw + ((tap * q.C) + ci0 + r) * Co + co0 + v * VL, acc[r][v]);                  \
+    }                                                                                           \
+  } while (0)
+
+/*
+ * dw[KH, KW, C, Co] = Σ over output pixels of x[pixel + tap, ci] · dy[pixel, co]. Returns 0, or −1
+ * when Co is not a multiple of VL (nothing written).
+ */
+int sida_conv_dw(float *dw, const float *x, const float *dy, int64_t Co, const int64_t *g) {
+  if (Co <= 0 || Co % VL) return -1;
+  const Geom q = geom(g, Co);
+  const int64_t M = q.N * q.Ho * q.Wo, K = q.KH * q.KW * q.C;
+  if (M == 0) {
+    memset(dw, 0, (size_t)(K * Co) * sizeof(float));
+    return 0;
+  }
+  if (Co % (4 * VL) == 0) {
+    DW_LOOP(TILE_ROWS_4, 4);
+  } else if (Co % (2 * VL) == 0) {
+    DW_LOOP(TILE_ROWS_2, 2);
+  } else {
+    DW_LOOP(TILE_ROWS_1, 1);
+  }
+  return 0;
+}
