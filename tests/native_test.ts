@@ -164,6 +164,14 @@ Deno.test({
       [[2, 3, 4, 6], [2, 3, 5, 6], false, true],
       [[64, 33, 17], [64, 17, 9], false, false],
       [[1, 1], [1, 1], false, false],
+      // N a multiple of 16, batch > 1: the C batched product (csrc/sida_conv.c), every layout.
+      [[3, 37, 20], [3, 20, 32], false, false],
+      [[3, 20, 37], [3, 20, 16], true, false],
+      [[2, 37, 20], [2, 64, 20], false, true],
+      [[2, 20, 5], [2, 48, 20], true, true],
+      [[4, 13, 9], [9, 32], false, false],
+      [[3, 9, 13], [9, 64], true, false],
+      [[9, 13], [4, 13, 16], false, false],
     ];
     let seed = 10;
     for (const [sa, sb, ta, tb] of cases) {
@@ -685,5 +693,37 @@ Deno.test({
     pool.register(small);
     pool.release(small);
     assert.equal(pool.freeBytes, 0, "small arrays are left to the garbage collector");
+  },
+});
+
+Deno.test({
+  name: "native: malloc tuning is applied on Linux/glibc, and SIDA_MALLOPT=0 turns it off",
+  ignore: Deno.build.os !== "linux",
+  async fn() {
+    const run = async (env: Record<string, string>) => {
+      const cmd = new Deno.Command(Deno.execPath(), {
+        args: [
+          "eval",
+          `import { tuneMalloc } from "${new URL(
+            "../lib/runtime/native/malloc_tuning.ts",
+            import.meta.url,
+          )}"; console.log(tuneMalloc(), tuneMalloc());`,
+        ],
+        env,
+        stdout: "piped",
+        stderr: "piped",
+      });
+      return new TextDecoder().decode((await cmd.output()).stdout).trim();
+    };
+    const glibc = (() => {
+      try {
+        Deno.dlopen("libc.so.6", {}).close();
+        return true;
+      } catch {
+        return false;
+      }
+    })();
+    assert.equal(await run({}), glibc ? "true true" : "false false");
+    assert.equal(await run({ SIDA_MALLOPT: "0" }), "false false");
   },
 });

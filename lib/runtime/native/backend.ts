@@ -23,6 +23,7 @@ import { bufferPool } from "./buffer_pool.ts";
 import { loadCKernels } from "./ckernels.ts";
 import { fusedKernels } from "./fused.ts";
 import { copyKernels } from "./copy_kernels.ts";
+import { tuneMalloc } from "./malloc_tuning.ts";
 
 export { BlasUnavailableError, loadBlas } from "./blas.ts";
 export type { Blas } from "./blas.ts";
@@ -46,6 +47,7 @@ export const NATIVE_KERNEL_NAMES: string[] = [];
 export function registerNativeBackend(): Blas {
   if (registered) return registered;
   const blas = loadBlas();
+  tuneMalloc();
   const Cpu = tf.MathBackendCPU;
   if (typeof Cpu !== "function") throw new Error("tfjs does not export MathBackendCPU");
   tf.registerBackend(NATIVE_BACKEND, () => {

@@ -21,7 +21,26 @@ const CONV_SYMBOLS = {
     result: "i32",
   },
   sida_conv_dw: { parameters: ["buffer", "buffer", "buffer", "i64", "buffer"], result: "i32" },
+  sida_matmul: {
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "i32",
+      "i32",
+    ],
+    result: "i32",
+  },
 } as const;
+
+/** Largest `op(B)` of one batch item (floats) that the C batched product takes (fits in L2). */
+const DIRECT_MATMUL_MAX_B = 1 << 18;
 
 let directConvEnabled = true;
 
@@ -523,6 +542,26 @@ export function gemmKernels(
     const batch = Math.max(batchA, batchB);
     const out = K ? bufferPool.alloc(batch * M * N) : bufferPool.zeros(batch * M * N);
     const lda = transposeA ? M : K, ldb = transposeB ? K : N;
+    const direct = batch > 1 && K * N <= DIRECT_MATMUL_MAX_B ? directConv(N) : null;
+    if (direct) {
+      if (
+        av.length !== batchA * M * K || bv.length !== batchB * K * N || out.length !== batch * M * N
+      ) throw new RangeError("sida C kernels: matmul array lengths");
+      const r = direct.sida_matmul(
+        out,
+        av,
+        bv,
+        BigInt(batch),
+        BigInt(batchA),
+        BigInt(batchB),
+        BigInt(M),
+        BigInt(N),
+        BigInt(K),
+        transposeA ? 1 : 0,
+        transposeB ? 1 : 0,
+      );
+      if (r === 0) return make(backend, [...outer, M, N], out);
+    }
     if (batch === 1 || (batchB === 1 && !transposeA)) {
       // One GEMM: a [batch·M, K] against the shared b.
       blas.sgemm(transposeA, transposeB, batch * M, N, K, 1, av, lda, bv, ldb, 0, out, N);

@@ -239,3 +239,85 @@ int sida_conv_dw(float *dw, const float *x, const float *dy, int64_t Co, const i
   }
   return 0;
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Batched matrix products.                                                                    */
+
+/*
+ * One tile of out[i, j] = Σ_k A[i, k] · B[k, j]: rows i0 … i0+P−1 (past M they repeat the last
+ * row and are not stored), columns j0 … j0+NV·VL−1. A[i, k] is at a[i·ra + k·ka] (so either
+ * layout of A works); B is row-major [K, N].
+ */
+#define DEFINE_MM_TILE(P, NV)                                                                      \
+  static void mm_tile_##P##_##NV(float *restrict out, const float *restrict a,                    \
+                                 const float *restrict b, int64_t M, int64_t N, int64_t K,         \
+                                 int64_t ra, int64_t ka, int64_t i0, int64_t j0) {                 \
+    vf acc[P][NV];                                                                                 \
+    for (int i = 0; i < P; i++)                                                                    \
+      for (int v = 0; v < NV; v++) acc[i][v] = vbroadcast(0.0f);                                  \
+    const float *as[P];                                                                            \
+    for (int i = 0; i < P; i++) as[i] = a + (i0 + i < M ? i0 + i : M - 1) * ra;                    \
+    for (int64_t k = 0; k < K; k++) {                                                              \
+      vf wv[NV];                                                                                   \
+      for (int v = 0; v < NV; v++) wv[v] = vload(b + k * N + j0 + v * VL);                        \
+      const int64_t ko = k * ka;                                                                   \
+      for (int i = 0; i < P; i++) {                                                                \
+        const vf xb = vbroadcast(as[i][ko]);                                                       \
+        for (int v = 0; v < NV; v++) acc[i][v] += xb * wv[v];                                      \
+      }                                                                                            \
+    }                                                                                              \
+    for (int i = 0; i < P && i0 + i < M; i++)                                                      \
+      for (int v = 0; v < NV; v++) vstore(out + (i0 + i) * N + j0 + v * VL, acc[i][v]);           \
+  }
+
+DEFINE_MM_TILE(TILE_ROWS_4, 4)
+DEFINE_MM_TILE(TILE_ROWS_2, 2)
+DEFINE_MM_TILE(TILE_ROWS_1, 1)
+
+#define MM_LOOP(P, NV)                                                                             \
+  do {                                                                                             \
+    const int64_t rb = (M + (P)-1) / (P), cb = N / ((NV)*VL);                                      \
+    _Pragma("omp parallel for collapse(3) schedule(static) if (batch * M * N * K >= (1 << 18))")   \
+    for (int64_t t = 0; t < batch; t++)                                                            \
+      for (int64_t c = 0; c < cb; c++)                                                             \
+        for (int64_t r = 0; r < rb; r++)                                                           \
+          mm_tile_##P##_##NV(out + t * M * N, a + (batch_a > 1 ? t : 0) * M * K,                  \
+                             bt + (batch_b > 1 ? t : 0) * K * N, M, N, K, ra, ka, r * (P),          \
+                             c * (NV)*VL);                                                         \
+  } while (0)
+
+/*
+ * out[t] = op(A[t]) · op(B[t]) for t < batch, with op(A) [M, K] and op(B) [K, N]; A is [M, K]
+ * (or [K, M] when trans_a), B is [K, N] (or [N, K] when trans_b); batch_a and batch_b are 1
+ * (broadcast) or `batch`. Returns −1 (nothing written) when N is not a multiple of VL or memory
+ * runs out.
+ */
+int sida_matmul(float *out, const float *a, const float *b, int64_t batch, int64_t batch_a,
+                int64_t batch_b, int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+  if (N <= 0 || N % VL || M <= 0 || batch <= 0) return -1;
+  if (K == 0) {
+    memset(out, 0, (size_t)(batch * M * N) * sizeof(float));
+    return 0;
+  }
+  const int64_t ra = trans_a ? 1 : K, ka = trans_a ? M : 1;
+  const float *bt = b;
+  float *scratch = 0;
+  if (trans_b) {
+    scratch = malloc((size_t)(batch_b * K * N) * sizeof(float));
+    if (!scratch) return -1;
+#pragma omp parallel for schedule(static) if (batch_b * K * N >= (1 << 16))
+    for (int64_t t = 0; t < batch_b; t++)
+      for (int64_t j = 0; j < N; j++)
+        for (int64_t k = 0; k < K; k++) scratch[(t * K + k) * N + j] = b[(t * N + j) * K + k];
+    bt = scratch;
+  }
+  if (N % (4 * VL) == 0) {
+    MM_LOOP(TILE_ROWS_4, 4);
+  } else if (N % (2 * VL) == 0) {
+    MM_LOOP(TILE_ROWS_2, 2);
+  } else {
+    MM_LOOP(TILE_ROWS_1, 1);
+  }
+  free(scratch);
+  return 0;
+}
