@@ -191,6 +191,7 @@ Deno.test("distill chain: bad arguments fail before anything is written", async 
     ["wrong resolution", replace("--data", res16), /16x16x1 images, the teacher needs 32x32x1/],
     ["wrong channels", replace("--data", rgb), /32x32x3 images, the teacher needs 32x32x1/],
     ["missing ref", replace("--ref", join(f.dir, "nope.npz")), /nope\.npz/],
+    ["ref zip of other images", replace("--ref", rgb), /reference images .* are 32x32x3/],
     ["batch/micro-batch", replace("--micro-batch", "3"), /multiple/],
     ["sida before sid", [...base, "--stages", "sida,eval"], /run the sid stage first/],
     ["no shipped teacher", ["--out", out], /deno task teacher/, {
@@ -372,6 +373,25 @@ Deno.test("distill chain: killed mid-stage, resumed, complete run folder, rerun 
   const bad = await runTask([...flags, "--budget", "2"]);
   assertOneErrorLine("other budget", bad, /other settings: sid\.kimg 0\.04 \(now 0\.08\)/);
   assertEquals(await listing(out), listed);
+
+  // 7. --ref as a dataset zip: its statistics are computed once, kept in the run folder, and
+  // give the FIDs of the precomputed statistics of the same images.
+  const zipFlags = flags.map((a) => a === f.ref ? f.data : a);
+  const viaZip = await runDistillChain(parseDistillChainArgs([...zipFlags, "--stages", "eval"]));
+  assertEquals(viaZip.stages.eval, "ran");
+  assert.ok(await exists(join(out, "eval", "ref-stats.npz")));
+  const zipReport = viaZip.report!;
+  assertEquals(zipReport.evaluation.ref, f.data);
+  for (const [i, s] of zipReport.stages.entries()) {
+    const want = report.stages[i].fid!;
+    assert.ok(
+      Math.abs(s.fid! - want) <= 1e-4 * Math.max(1, want),
+      `${s.stage}: FID ${s.fid} with the zip, ${want} with its statistics`,
+    );
+  }
+  const mtime = (await Deno.stat(join(out, "eval", "ref-stats.npz"))).mtime;
+  await runDistillChain(parseDistillChainArgs([...zipFlags, "--stages", "eval"]));
+  assertEquals((await Deno.stat(join(out, "eval", "ref-stats.npz"))).mtime, mtime, "kept");
 });
 
 Deno.test("distill chain: the teacher's shipped FID from metadata or a sidecar; plot SVG", async () => {

@@ -39,7 +39,9 @@ import { DISTILL_PRESET_NAMES, distillPreset, guessPreset } from "../distill/pre
 import { findLatestState, kimgLabel, snapshotFileName } from "../distill/run.ts";
 import { runDistillation } from "../distill/train.ts";
 import { DEFAULT_MNIST_FEATURES, DEFAULT_MNIST_REF_STATS } from "../metrics/mnist_features.ts";
-import { loadRefStats } from "../metrics/ref_stats.ts";
+import { loadRefStats, saveRefStats } from "../metrics/ref_stats.ts";
+import { datasetFeatures } from "../metrics/evaluate.ts";
+import type { Detector } from "../metrics/detector.ts";
 import type { Stats } from "../metrics/stats.ts";
 import { BACKEND_NAMES, currentBackend, initBackend } from "../runtime/backend.ts";
 import { numberFlag, parseFlags, UsageError } from "../runtime/cli.ts";
@@ -600,11 +602,21 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
     if (!(await isFile(detector))) throw new UsageError(`detector file '${detector}' not found`);
     if (!ref) throw new UsageError("FID needs reference statistics: give --ref stats.npz");
     if (!(await isFile(ref))) throw new UsageError(`reference statistics '${ref}' not found`);
-    refStats = await loadRefStats(ref);
+    if (ref.toLowerCase().endsWith(".zip")) {
+      // A dataset: its statistics are computed by the eval stage (and kept in the run folder).
+      const ds = await loadImageZip(ref, { maxImages: 1 });
+      if (ds.resolution !== teacher.resolution || ds.channels !== teacher.channels) {
+        throw new UsageError(
+          `reference images ${ref} are ${ds.resolution}x${ds.resolution}x${ds.channels}, ` +
+            `the teacher makes ${teacher.resolution}x${teacher.resolution}x${teacher.channels}`,
+        );
+      }
+    }
     const det = await loadDetector(features, detector);
     const dim = det.featureDim;
     det.dispose();
-    if (refStats.dim !== dim) {
+    refStats = ref.toLowerCase().endsWith(".zip") ? null : await loadRefStats(ref);
+    if (refStats && refStats.dim !== dim) {
       throw new UsageError(
         `reference statistics ${ref} are ${refStats.dim}-d, the ${features} detector gives ${dim}-d features`,
       );
@@ -840,6 +852,45 @@ async function evalJobs(p: Plan, teacherPath: string): Promise<EvalJob[]> {
   return jobs;
 }
 
+/**
+ * Reference statistics of a dataset zip given as `--ref`: computed once with the detector and
+ * kept in `eval/ref-stats.npz`, with `eval/ref-stats.json` naming the zip (path, size, mtime)
+ * and detector so that a changed zip or detector is recomputed.
+ */
+async function datasetRefStats(
+  p: Plan,
+  detector: Detector,
+  say: (s: string) => void,
+): Promise<Stats> {
+  const zip = p.evalSettings.ref;
+  const info = await Deno.stat(zip);
+  const key = {
+    ref: zip,
+    size: info.size,
+    mtime: info.mtime?.toISOString() ?? null,
+    features: p.evalSettings.features,
+    detector: p.evalSettings.detector,
+  };
+  const npz = join(p.out, "eval", "ref-stats.npz");
+  const sidecar = join(p.out, "eval", "ref-stats.json");
+  const had = await readJsonOrNull<typeof key>(sidecar);
+  if (had && JSON.stringify(had) === JSON.stringify(key) && (await isFile(npz))) {
+    return await loadRefStats(npz);
+  }
+  const t0 = performance.now();
+  const ds = await loadImageZip(zip);
+  const acc = await datasetFeatures(detector, ds, { batch: p.evalSettings.batch });
+  const stats: Stats = { mu: acc.stats.mean(), sigma: acc.stats.cov(), dim: acc.stats.dim };
+  await Deno.mkdir(join(p.out, "eval"), { recursive: true });
+  await saveRefStats(npz, stats);
+  await writeJson(sidecar, key);
+  say(
+    `stage eval: reference statistics of ${zip} (${ds.size} images, ` +
+      `${((performance.now() - t0) / 1000).toFixed(0)} s) kept in ${relativeTo(p.out, npz)}`,
+  );
+  return stats;
+}
+
 async function evalStage(
   p: Plan,
   teacherPath: string,
@@ -861,6 +912,7 @@ async function evalStage(
   if (todo.length) {
     const detector = await loadDetector(p.evalSettings.features, p.evalSettings.detector);
     try {
+      const refStats = p.refStats ?? await datasetRefStats(p, detector, say);
       for (const j of todo) {
         const what = j.stage === "teacher"
           ? `teacher (Heun, ${TEACHER_SAMPLER.steps} steps)`
@@ -869,7 +921,7 @@ async function evalStage(
         const m = await evaluateGenerator(
           j.generator,
           detector,
-          p.refStats!,
+          refStats,
           p.evalSettings,
           j.sampler,
           { metricsPath: j.metricsPath, gridPath: j.gridPath },
@@ -1055,7 +1107,7 @@ async function buildReport(p: Plan, teacherPath: string): Promise<ChainReport> {
 /** The usage line of `deno task distill`. */
 export function distillChainUsage(): string {
   return "usage: deno task distill [--teacher FILE.pkl|.pt|.safetensors] [--data ZIP|mnist] " +
-    `[--ref STATS.npz] [--preset ${DISTILL_PRESET_NAMES.join("|")}] [--out DIR] ` +
+    `[--ref STATS.npz|DATASET.zip] [--preset ${DISTILL_PRESET_NAMES.join("|")}] [--out DIR] ` +
     `[--stages ${STAGE_NAMES.join(",")}] [--budget FACTOR] [--num N] [--eval-teacher] ` +
     "[--sid-kimg K] [--sida-kimg K] [--tick K] [--snap K] [--dump K] [--batch N] " +
     "[--micro-batch N] [--lr LR] [--glr LR] [--seed N] [--dropout P] [--g-warmup-kimg K] " +
