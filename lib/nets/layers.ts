@@ -10,7 +10,7 @@
 import { tf } from "../deps.ts";
 import { DEFAULT_INIT, type Initializer, type InitSpec } from "./init.ts";
 import { Module } from "./module.ts";
-import { groupNorm, silu as fusedSilu } from "../runtime/native/fused.ts";
+import { groupNorm, silu as fusedSilu, softmax } from "../runtime/native/fused.ts";
 
 /** silu(x) = x · sigmoid(x) (one fused kernel on the `native` backend). */
 export function silu(x: tf.Tensor): tf.Tensor {
@@ -261,6 +261,18 @@ export class Conv2d extends Module {
     return tf.getBackend() === "webgpu" ? conv2dIm2colGrad(x, w, pad) : tf.conv2d(x, w, 1, pad);
   }
 
+  /** The convolution with its bias added by the same kernel (tfjs' `FusedConv2D`). */
+  #convWithBias(x: tf.Tensor4D, pad: number): tf.Tensor4D {
+    if (tf.getBackend() === "webgpu") return tf.add(this.#conv(x, pad), this.bias!);
+    return tf.fused.conv2d({
+      x,
+      filter: this.weight as tf.Tensor4D,
+      strides: 1,
+      pad,
+      bias: this.bias!,
+    });
+  }
+
   /** Applies the layer to NHWC `x`. */
   forward(x: tf.Tensor4D): tf.Tensor4D {
     const w = this.weight;
@@ -276,6 +288,7 @@ export class Conv2d extends Module {
     } else {
       if (this.up) x = upsample(x, f!, fPad);
       if (this.down) x = downsample(x, f!, fPad);
+      if (w && this.bias) return this.#convWithBias(x, wPad);
       if (w) x = this.#conv(x, wPad);
     }
     return this.bias ? tf.add(x, this.bias) : x;
@@ -502,7 +515,7 @@ export class UNetBlock extends Module {
       ]) as tf.Tensor3D
     );
     // w[i, j] = softmax_j(Σ_c q[c, i]·k[c, j] / sqrt(Ch)); EDM scales k before the product.
-    const wts = tf.softmax(tf.matMul(q, tf.div(k, Math.sqrt(ch)), false, true));
+    const wts = softmax(tf.matMul(q, tf.div(k, Math.sqrt(ch)), false, true));
     const a = tf.matMul(wts, v); // [n·heads, hw, ch]
     const merged = tf.reshape(tf.transpose(tf.reshape(a, [n, heads, hw, ch]), [0, 2, 1, 3]), [
       n,

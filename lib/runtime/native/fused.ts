@@ -1,20 +1,22 @@
 /**
- * Fused SiLU and group normalisation: one tfjs kernel each (and one for each gradient) on the
- * `native` backend when its C kernels are loaded, instead of the five to ten element-wise
+ * Fused SiLU, group normalisation and softmax: one tfjs kernel each (and one for each gradient)
+ * on the `native` backend when its C kernels are loaded, instead of the five to ten element-wise
  * kernels (and twice as many in the gradient) that the composed forms cost. On every other
  * backend, and without the C kernels, the same functions compose tfjs ops.
  *
  * @example
  * ```ts
  * import { tf } from "../../deps.ts";
- * import { groupNorm, silu } from "./fused.ts";
+ * import { groupNorm, silu, softmax } from "./fused.ts";
  * const x = tf.randomNormal([2, 8, 8, 32]) as tf.Tensor4D;
  * const y = silu(groupNorm(x, tf.ones([32]), tf.zeros([32]), 8, 1e-5));
+ * const w = softmax(tf.randomNormal([4, 16, 16]));
  * ```
  *
  * @module
  */
 import { tf } from "../../deps.ts";
+import { ATTENTION, attentionKernels } from "./attention_kernels.ts";
 import { bufferPool } from "./buffer_pool.ts";
 import { type CKernels, UNARY } from "./ckernels.ts";
 import { f32, type NativeKernelFunc } from "./gemm_kernels.ts";
@@ -25,6 +27,8 @@ export const FUSED = {
   siluGrad: "SidaSiluGrad",
   groupNorm: "SidaGroupNorm",
   groupNormGrad: "SidaGroupNormGrad",
+  softmax: ATTENTION.softmax,
+  softmaxGrad: ATTENTION.softmaxGrad,
 } as const;
 
 function fusedHere(name: string): boolean {
@@ -37,6 +41,14 @@ export function silu<T extends tf.Tensor>(x: T): T {
     return tf.engine().runKernel(FUSED.silu, { x }) as T;
   }
   return tf.tidy(() => tf.mul(x, tf.sigmoid(x))) as T;
+}
+
+/** softmax over the last axis (as `tf.softmax(x)`). */
+export function softmax<T extends tf.Tensor>(x: T): T {
+  if (x.dtype === "float32" && x.rank >= 1 && fusedHere(FUSED.softmax)) {
+    return tf.engine().runKernel(FUSED.softmax, { x }) as T;
+  }
+  return tf.softmax(x) as T;
 }
 
 /**
@@ -84,6 +96,14 @@ function registerFusedGradients(): void {
     },
   });
   tf.registerGradient({
+    kernelName: FUSED.softmax,
+    outputsToSave: [true],
+    gradFunc: (dy, saved) => {
+      const [y] = saved;
+      return { x: () => tf.engine().runKernel(FUSED.softmaxGrad, { dy: dy as tf.Tensor, y }) };
+    },
+  });
+  tf.registerGradient({
     kernelName: FUSED.groupNorm,
     inputsToSave: ["x", "gamma"],
     gradFunc: (dy, saved, attrs) => {
@@ -114,6 +134,7 @@ export function fusedKernels(c: CKernels): Record<string, NativeKernelFunc> {
     return [n, h * w, ch, groups];
   };
   return {
+    ...attentionKernels(),
     [FUSED.silu]: ({ inputs, backend }) => {
       const x = need(f32(backend, inputs.x), "silu");
       const y = bufferPool.alloc(x.length);

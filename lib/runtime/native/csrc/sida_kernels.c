@@ -6,10 +6,14 @@
  *
  * Arithmetic follows tfjs-backend-cpu: + − × ÷ in float32 (equal to the cpu kernels' float64
  * arithmetic rounded to float32), transcendental functions in double, rounded once, and sums in
- * double.
+ * double. The exceptions are the hot fused kernels, SiLU and its gradient, which use a vectorised
+ * float exp (`sida_expf`, within 1.01 ulp; results within a few ulp of the double forms), and group
+ * normalisation, which accumulates its sums in double but applies its per-channel affine maps in
+ * float.
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -95,6 +99,86 @@ void sida_binary(int op, float *out, const float *a, const float *b, int ndim,
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Vectorisable float exp (the same code is in sida_attention.c: keep the two in step).        */
+
+static inline float f_from_bits(uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+static inline uint32_t bits_from_f(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+/*
+ * exp(x) in float: x = n·ln2 + r with |r| ≤ ln2/2 (Cody–Waite, with FMA), exp(r) by Cephes
+ * expf's degree-6 polynomial, then ·2ⁿ in two exact steps so that subnormal results are rounded
+ * only once. At most 1.01 ulp from the exact value (checked on every float, subnormal results
+ * included); exp(NaN) = NaN, exp(+∞) = +∞, exp(−∞) = 0, overflow gives +∞. Branch-free, so that
+ * GCC vectorises the loops that call it.
+ */
+static inline float sida_expf(float x) {
+  x = x > 89.0f ? 89.0f : x; /* (NaN passes both clamps) */
+  x = x < -104.0f ? -104.0f : x;
+  const float magic = 12582912.0f; /* 1.5·2²³: adding it rounds to an integer in the low bits */
+  const float t = fmaf(x, 1.44269504088896341f, magic);
+  const float n = t - magic;
+  const int32_t k = (int32_t)(bits_from_f(t) - bits_from_f(magic)); /* n as an integer */
+  float r = fmaf(n, -0.693359375f, x);
+  r = fmaf(n, 2.12194440e-4f, r);
+  float p = 1.9875691500e-4f;
+  p = fmaf(p, r, 1.3981999507e-3f);
+  p = fmaf(p, r, 8.3334519073e-3f);
+  p = fmaf(p, r, 4.1665795894e-2f);
+  p = fmaf(p, r, 1.6666665459e-1f);
+  p = fmaf(p, r, 5.0000001201e-1f);
+  const float e = fmaf(p, r * r, r) + 1.0f;
+  const int32_t k1 = k >> 1, k2 = k - k1; /* both in [−75, 64] for finite x */
+  const float s1 = f_from_bits((uint32_t)(k1 + 127) << 23);
+  const float s2 = f_from_bits((uint32_t)(k2 + 127) << 23);
+  return e * s1 * s2;
+}
+
+/* SiLU from e = exp(−|x|) ∈ (0, 1], which never overflows: sigmoid(x) = 1/(1+e) for x ≥ 0, else
+ * e/(1+e). NaN → NaN, +∞ → +∞, −∞ → NaN (−∞·0, as x·sigmoid(x) gives). */
+static inline float silu1(float v) {
+  const float e = sida_expf(-fabsf(v));
+  const float s = (v >= 0.0f ? 1.0f : e) / (1.0f + e);
+  return v * s;
+}
+
+static void silu_run(float *restrict y, const float *restrict x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; i++) y[i] = silu1(x[i]);
+}
+
+static void silu_grad_run(float *restrict dx, const float *restrict dy, const float *restrict x,
+                          int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; i++) {
+    const float v = x[i], e = sida_expf(-fabsf(v)), q = 1.0f / (1.0f + e), eq = e * q;
+    /* s = sigmoid(v) and 1 − s, each without cancellation. */
+    const float s = v >= 0.0f ? q : eq, oms = v >= 0.0f ? eq : q;
+    dx[i] = dy[i] * (s * (1.0f + v * oms));
+  }
+}
+
+/* SiLU over n elements, in chunks handed out to the threads as they come free. */
+#define SILU_CHUNK 16384
+
+static void silu_par(float *restrict y, const float *restrict x, int64_t n) {
+  const int64_t chunks = (n + SILU_CHUNK - 1) / SILU_CHUNK;
+#pragma omp parallel for schedule(dynamic, 1) if (n >= PAR_MIN)
+  for (int64_t k = 0; k < chunks; k++) {
+    const int64_t i0 = k * SILU_CHUNK, len = n - i0 < SILU_CHUNK ? n - i0 : SILU_CHUNK;
+    silu_run(y + i0, x + i0, len);
+  }
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Unary operations.                                                                            */
 
 enum { SIGMOID = 0, SQUARE, NEG, EXP, SQRT, FLOOR, LOG, ABS, RSQRT, RELU, STEP, SILU };
@@ -116,7 +200,7 @@ void sida_unary(int op, float *restrict y, const float *restrict x, int64_t n, f
     case RSQRT: UNARY((float)(1.0 / sqrt((double)v)))
     case RELU: UNARY(v < 0 ? 0.0f : v)
     case STEP: UNARY(v > 0 ? 1.0f : (v != v ? NAN : alpha))
-    case SILU: UNARY((float)((double)v / (1.0 + exp(-(double)v))))
+    case SILU: silu_par(y, x, n); break;
   }
 #undef UNARY
 }
@@ -124,60 +208,256 @@ void sida_unary(int op, float *restrict y, const float *restrict x, int64_t n, f
 /* d silu(x) / dx · dy = dy · s · (1 + x · (1 − s)), s = sigmoid(x). */
 void sida_silu_grad(float *restrict dx, const float *restrict dy, const float *restrict x,
                     int64_t n) {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-  for (int64_t i = 0; i < n; i++) {
-    const double v = x[i], s = 1.0 / (1.0 + exp(-v));
-    dx[i] = (float)(dy[i] * s * (1.0 + v * (1.0 - s)));
+  const int64_t chunks = (n + SILU_CHUNK - 1) / SILU_CHUNK;
+#pragma omp parallel for schedule(dynamic, 1) if (n >= PAR_MIN)
+  for (int64_t k = 0; k < chunks; k++) {
+    const int64_t i0 = k * SILU_CHUNK, len = n - i0 < SILU_CHUNK ? n - i0 : SILU_CHUNK;
+    silu_grad_run(dx + i0, dy + i0, x + i0, len);
   }
 }
 
 /* ------------------------------------------------------------------------------------------ */
 /* Group normalisation of NHWC activations, [N, S, C] with S = H·W and C = G·Cg.               */
+/*
+ * One pass over a sample gathers per-channel sums (vectorised across channels, accumulated in
+ * double) of x − K and (x − K)², where K is the group's first value, so that the variance
+ * E[(x−K)²] − E[x−K]² does not cancel when |mean| ≫ std; the gradient's pass adds Σ dy and
+ * Σ dy·(x − K). The channels' sums are then combined per group, and a second pass applies one
+ * affine map per channel, in float, to x − m with m the mean rounded to float (x − m is then
+ * correctly rounded whatever |mean|/std, and m − mean goes into the map's offset).
+ *
+ * Threads take whole samples when there are enough of them (the second pass then reads the sample
+ * from the cache the first pass filled); with fewer samples than threads they take blocks of rows,
+ * and the partial sums are combined between two parallel loops. Work is handed out dynamically,
+ * so that a thread slowed by another process on its core does not hold the others up.
+ */
 
-static void group_stats(const float *x, int64_t S, int64_t C, int64_t Cg, int64_t g,
-                        double eps, double *mean, double *rstd) {
-  double s = 0;
-  for (int64_t p = 0; p < S; p++) {
-    const float *row = x + p * C + g * Cg;
-    for (int64_t j = 0; j < Cg; j++) s += row[j];
+typedef struct {
+  double mean, rstd;
+} gn_stat;
+
+/* Row blocks per sample: 1 (threads take whole samples) or enough blocks to share the work. */
+static int64_t gn_blocks(int64_t N, int64_t S, int64_t C) {
+  const int64_t th = sida_threads();
+  if (th <= 1 || N * S * C < PAR_MIN || N % th == 0 || N >= 4 * th) return 1;
+  int64_t b = (4 * th + N - 1) / N;
+  const int64_t most = S / 16 > 1 ? S / 16 : 1; /* at least 16 rows a block */
+  return b < most ? b : most;
+}
+
+/* K[c] = the first value of c's group in the sample. */
+static void gn_shift(const float *restrict xn, int64_t C, int64_t Cg, float *restrict K) {
+  for (int64_t c = 0; c < C; c++) K[c] = xn[(c / Cg) * Cg];
+}
+
+/*
+ * Adds over rows [p0, p1) to s: s[c] += Σ (x − K), s[C + c] += Σ (x − K)², and with dy (the
+ * gradient) s[2C + c] += Σ dy, s[3C + c] += Σ dy·(x − K).
+ */
+static void gn_sums(const float *restrict xn, const float *restrict dyn, const float *restrict K,
+                    int64_t C, int64_t p0, int64_t p1, double *restrict s) {
+  double *restrict s1 = s, *restrict s2 = s + C;
+  if (!dyn) {
+    for (int64_t p = p0; p < p1; p++) {
+      const float *restrict r = xn + p * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; c++) {
+        const double d = r[c] - K[c];
+        s1[c] += d;
+        s2[c] += d * d;
+      }
+    }
+    return;
   }
-  const double m = s / (double)(S * Cg);
-  double v = 0;
-  for (int64_t p = 0; p < S; p++) {
-    const float *row = x + p * C + g * Cg;
-    for (int64_t j = 0; j < Cg; j++) {
-      const double d = row[j] - m;
-      v += d * d;
+  double *restrict sg = s + 2 * C, *restrict sgd = s + 3 * C;
+  for (int64_t p = p0; p < p1; p++) {
+    const float *restrict r = xn + p * C, *restrict gr = dyn + p * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) {
+      const double d = r[c] - K[c], g = gr[c];
+      s1[c] += d;
+      s2[c] += d * d;
+      sg[c] += g;
+      sgd[c] += g * d;
     }
   }
-  *mean = m;
-  *rstd = 1.0 / sqrt(v / (double)(S * Cg) + eps);
+}
+
+/* Group means and 1/sqrt(biased variance + eps) from the channels' shifted sums. */
+static void gn_stats(const double *restrict s, const float *restrict K, int64_t S, int64_t C,
+                     int64_t Cg, double eps, gn_stat *restrict st) {
+  const double M = (double)S * (double)Cg;
+  for (int64_t g = 0; g < C / Cg; g++) {
+    double s1 = 0, s2 = 0;
+    for (int64_t j = 0; j < Cg; j++) {
+      s1 += s[g * Cg + j];
+      s2 += s[C + g * Cg + j];
+    }
+    const double mk = s1 / M;
+    double var = s2 / M - mk * mk;
+    var = var < 0 ? 0 : var; /* (NaN stays NaN) */
+    st[g].mean = K[g * Cg] + mk;
+    st[g].rstd = 1.0 / sqrt(var + eps);
+  }
+}
+
+/* Forward map per channel: y = (x − mf)·sc + sh. */
+static void gn_forward_coefs(const gn_stat *restrict st, const float *restrict gamma,
+                             const float *restrict beta, int64_t C, int64_t Cg,
+                             float *restrict co) {
+  float *restrict mf = co, *restrict sc = co + C, *restrict sh = co + 2 * C;
+  for (int64_t c = 0; c < C; c++) {
+    const gn_stat t = st[c / Cg];
+    const float m = (float)t.mean;
+    const double scale = t.rstd * gamma[c];
+    mf[c] = m;
+    sc[c] = (float)scale;
+    sh[c] = (float)(beta[c] - (t.mean - m) * scale);
+  }
+}
+
+/*
+ * Gradient map per channel, dx = dy·A + (x − mf)·B + D, from dx = rstd·(dy·γ − md − x̂·mdx) with
+ * md = mean(dy·γ), mdx = mean(dy·γ·x̂) over the group; writes the sample's dγ and dβ partial sums.
+ */
+static void gn_grad_coefs(const gn_stat *restrict st, const double *restrict s,
+                          const float *restrict K, const float *restrict gamma, int64_t S,
+                          int64_t C, int64_t Cg, double *restrict dgamma_part,
+                          double *restrict dbeta_part, float *restrict co) {
+  const double *sg = s + 2 * C, *sgd = s + 3 * C;
+  float *restrict mf = co, *restrict ca = co + C, *restrict cb = co + 2 * C;
+  float *restrict cd = co + 3 * C;
+  const double M = (double)S * (double)Cg;
+  for (int64_t g = 0; g < C / Cg; g++) {
+    const gn_stat t = st[g];
+    double md = 0, mdx = 0;
+    for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
+      const double sdyx = t.rstd * (sgd[c] - (t.mean - K[c]) * sg[c]); /* Σ dy·x̂ */
+      dgamma_part[c] = sdyx;
+      dbeta_part[c] = sg[c];
+      md += gamma[c] * sg[c];
+      mdx += gamma[c] * sdyx;
+    }
+    md /= M;
+    mdx /= M;
+    const float m = (float)t.mean;
+    const double b = -t.rstd * t.rstd * mdx;
+    const double d = -t.rstd * md - b * (t.mean - m);
+    for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
+      mf[c] = m;
+      ca[c] = (float)(t.rstd * gamma[c]);
+      cb[c] = (float)b;
+      cd[c] = (float)d;
+    }
+  }
+}
+
+/* Applies the forward (dyn == NULL) or gradient map to rows [p0, p1). */
+static void gn_apply(float *restrict out, const float *restrict xn, const float *restrict dyn,
+                     const float *restrict co, int64_t C, int64_t p0, int64_t p1) {
+  const float *restrict mf = co, *restrict c1 = co + C, *restrict c2 = co + 2 * C;
+  if (!dyn) {
+    for (int64_t p = p0; p < p1; p++) {
+      const float *restrict r = xn + p * C;
+      float *restrict o = out + p * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; c++) o[c] = fmaf(r[c] - mf[c], c1[c], c2[c]);
+    }
+    return;
+  }
+  const float *restrict c3 = co + 3 * C;
+  for (int64_t p = p0; p < p1; p++) {
+    const float *restrict r = xn + p * C, *restrict gr = dyn + p * C;
+    float *restrict o = out + p * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) o[c] = fmaf(gr[c], c1[c], fmaf(r[c] - mf[c], c2[c], c3[c]));
+  }
+}
+
+/*
+ * The forward pass (dy == NULL: y = group_norm(x)) or the gradient (out = dx, and the [N, C]
+ * partial sums of dγ and dβ).
+ */
+static void gn_run(float *restrict out, double *restrict dgamma_part, double *restrict dbeta_part,
+                   const float *restrict dy, const float *restrict x, const float *restrict gamma,
+                   const float *restrict beta, int64_t N, int64_t S, int64_t C, int64_t G,
+                   double eps) {
+  const int64_t Cg = C / G, ns = dy ? 4 : 2, nc = dy ? 4 : 3, SC = S * C;
+  const int64_t B = gn_blocks(N, S, C);
+  double *part = B > 1 ? malloc(sizeof(double) * (size_t)(N * B * ns * C)) : NULL;
+  float *coefs = B > 1 ? malloc(sizeof(float) * (size_t)(N * (nc + 1) * C)) : NULL;
+  if (B == 1 || !part || !coefs) {
+    free(part);
+    free(coefs);
+#pragma omp parallel for schedule(dynamic, 1) if (N * SC >= PAR_MIN)
+    for (int64_t n = 0; n < N; n++) {
+      const float *xn = x + n * SC, *dyn = dy ? dy + n * SC : NULL;
+      float K[C], co[nc * C];
+      double s[ns * C];
+      gn_stat st[G];
+      gn_shift(xn, C, Cg, K);
+      memset(s, 0, sizeof s);
+      gn_sums(xn, dyn, K, C, 0, S, s);
+      gn_stats(s, K, S, C, Cg, eps, st);
+      if (dy) {
+        gn_grad_coefs(st, s, K, gamma, S, C, Cg, dgamma_part + n * C, dbeta_part + n * C, co);
+      } else {
+        gn_forward_coefs(st, gamma, beta, C, Cg, co);
+      }
+      gn_apply(out + n * SC, xn, dyn, co, C, 0, S);
+    }
+    return;
+  }
+  const int64_t R = (S + B - 1) / B, items = N * B;
+#pragma omp parallel
+  {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; it++) {
+      const int64_t n = it / B, p0 = (it % B) * R, p1 = p0 + R < S ? p0 + R : S;
+      const float *xn = x + n * SC;
+      float K[C];
+      double *s = part + it * ns * C;
+      gn_shift(xn, C, Cg, K);
+      memset(s, 0, sizeof(double) * (size_t)(ns * C));
+      if (p0 < p1) gn_sums(xn, dy ? dy + n * SC : NULL, K, C, p0, p1, s);
+    }
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+      const float *xn = x + n * SC;
+      float K[C];
+      gn_stat st[G];
+      double *s = part + n * B * ns * C;
+      for (int64_t b = 1; b < B; b++) {
+        const double *sb = s + b * ns * C;
+        for (int64_t c = 0; c < ns * C; c++) s[c] += sb[c];
+      }
+      gn_shift(xn, C, Cg, K);
+      gn_stats(s, K, S, C, Cg, eps, st);
+      float *co = coefs + n * (nc + 1) * C;
+      if (dy) {
+        gn_grad_coefs(st, s, K, gamma, S, C, Cg, dgamma_part + n * C, dbeta_part + n * C, co);
+      } else {
+        gn_forward_coefs(st, gamma, beta, C, Cg, co);
+      }
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; it++) {
+      const int64_t n = it / B, p0 = (it % B) * R, p1 = p0 + R < S ? p0 + R : S;
+      if (p0 < p1) {
+        gn_apply(out + n * SC, x + n * SC, dy ? dy + n * SC : NULL, coefs + n * (nc + 1) * C, C,
+                 p0, p1);
+      }
+    }
+  }
+  free(part);
+  free(coefs);
 }
 
 /* y = (x − μ)·rstd·γ + β per (sample, group); biased variance, as torch.nn.functional.group_norm. */
 void sida_group_norm(float *restrict y, const float *restrict x, const float *restrict gamma,
                      const float *restrict beta, int64_t N, int64_t S, int64_t C, int64_t G,
                      double eps) {
-  const int64_t Cg = C / G;
-#pragma omp parallel for schedule(static) if (N * S * C >= PAR_MIN)
-  for (int64_t ng = 0; ng < N * G; ng++) {
-    const int64_t n = ng / G, g = ng % G;
-    const float *xn = x + n * S * C;
-    float *yn = y + n * S * C;
-    double mean, rstd;
-    group_stats(xn, S, C, Cg, g, eps, &mean, &rstd);
-    float scale[Cg], shift[Cg];
-    for (int64_t j = 0; j < Cg; j++) {
-      const int64_t c = g * Cg + j;
-      scale[j] = (float)(rstd * gamma[c]);
-      shift[j] = (float)(beta[c] - mean * rstd * gamma[c]);
-    }
-    for (int64_t p = 0; p < S; p++) {
-      const float *xr = xn + p * C + g * Cg;
-      float *yr = yn + p * C + g * Cg;
-      for (int64_t j = 0; j < Cg; j++) yr[j] = xr[j] * scale[j] + shift[j];
-    }
-  }
+  gn_run(y, NULL, NULL, NULL, x, gamma, beta, N, S, C, G, eps);
 }
 
 /*
@@ -188,44 +468,7 @@ void sida_group_norm_grad(float *restrict dx, double *restrict dgamma_part,
                           double *restrict dbeta_part, const float *restrict dy,
                           const float *restrict x, const float *restrict gamma, int64_t N,
                           int64_t S, int64_t C, int64_t G, double eps) {
-  const int64_t Cg = C / G;
-#pragma omp parallel for schedule(static) if (N * S * C >= PAR_MIN)
-  for (int64_t ng = 0; ng < N * G; ng++) {
-    const int64_t n = ng / G, g = ng % G;
-    const float *xn = x + n * S * C, *dyn = dy + n * S * C;
-    float *dxn = dx + n * S * C;
-    double mean, rstd;
-    group_stats(xn, S, C, Cg, g, eps, &mean, &rstd);
-    double sdy[Cg], sdyx[Cg];
-    for (int64_t j = 0; j < Cg; j++) sdy[j] = sdyx[j] = 0;
-    for (int64_t p = 0; p < S; p++) {
-      const float *xr = xn + p * C + g * Cg, *dr = dyn + p * C + g * Cg;
-      for (int64_t j = 0; j < Cg; j++) {
-        sdy[j] += dr[j];
-        sdyx[j] += dr[j] * ((xr[j] - mean) * rstd);
-      }
-    }
-    /* With d = dy·γ: dx = rstd·(d − mean(d) − x̂·mean(d·x̂)). */
-    double md = 0, mdx = 0;
-    for (int64_t j = 0; j < Cg; j++) {
-      const int64_t c = g * Cg + j;
-      dgamma_part[n * C + c] = sdyx[j];
-      dbeta_part[n * C + c] = sdy[j];
-      md += gamma[c] * sdy[j];
-      mdx += gamma[c] * sdyx[j];
-    }
-    const double M = (double)(S * Cg);
-    md /= M;
-    mdx /= M;
-    for (int64_t p = 0; p < S; p++) {
-      const float *xr = xn + p * C + g * Cg, *dr = dyn + p * C + g * Cg;
-      float *o = dxn + p * C + g * Cg;
-      for (int64_t j = 0; j < Cg; j++) {
-        const double xh = (xr[j] - mean) * rstd;
-        o[j] = (float)(rstd * (dr[j] * gamma[g * Cg + j] - md - xh * mdx));
-      }
-    }
-  }
+  gn_run(dx, dgamma_part, dbeta_part, dy, x, gamma, NULL, N, S, C, G, eps);
 }
 
 /* ------------------------------------------------------------------------------------------ */
