@@ -500,29 +500,38 @@ export class UNetBlock extends Module {
   /**
    * Multi-head self-attention. The qkv convolution's output channel `(head·Ch + c)·3 + j` holds
    * q (j = 0), k (j = 1) or v (j = 2) of channel c of a head: interleaved, as EDM reshapes it.
+   * q, k and v are computed as three matrix products with the matching columns of the 1×1
+   * weight (the same sums as the one convolution), which spares de-interleaving the
+   * activations and re-interleaving their gradients.
    */
   #attention(x: tf.Tensor4D): tf.Tensor4D {
     const [n, h, w, c] = x.shape;
     const heads = this.numHeads;
     const ch = c / heads;
     const hw = h * w;
-    const qkv = tf.reshape(this.qkv!.forward(this.norm2!.forward(x)), [n * hw * heads * ch, 3]);
-    const [q, k, v] = tf.unstack(qkv, 1).map((t) =>
-      tf.reshape(tf.transpose(tf.reshape(t, [n, hw, heads, ch]), [0, 2, 1, 3]), [
-        n * heads,
-        hw,
-        ch,
-      ]) as tf.Tensor3D
+    const xn = tf.reshape(this.norm2!.forward(x), [n * hw, c]) as tf.Tensor2D;
+    // Column (head·Ch + c)·3 + j of the weight is [i, head·Ch + c, j] of this [C, C, 3] view.
+    const weights = tf.unstack(tf.reshape(this.qkv!.weight!, [c, c, 3]), 2) as tf.Tensor2D[];
+    const biases = this.qkv!.bias
+      ? tf.unstack(tf.reshape(this.qkv!.bias, [c, 3]), 1) as tf.Tensor1D[]
+      : undefined;
+    const toHeads = (t: tf.Tensor): tf.Tensor3D =>
+      (heads === 1
+        ? tf.reshape(t, [n, hw, ch])
+        : tf.reshape(tf.transpose(tf.reshape(t, [n, hw, heads, ch]), [0, 2, 1, 3]), [
+          n * heads,
+          hw,
+          ch,
+        ])) as tf.Tensor3D;
+    const [q, k, v] = [0, 1, 2].map((j) =>
+      toHeads(tf.fused.matMul({ a: xn, b: weights[j], bias: biases?.[j] }))
     );
     // w[i, j] = softmax_j(Σ_c q[c, i]·k[c, j] / sqrt(Ch)); EDM scales k before the product.
     const wts = softmax(tf.matMul(q, tf.div(k, Math.sqrt(ch)), false, true));
     const a = tf.matMul(wts, v); // [n·heads, hw, ch]
-    const merged = tf.reshape(tf.transpose(tf.reshape(a, [n, heads, hw, ch]), [0, 2, 1, 3]), [
-      n,
-      h,
-      w,
-      c,
-    ]);
+    const merged = heads === 1
+      ? tf.reshape(a, [n, h, w, c])
+      : tf.reshape(tf.transpose(tf.reshape(a, [n, heads, hw, ch]), [0, 2, 1, 3]), [n, h, w, c]);
     const y = tf.add(this.proj!.forward(merged as tf.Tensor4D), x);
     return (this.skipScale !== 1 ? tf.mul(y, this.skipScale) : y) as tf.Tensor4D;
   }
