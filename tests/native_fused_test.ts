@@ -24,7 +24,7 @@ import assert from "node:assert/strict";
 import { tf } from "../lib/deps.ts";
 import { registerNativeBackend } from "../lib/runtime/native/backend.ts";
 import { loadCKernels, setCKernelsEnabled } from "../lib/runtime/native/ckernels.ts";
-import { FUSED, groupNorm, silu, softmax } from "../lib/runtime/native/fused.ts";
+import { FUSED, groupNorm, nanToNum, silu, softmax } from "../lib/runtime/native/fused.ts";
 
 let unavailable: string | undefined;
 try {
@@ -652,5 +652,38 @@ Deno.test({
   async fn() {
     const r = await child({ SIDA_NATIVE_C: "0", OMP_NUM_THREADS: "1" });
     assert.deepEqual(r, { threads: "1", fused: false });
+  },
+});
+
+Deno.test({
+  name: "native: fused nan_to_num equals the composed ops (NaN, ±∞, large finite values, −0)",
+  ignore: !withC,
+  async fn() {
+    const v = [NaN, Infinity, -Infinity, 2e5, -3e38, -0, 0.5, 1e-40, NaN];
+    const run = async (backend: string) => {
+      await tf.setBackend(backend);
+      const before = tf.memory().numTensors;
+      const x = tf.tensor2d(v, [3, 3]);
+      const y = nanToNum(x, 0, 1e5, -1e5);
+      const out = [...await y.data()];
+      tf.dispose([x, y]);
+      assert.equal(tf.memory().numTensors, before);
+      return out;
+    };
+    assert.ok(tf.getKernel(FUSED.nanToNum, "native") !== undefined);
+    const want = await run("cpu");
+    const got = await run("native");
+    assert.deepEqual(got, want);
+    assert.deepEqual(want.map((a) => Object.is(a, -0) ? "-0" : a), [
+      0,
+      1e5,
+      -1e5,
+      2e5,
+      Math.fround(-3e38),
+      "-0",
+      0.5,
+      Math.fround(1e-40),
+      0,
+    ]);
   },
 });

@@ -35,6 +35,7 @@
 import { tf } from "../deps.ts";
 import type { NamedTensorMap } from "../deps.ts";
 import { edmLossWeight, SIGMA_DATA } from "./sigma.ts";
+import { nanToNum as fusedNanToNum } from "../runtime/native/fused.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Gradient helpers
@@ -81,13 +82,7 @@ export function nanToNum(x: tf.Tensor, options: NanToNumOptions = {}): tf.Tensor
   const nan = options.nan ?? 0;
   const posinf = options.posinf ?? 1e5;
   const neginf = options.neginf ?? -1e5;
-  return tf.tidy(() => {
-    const fill = (v: number) => tf.fill(x.shape, v, "float32");
-    const inf = tf.isInf(x);
-    const a = tf.where(tf.isNaN(x), fill(nan), x);
-    const b = tf.where(tf.logicalAnd(inf, tf.greater(x, 0)), fill(posinf), a);
-    return tf.where(tf.logicalAnd(inf, tf.less(x, 0)), fill(neginf), b);
-  });
+  return fusedNanToNum(x, nan, posinf, neginf);
 }
 
 /**

@@ -1,5 +1,5 @@
 /**
- * Fused SiLU, group normalisation and softmax: one tfjs kernel each (and one for each gradient)
+ * Fused SiLU, group normalisation, softmax and nan_to_num: one tfjs kernel each (and one for each gradient)
  * on the `native` backend when its C kernels are loaded, instead of the five to ten element-wise
  * kernels (and twice as many in the gradient) that the composed forms cost. On every other
  * backend, and without the C kernels, the same functions compose tfjs ops.
@@ -29,6 +29,7 @@ export const FUSED = {
   groupNormGrad: "SidaGroupNormGrad",
   softmax: ATTENTION.softmax,
   softmaxGrad: ATTENTION.softmaxGrad,
+  nanToNum: "SidaNanToNum",
 } as const;
 
 function fusedHere(name: string): boolean {
@@ -49,6 +50,32 @@ export function softmax<T extends tf.Tensor>(x: T): T {
     return tf.engine().runKernel(FUSED.softmax, { x }) as T;
   }
   return tf.softmax(x) as T;
+}
+
+/**
+ * `torch.nan_to_num(x, nan, posinf, neginf)`: NaN → `nan`, +∞ → `posinf`, −∞ → `neginf`, every
+ * other value unchanged. One kernel on `native` (it has no gradient: it cleans gradients).
+ */
+export function nanToNum<T extends tf.Tensor>(
+  x: T,
+  nan: number,
+  posinf: number,
+  neginf: number,
+): T {
+  if (x.dtype === "float32" && fusedHere(FUSED.nanToNum)) {
+    return tf.engine().runKernel(
+      FUSED.nanToNum,
+      { x },
+      { nan, posinf, neginf } as unknown as tf.NamedAttrMap,
+    ) as T;
+  }
+  return tf.tidy(() => {
+    const fill = (v: number) => tf.fill(x.shape, v, "float32");
+    const inf = tf.isInf(x);
+    const a = tf.where(tf.isNaN(x), fill(nan), x);
+    const b = tf.where(tf.logicalAnd(inf, tf.greater(x, 0)), fill(posinf), a);
+    return tf.where(tf.logicalAnd(inf, tf.less(x, 0)), fill(neginf), b);
+  }) as T;
 }
 
 /**
@@ -135,6 +162,18 @@ export function fusedKernels(c: CKernels): Record<string, NativeKernelFunc> {
   };
   return {
     ...attentionKernels(),
+    [FUSED.nanToNum]: ({ inputs, backend, attrs }) => {
+      const x = need(f32(backend, inputs.x), "nan_to_num");
+      const nan = Math.fround(attrs!.nan as number);
+      const posinf = Math.fround(attrs!.posinf as number);
+      const neginf = Math.fround(attrs!.neginf as number);
+      const y = bufferPool.alloc(x.length);
+      for (let i = 0; i < x.length; i++) {
+        const v = x[i];
+        y[i] = v !== v ? nan : v === Infinity ? posinf : v === -Infinity ? neginf : v;
+      }
+      return backend.makeTensorInfo(inputs.x!.shape, "float32", y);
+    },
     [FUSED.silu]: ({ inputs, backend }) => {
       const x = need(f32(backend, inputs.x), "silu");
       const y = bufferPool.alloc(x.length);
