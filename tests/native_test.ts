@@ -172,6 +172,8 @@ Deno.test({
       [[4, 13, 9], [9, 32], false, false],
       [[3, 9, 13], [9, 64], true, false],
       [[9, 13], [4, 13, 16], false, false],
+      [[37, 20], [20, 32], false, false],
+      [[20, 37], [48, 20], true, true],
     ];
     let seed = 10;
     for (const [sa, sb, ta, tb] of cases) {
@@ -262,6 +264,8 @@ const CONV_CASES: {
   { x: [1, 12, 12, 16], k: [3, 2], co: 16, stride: 1, pad: "valid", dil: [2, 3] },
   { x: [3, 5, 6, 7], k: [3, 3], co: 128, stride: 1, pad: 2 },
   { x: [2, 16, 16, 32], k: [3, 3], co: 32, stride: 1, pad: 1 },
+  { x: [2, 6, 5, 16], k: [1, 1], co: 32, stride: 1, pad: 0 },
+  { x: [2, 6, 5, 8], k: [1, 1], co: 16, stride: 2, pad: "same" },
 ];
 
 for (const withC of [true, false]) {

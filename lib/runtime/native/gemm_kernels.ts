@@ -261,7 +261,7 @@ export function conv2dForward(
   const y = M * Co && K ? bufferPool.alloc(M * Co) : bufferPool.zeros(M * Co);
   if (M === 0 || Co === 0) return y;
   if (bias && bias.length !== Co) throw new RangeError("conv2d: bias length");
-  const direct = K && !isPointwise(ci) ? directConv(Co) : null;
+  const direct = K ? directConv(Co) : null;
   if (direct) {
     checkConvLengths(ci, x.length, w.length, y.length);
     const g = geometry64(ci);
@@ -365,7 +365,7 @@ export function conv2dBackpropFilter(
   const M = ci.batchSize * ci.outHeight * ci.outWidth;
   const dw = bufferPool.zeros(K * Co);
   if (M === 0 || K === 0) return dw;
-  const direct = !isPointwise(ci) ? directConv(Co) : null;
+  const direct = directConv(Co);
   if (direct) {
     checkConvLengths(ci, x.length, dw.length, dy.length);
     if (direct.sida_conv_dw(dw, x, dy, BigInt(Co), geometry64(ci)) === 0) return dw;
@@ -542,7 +542,7 @@ export function gemmKernels(
     const batch = Math.max(batchA, batchB);
     const out = K ? bufferPool.alloc(batch * M * N) : bufferPool.zeros(batch * M * N);
     const lda = transposeA ? M : K, ldb = transposeB ? K : N;
-    const direct = batch > 1 && K * N <= DIRECT_MATMUL_MAX_B ? directConv(N) : null;
+    const direct = K * N <= DIRECT_MATMUL_MAX_B ? directConv(N) : null;
     if (direct) {
       if (
         av.length !== batchA * M * K || bv.length !== batchB * K * N || out.length !== batch * M * N
