@@ -81,20 +81,13 @@ export const DEFAULT_MNIST_TEACHER: string =
 export const DEFAULT_MNIST_OUT = "runs/distill-mnist";
 
 /**
- * Default kimg per stage for the `mnist` preset at `--budget 1`: 28 SiD and 12 SiD²A iterations
- * of 64 images, so that the whole chain (training, then FID/IS of 4 snapshots at 1000 samples)
- * takes about 20 minutes on a 2-core CPU machine with the `native` backend: the no-argument run
- * took 16.7 min there (SiD 10.0 min, SiD²A 4.5 min, evaluation 2.3 min; peak memory 6.4 GB) with
- * other jobs on the machine (load 2.5-3).
- *
- * Measured on our 2-core machine, native backend (OpenBLAS + C kernels on 2 threads), while other
- * jobs shared it (load 3-5), `mnist` preset (batch 64 = 2 rounds of 32), 2026-11-25: a SiD
- * iteration 25 s (22-29 s; the first one 66 s), a SiD²A iteration 25 s (19-36 s), 1000-sample
- * evaluation of a one-step generator 28 s; the chain at 0.512 + 0.256 kimg (8 + 4 iterations)
- * took 7.8 min. An earlier measurement with the native backend's kernels of commit 87c5703
- * (JS element-wise work) under heavier load: SiD 70 s and SiDA 76 s per iteration.
+ * Default kimg per stage for the `mnist` preset at `--budget 1`: 80 SiD and 36 SiD²A iterations
+ * of 64 images, so that the whole chain (training, then FID/IS of the snapshots at 1000 samples)
+ * fits in 20 minutes on a 2-core CPU machine with the `native` backend, where a SiDA iteration
+ * takes 8.3 s (`deno task bench:distill --configs mnist`, 2026-11-25, after the direct C
+ * convolutions; it took 25–31 s before them, when these defaults were 28 + 12 iterations).
  */
-export const MNIST_DEFAULT_KIMG = { sid: 1.792, sida: 0.768 } as const;
+export const MNIST_DEFAULT_KIMG = { sid: 5.12, sida: 2.304 } as const;
 
 /** Default samples per generator for FID and IS. */
 export const DEFAULT_EVAL_NUM = 1000;
