@@ -166,6 +166,8 @@ function compile(srcs: string[], out: string): string | undefined {
 
 /** The C files compiled into the one library (`csrc/`), in link order. */
 const C_SOURCES = ["sida_kernels.c", "sida_conv.c", "sida_attention.c", "sida_copy.c"];
+/** Headers the sources include (hashed with them). */
+const C_HEADERS = ["sida_expf.h"];
 
 let loaded: CKernels | null | undefined;
 let libPath = "";
@@ -194,7 +196,9 @@ export function loadCKernels(): CKernels | null {
   }
   const srcPaths = urls.map((u) => decodeURIComponent(u.pathname));
   try {
-    const source = srcPaths.map((p) => Deno.readTextFileSync(p)).join("\n");
+    const headers = C_HEADERS.map((f) => new URL(`./csrc/${f}`, import.meta.url));
+    const source = [...srcPaths, ...headers.map((u) => decodeURIComponent(u.pathname))]
+      .map((p) => Deno.readTextFileSync(p)).join("\n");
     const ext = Deno.build.os === "darwin" ? "dylib" : Deno.build.os === "windows" ? "dll" : "so";
     const flags = Deno.env.get("SIDA_NATIVE_CFLAGS") ?? "";
     const key = fnv1a(`${VERSION}\n${Deno.build.target}\n${flags}\n${source}`);
