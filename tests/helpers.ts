@@ -6,6 +6,8 @@
  */
 import { tf } from "../lib/deps.ts";
 import { initBackend } from "../lib/runtime/backend.ts";
+import { registerNativeBackend } from "../lib/runtime/native/backend.ts";
+import { loadCKernels } from "../lib/runtime/native/ckernels.ts";
 import { type HostTensor, toFloat32 } from "../lib/io/host_tensor.ts";
 import { readSafetensors } from "../lib/io/safetensors.ts";
 import { fromEdmKwargs, type NetworkConfig } from "../lib/nets/config.ts";
@@ -71,4 +73,18 @@ export async function maxAbs(a: tf.Tensor): Promise<number> {
   const v = (await d.data())[0];
   d.dispose();
   return v;
+}
+
+/**
+ * Registers the `native` backend for a native-kernel test file: `ignore` when it cannot be
+ * registered (no BLAS; the reason is printed), `withC` when the C kernels are loaded too.
+ */
+export function setupNativeTests(what: string): { ignore: boolean; withC: boolean } {
+  try {
+    registerNativeBackend();
+  } catch (e) {
+    console.error(`${what} tests skipped: ${(e as Error).message}`);
+    return { ignore: true, withC: false };
+  }
+  return { ignore: false, withC: loadCKernels() !== null };
 }

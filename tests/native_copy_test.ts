@@ -8,7 +8,8 @@
  */
 import assert from "node:assert/strict";
 import { tf } from "../lib/deps.ts";
-import { NATIVE_KERNEL_NAMES, registerNativeBackend } from "../lib/runtime/native/backend.ts";
+import { setupNativeTests } from "./helpers.ts";
+import { NATIVE_KERNEL_NAMES } from "../lib/runtime/native/backend.ts";
 import { loadCKernels, setCKernelsEnabled } from "../lib/runtime/native/ckernels.ts";
 import {
   concatRows,
@@ -19,15 +20,8 @@ import {
   sumMiddle,
 } from "../lib/runtime/native/copy_kernels.ts";
 
-let unavailable: string | undefined;
-try {
-  registerNativeBackend();
-} catch (e) {
-  unavailable = (e as Error).message;
-  console.error(`native copy kernel tests skipped: ${unavailable}`);
-}
-const ignore = unavailable !== undefined;
-const noC = ignore || !loadCKernels();
+const { ignore, withC: cLoaded } = setupNativeTests("native copy kernel");
+const noC = ignore || !cLoaded;
 if (!ignore && noC) console.error("native copy kernel tests: no C kernels, C-only tests skipped");
 
 const KERNELS = ["Slice", "SplitV", "Concat", "Pack", "Unpack", "Tile", "Transpose", "Sum"];

@@ -22,19 +22,12 @@
  */
 import assert from "node:assert/strict";
 import { tf } from "../lib/deps.ts";
-import { registerNativeBackend } from "../lib/runtime/native/backend.ts";
-import { loadCKernels, setCKernelsEnabled } from "../lib/runtime/native/ckernels.ts";
+import { setupNativeTests } from "./helpers.ts";
+import { setCKernelsEnabled } from "../lib/runtime/native/ckernels.ts";
 import { FUSED, groupNorm, nanToNum, silu, softmax } from "../lib/runtime/native/fused.ts";
 
-let unavailable: string | undefined;
-try {
-  registerNativeBackend();
-} catch (e) {
-  unavailable = (e as Error).message;
-  console.error(`native fused kernel tests skipped: ${unavailable}`);
-}
-const ignore = unavailable !== undefined;
-const withC = !ignore && loadCKernels() !== null;
+const { ignore, withC: cLoaded } = setupNativeTests("native fused kernel");
+const withC = !ignore && cLoaded;
 
 /**
  * Tolerance: |got − ref| ≤ rel·|ref| + abs·scale + TINY, where scale is `scale[i]` when given,
