@@ -135,10 +135,18 @@ async function benchConfig(c: Config, iters: number): Promise<Omit<Row, "backend
       ganWarmupNimg: 0,
     },
   });
-  await d.step(); // warm-up
-  const t0 = performance.now();
-  for (let i = 0; i < iters; i++) await d.step();
-  const secPerIteration = (performance.now() - t0) / 1000 / iters;
+  // Every iteration's time as it completes, so that a run cut short still reports something.
+  const timed = async (what: string) => {
+    const t = performance.now();
+    await d.step();
+    const s = (performance.now() - t) / 1000;
+    console.error(`  ${c.name} ${what}: ${s.toFixed(3)} s`);
+    return s;
+  };
+  await timed("warm-up iteration");
+  let total = 0;
+  for (let i = 0; i < iters; i++) total += await timed(`iteration ${i + 1}/${iters}`);
+  const secPerIteration = total / iters;
   const gen = async () => {
     const x = generate(d.Gema, { n: c.batch, seed: 1 });
     await x.data();

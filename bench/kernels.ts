@@ -79,7 +79,27 @@ async function kernelRows(backend: string, repeats: number, cpuMaxS: number): Pr
     const seconds = await timeIt(() => sync(run(inputs)), repeats);
     tf.dispose(inputs);
     rows.push({ backend, what, gflop, seconds });
+    // Each row as soon as it is measured, so that a run cut short still reports something.
+    console.error(`${backend}: ${what}: ${(seconds * 1e3).toFixed(2)} ms`);
   };
+  // Per-kernel overhead: 200 chained element-wise adds on 64 floats (GFLOP ~0), one read at the
+  // end. A U-Net training step runs thousands of small kernels, so this bounds its speed from below.
+  {
+    const chain = 200;
+    const x = tf.randomNormal([64]);
+    const seconds = await timeIt(async () => {
+      let y = x;
+      for (let i = 0; i < chain; i++) {
+        const next = tf.add(y, 1);
+        if (y !== x) y.dispose();
+        y = next;
+      }
+      await sync([y]);
+    }, repeats);
+    x.dispose();
+    rows.push({ backend, what: `small kernel (add of 64 floats) ×${chain}`, gflop: 0, seconds });
+    console.error(`${backend}: ${(seconds / chain * 1e6).toFixed(1)} µs per small kernel`);
+  }
   await measure(
     "matMul 1024³",
     2 * 1024 ** 3 / 1e9,
@@ -208,6 +228,7 @@ await runMain(async () => {
       const r = rows.find((x) => x.backend === b && x.what === what);
       if (!r) return "–";
       if (!Number.isFinite(r.seconds)) return r.note ?? "–";
+      if (r.gflop === 0) return `${r.seconds.toFixed(4)}`;
       return `${r.seconds.toFixed(3)} (${(r.gflop / r.seconds).toFixed(1)})`;
     });
     const g = rows.find((x) => x.what === what)!.gflop;

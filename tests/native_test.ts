@@ -266,6 +266,9 @@ const CONV_CASES: {
   { x: [2, 16, 16, 32], k: [3, 3], co: 32, stride: 1, pad: 1 },
   { x: [2, 6, 5, 16], k: [1, 1], co: 32, stride: 1, pad: 0 },
   { x: [2, 6, 5, 8], k: [1, 1], co: 16, stride: 2, pad: "same" },
+  // x and dy over 2 MB: the filter gradient walks the pixels in chunks (1536 pixels here, ending
+  // mid-row) across the tiles of each thread.
+  { x: [17, 31, 31, 16], k: [3, 3], co: 16, stride: 1, pad: 1 },
 ];
 
 for (const withC of [true, false]) {

@@ -335,7 +335,12 @@ export function conv2dBackpropInput(
   const Co = ci.outChannels;
   const K = ci.filterHeight * ci.filterWidth * ci.inChannels;
   const M = ci.batchSize * ci.outHeight * ci.outWidth;
-  const flipped = M && K && !isPointwise(ci) ? transposedConvInfo(ci) : undefined;
+  // A stride-1 input gradient is the forward convolution of dy with the flipped filter; a 1×1 one
+  // takes that path only when the direct kernel can write C channels (2× BLAS' sgemm here on the
+  // U-Net's [N·H·W, 64] × [64, 64] products), else one sgemm.
+  const flipped = M && K && (!isPointwise(ci) || directConv(ci.inChannels))
+    ? transposedConvInfo(ci)
+    : undefined;
   if (flipped) return conv2dForward(blas, dy, flipFilter(w, ci), flipped);
   const dx = bufferPool.zeros(ci.batchSize * ci.inHeight * ci.inWidth * ci.inChannels);
   if (M === 0 || K === 0) return dx;

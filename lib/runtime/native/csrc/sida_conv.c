@@ -24,6 +24,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* a·b + c as one fused multiply-add (the compiler's ISO C mode would keep them apart). */
 #if defined(__clang__)
@@ -53,6 +56,18 @@ ALWAYS_INLINE void vstore(float *p, vf v) { *(vf *)p = v; }
 ALWAYS_INLINE vf vbroadcast(float s) { return s - (vf){0}; } /* folds to a broadcast */
 
 int sida_conv_vl(void) { return VL; }
+
+/* This thread's share [*lo, *hi) of n items in an OpenMP parallel region (all of them outside). */
+static void thread_range(int64_t n, int64_t *lo, int64_t *hi) {
+#ifdef _OPENMP
+  const int64_t k = omp_get_num_threads(), id = omp_get_thread_num();
+  *lo = n * id / k;
+  *hi = n * (id + 1) / k;
+#else
+  *lo = 0;
+  *hi = n;
+#endif
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Forward.                                                                                    */
@@ -153,8 +168,16 @@ int sida_conv_fwd(float *y, const float *x, const float *w, const float *bias, i
 /* ------------------------------------------------------------------------------------------ */
 /* Filter gradient.                                                                            */
 
-/* Pixels per chunk of the filter gradient: the chunk's dy and x rows stay in L2 across tiles. */
-#define DW_CHUNK 256
+/*
+ * The filter gradient walks the output pixels in chunks; each thread takes a contiguous range of
+ * tiles and, chunk by chunk, runs all of them, so that the chunk's dy and x rows are read from L2
+ * once per tile instead of streaming the whole of dy and x from memory for every tile. A tile's
+ * running sums live in dw between chunks, so every dw element is still the sum over pixels in
+ * pixel order, whatever the chunk size and thread count. Bytes of dy and x rows per chunk:
+ */
+#define DW_CHUNK_BYTES (192 * 1024)
+/* ... unless all of dy and x fit in this many bytes (then each tile runs over all pixels). */
+#define DW_WHOLE_BYTES (2 * 1024 * 1024)
 
 /*
  * acc (tile of dw for tap (kh, kw), input channels ci0 … ci0+P−1 — past C they repeat the last
@@ -202,19 +225,29 @@ DEFINE_DW_TILE(TILE_ROWS_1, 1)
   do {                                                                                          \
     const int64_t ib = (q.C + (P)-1) / (P), cb = Co / ((NV)*VL), taps = q.KH * q.KW;            \
     const int64_t tiles = taps * ib * cb;                                                       \
-    _Pragma("omp parallel for schedule(dynamic, 1) if (M * K * Co >= (1 << 18) && tiles > 1)") \
-    for (int64_t t = 0; t < tiles; t++) {                                                       \
-      const int64_t c = t % cb, i = (t / cb) % ib, tap = t / (cb * ib);                         \
-      const int64_t kh = tap / q.KW, kw = tap % q.KW, ci0 = i * (P), co0 = c * (NV)*VL;          \
-      vf acc[P][NV];                                                                            \
-      for (int r = 0; r < (P); r++)                                                             \
-        for (int v = 0; v < (NV); v++) acc[r][v] = vbroadcast(0.0f);                           \
-      for (int64_t p0 = 0; p0 < M; p0 += DW_CHUNK)                                              \
-        dw_tile_##P##_##NV(&q, acc, x, dy, kh, kw, ci0, co0, p0,                                \
-                p0 + DW_CHUNK < M ? p0 + DW_CHUNK : M);                                         \
-      for (int r = 0; r < (P) && ci0 + r < q.C; r++)                                            \
-        for (int v = 0; v < (NV); v++)                                                          \
-          vstore(dw + ((tap * q.C) + ci0 + r) * Co + co0 + v * VL, acc[r][v]);                  \
+    int64_t chunk = DW_CHUNK_BYTES / ((q.C + Co) * (int64_t)sizeof(float));                     \
+    if (chunk < 16) chunk = 16;                                                                 \
+    if (M * (q.C + Co) * (int64_t)sizeof(float) <= DW_WHOLE_BYTES) chunk = M;                   \
+    _Pragma("omp parallel if (M * K * Co >= (1 << 18) && tiles > 1)")                          \
+    {                                                                                           \
+      int64_t t0 = 0, t1 = tiles;                                                               \
+      thread_range(tiles, &t0, &t1);                                                            \
+      for (int64_t p0 = 0; p0 < M; p0 += chunk) {                                               \
+        const int64_t p1 = p0 + chunk < M ? p0 + chunk : M;                                     \
+        for (int64_t t = t0; t < t1; t++) {                                                     \
+          const int64_t c = t % cb, i = (t / cb) % ib, tap = t / (cb * ib);                     \
+          const int64_t kh = tap / q.KW, kw = tap % q.KW, ci0 = i * (P), co0 = c * (NV)*VL;      \
+          float *out = dw + (tap * q.C + ci0) * Co + co0;                                       \
+          vf acc[P][NV];                                                                        \
+          for (int r = 0; r < (P); r++)                                                         \
+            for (int v = 0; v < (NV); v++)                                                      \
+              acc[r][v] = p0 > 0 && ci0 + r < q.C ? vload(out + r * Co + v * VL)                \
+                                                  : vbroadcast(0.0f);                           \
+          dw_tile_##P##_##NV(&q, acc, x, dy, kh, kw, ci0, co0, p0, p1);                         \
+          for (int r = 0; r < (P) && ci0 + r < q.C; r++)                                        \
+            for (int v = 0; v < (NV); v++) vstore(out + r * Co + v * VL, acc[r][v]);            \
+        }                                                                                       \
+      }                                                                                         \
     }                                                                                           \
   } while (0)
 
