@@ -9,7 +9,7 @@
  * on every backend that starts (`webgpu`, `native`, `cpu`). Before timing, a batch-1
  * forward+backward of the mnist network measures the backend's speed; a configuration whose
  * estimated time (warm-up + timed iterations + generator calls) exceeds `--max-seconds` (default
- * 300) is skipped, saying so.
+ * 600) is skipped, saying so.
  *
  *   deno task bench:distill
  *   deno task bench:distill --backends webgpu --configs cifar10 --iters 5 --json out.json
@@ -27,7 +27,7 @@ import { BACKEND_NAMES, describeBackend } from "../lib/runtime/backend.ts";
 import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
 
 const USAGE =
-  "usage: bench/distill.ts [--backends webgpu,native,cpu] [--configs mnist,cifar10] [--iters 3] [--max-seconds 300] [--batch N] [--json out.json]";
+  "usage: bench/distill.ts [--backends webgpu,native,cpu] [--configs mnist,cifar10] [--iters 3] [--max-seconds 600] [--batch N] [--json out.json]";
 
 interface Config {
   name: string;
@@ -179,7 +179,7 @@ await runMain(async () => {
     if (!CONFIGS[c]) throw new UsageError(`unknown config '${c}' (mnist, cifar10)`);
   }
   const iters = numberFlag("iters", f.iters, 3, { integer: true, min: 1 });
-  const maxSeconds = numberFlag("max-seconds", f["max-seconds"], 300, { min: 1 });
+  const maxSeconds = numberFlag("max-seconds", f["max-seconds"], 600, { min: 1 });
   // --batch N: every configuration at batch N (micro-batch min(b, N)), e.g. to measure a slow
   // backend at all; the default is each configuration's own batch (64 and 8).
   const batchOverride = f.batch === undefined
