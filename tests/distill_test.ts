@@ -3,8 +3,8 @@
  * memory), resuming a killed run (bit-identical state, identical continuation), one-line errors
  * that leave the run folder untouched, and Ctrl-C on `deno task sida`.
  *
- * Everything runs on a tiny conditional DDPM++ (8×8×3, 3 classes, augment_dim 9, 8 channels,
- * dropout 0 so that runs are deterministic) and a 32-image synthetic data set.
+ * Everything runs on a tiny conditional DDPM++ (8×8×3, 3 classes, augment_dim 9, 8 channels) and a
+ * 32-image synthetic data set; the resumed run uses dropout 0.1 (masks seeded by iteration).
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -191,7 +191,7 @@ function runOptions(f: Fixture, out: string, durationKimg: number): Distillation
     data: f.dataPath,
     out,
     preset: "cifar10-cond",
-    overrides: { ...TEST_CONFIG, microBatch: 4, gWarmupNimg: 4, ganWarmupNimg: 8, dropout: 0 },
+    overrides: { ...TEST_CONFIG, microBatch: 4, gWarmupNimg: 4, ganWarmupNimg: 8, dropout: 0.1 },
     durationKimg,
     tickKimg: 0.008,
     snapKimg: 0.016,
@@ -207,7 +207,7 @@ function runFlags(f: Fixture, out: string, durationKimg: number): string[] {
     ...["--teacher", f.teacherPath, "--data", f.dataPath, "--out", out],
     ...["--preset", "cifar10-cond", "--batch", "4", "--micro-batch", "4", "--lr", "1e-3"],
     ...["--glr", "1e-3", "--seed", "3", "--g-warmup-kimg", "0.004", "--gan-warmup-kimg", "0.008"],
-    ...["--dropout", "0", "--augment", "1", "--duration", String(durationKimg)],
+    ...["--dropout", "0.1", "--augment", "1", "--duration", String(durationKimg)],
     ...["--tick", "0.008", "--snap", "0.016", "--dump", "0.008", "--backend", TEST_BACKEND],
   ];
 }

@@ -15,7 +15,7 @@ import {
 import { StateDictError } from "../lib/nets/module.ts";
 import { createNetwork, loadNetwork, saveNetwork } from "../lib/nets/network.ts";
 import { EDMPrecond, InputError } from "../lib/nets/precond.ts";
-import { conv2dIm2colGrad } from "../lib/nets/layers.ts";
+import { conv2dIm2colGrad, dropout, withDropoutSeed } from "../lib/nets/layers.ts";
 import { IoError, toFloat32 } from "../lib/io/host_tensor.ts";
 import { readSafetensors, writeSafetensors } from "../lib/io/safetensors.ts";
 import { fixturePath, loadNetFixture, maxAbsDiff, setupBackend, TEST_BACKEND } from "./helpers.ts";
@@ -389,4 +389,31 @@ Deno.test("conv2dIm2colGrad: values and both gradients equal tf.conv2d's", async
     tf.dispose([x, w, yRef, y, r, ...ref, ...ours]);
   }
   assert.equal(tf.memory().numTensors, before);
+});
+
+Deno.test("dropout: masks seeded by withDropoutSeed, one stream per forward pass", async () => {
+  await setupBackend();
+  const x = tf.ones([64, 16]);
+  const masks = (seed: number) =>
+    withDropoutSeed(seed, () => {
+      const a = dropout(x, 0.5, true), b = dropout(x, 0.5, true);
+      const out = [a.arraySync() as number[][], b.arraySync() as number[][]];
+      tf.dispose([a, b]);
+      return out;
+    });
+  const [a1, b1] = masks(7), [a2, b2] = masks(7), [a3] = masks(8);
+  assert.deepEqual(a1, a2, "same seed, same first mask");
+  assert.deepEqual(b1, b2, "same seed, same second mask");
+  assert.notDeepEqual(a1, b1, "successive masks of one pass differ");
+  assert.notDeepEqual(a1, a3, "another seed, another mask");
+  // Inverted dropout: kept values are 1/(1-p) = 2, and about half are kept.
+  const flat = a1.flat();
+  assert(flat.every((v) => v === 0 || v === 2));
+  const kept = flat.filter((v) => v === 2).length;
+  assert(kept > 400 && kept < 624, `${kept} of 1024 kept`);
+  // Eval mode is the identity; async callbacks are refused.
+  const same = dropout(x, 0.5, false);
+  assert.equal(same, x);
+  assert.throws(() => withDropoutSeed(1, () => Promise.resolve(1)), TypeError);
+  x.dispose();
 });

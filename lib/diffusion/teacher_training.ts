@@ -26,8 +26,7 @@
  *
  * Determinism: every random draw — data order, σ, noise, flips and the dropout masks — is seeded
  * by (seed, iteration), so a run resumed from its training state continues bit-identically.
- * (tfjs draws each dropout mask from a generator seeded by one `Math.random()` call; during the
- * forward pass `Math.random` is replaced by a seeded stream, see {@linkcode withSeededDropout}.)
+ * (The dropout masks of each forward pass are seeded by `withDropoutSeed` of `lib/nets/layers.ts`.)
  *
  * A run folder holds
  *
@@ -84,7 +83,7 @@ import { createNetwork, preset, saveNetwork } from "../nets/network.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
 import { BACKEND_NAMES, describeBackend, initBackend } from "../runtime/backend.ts";
 import { numberFlag, parseFlags, UsageError } from "../runtime/cli.ts";
-import { mulberry32 } from "../runtime/random.ts";
+import { withDropoutSeed } from "../nets/layers.ts";
 import { edmLoss } from "./edm_loss.ts";
 
 /** The format tag of teacher training states. */
@@ -240,24 +239,6 @@ export function teacherEmaBeta(
   });
 }
 
-/**
- * Runs the synchronous `fn` with `Math.random` replaced by a mulberry32 stream seeded by `seed`,
- * and restores it afterwards. tfjs seeds the generator of each dropout mask (and label-dropout
- * draw) with one `Math.random()` call when no seed is given, so the masks of a forward pass become
- * a function of `seed`. `fn` must not be async (the replacement would leak past an `await`).
- */
-export function withSeededDropout<T>(seed: number, fn: () => T): T {
-  const original = Math.random;
-  Math.random = mulberry32(seed);
-  try {
-    const out = fn();
-    if (out instanceof Promise) throw new TypeError("withSeededDropout: fn must be synchronous");
-    return out;
-  } finally {
-    Math.random = original;
-  }
-}
-
 /** What {@linkcode TeacherTrainer.step} reports about one iteration. */
 export interface TeacherStepStats {
   /** Index of the iteration (0 for the first of the run). */
@@ -399,7 +380,7 @@ export class TeacherTrainer {
         res,
         ch,
       ]);
-      const { value, grads } = withSeededDropout(
+      const { value, grads } = withDropoutSeed(
         mixSeed(c.seed, it, r, 2),
         () =>
           tf.variableGrads(() => {

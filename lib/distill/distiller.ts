@@ -15,9 +15,9 @@
  * still starts from the teacher (sida-spec §1.3).
  *
  * Randomness: every draw (generator noise, σ, diffusion noise, flips) comes from a host RNG seeded
- * by (seed, iteration), and the data order from a seeded {@linkcode InfiniteSampler}, so a run
- * resumed from {@linkcode Distiller.state} continues exactly as an uninterrupted one would —
- * provided dropout is 0: tfjs' dropout draws its masks from an unseeded generator.
+ * by (seed, iteration), the dropout masks from streams seeded by (seed, iteration, round, step)
+ * (`withDropoutSeed`), and the data order from a seeded {@linkcode InfiniteSampler}, so a run
+ * resumed from {@linkcode Distiller.state} continues exactly as an uninterrupted one would.
  *
  * @example
  * ```ts
@@ -42,6 +42,7 @@ import { InfiniteSampler, makeBatch, type SamplerState } from "../data/sampler.t
 import type { HostTensor } from "../io/host_tensor.ts";
 import { type EdmKwargs, type NetworkConfig, toEdmKwargs } from "../nets/config.ts";
 import { createNetwork } from "../nets/network.ts";
+import { withDropoutSeed } from "../nets/layers.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
 import { Ema, EMA_RAMPUP_RATIO } from "./ema.ts";
 import { DEFAULT_INIT_SIGMA, generate, generatorNoise, zeroAugmentLabels } from "./generator.ts";
@@ -578,58 +579,67 @@ export class Distiller {
       const realNoisy = real ? inputs[aDim > 0 ? 3 : 2] as tf.Tensor4D : undefined;
       const aR = real && aDim > 0 ? inputs[4] as tf.Tensor2D : undefined;
       const held: { extra?: tf.Tensor } = {};
-      const { value, grads } = tf.variableGrads(() => {
-        let j: tf.Scalar;
-        if (sida) {
-          // Fake net in train mode (dropout on), fakes with 'encoder_decoder', reals with
-          // 'encoder', same σ, noise and label (sida-spec §3.4 steps 2-3).
-          const o = this.fake.denoise(yNoisy, sigma, {
-            labels,
-            augmentLabels: aF,
-            returnFlag: "encoder_decoder",
-            training: true,
-          });
-          const logitsReal = this.fake.denoise(realNoisy!, sigma, {
-            labels,
-            augmentLabels: aR,
-            returnFlag: "encoder",
-            training: true,
-          });
-          const l = fakeScoreDiscriminatorLoss({
-            x: y,
-            denoised: o.denoised,
-            logitsFake: o.logits,
-            logitsReal,
-            sigma,
-          });
-          j = fakeStepObjective({
-            fake: l.fake.loss,
-            disc: l.disc.loss,
-            ls: c.ls,
-            lsd: c.lsd,
-            batchTotal: B,
-          });
-          held.extra = tf.keep(tf.stack([
-            tf.mul(l.fake.loss, c.ls / B),
-            tf.mul(l.disc.loss, c.lsd / B),
-            l.disc.bceReal,
-            l.disc.bceFake,
-            tf.sum(tf.cast(l.keep, "float32")),
-          ]));
-        } else {
-          const d = this.fake.denoise(yNoisy, sigma, { labels, augmentLabels: aF, training: true });
-          const l = fakeScoreLoss({ x: y, denoised: d, sigma });
-          j = fakeStepObjective({ fake: l.loss, ls: c.ls, batchTotal: B });
-          held.extra = tf.keep(tf.stack([
-            tf.mul(l.loss, c.ls / B),
-            tf.scalar(0),
-            tf.scalar(0),
-            tf.scalar(0),
-            tf.sum(tf.cast(l.keep, "float32")),
-          ]));
-        }
-        return j;
-      }, fakeVars);
+      // Dropout masks seeded by (seed, iteration, round, step A).
+      const { value, grads } = withDropoutSeed(
+        mixSeed(c.seed, this.iteration, r, 3),
+        () =>
+          tf.variableGrads(() => {
+            let j: tf.Scalar;
+            if (sida) {
+              // Fake net in train mode (dropout on), fakes with 'encoder_decoder', reals with
+              // 'encoder', same σ, noise and label (sida-spec §3.4 steps 2-3).
+              const o = this.fake.denoise(yNoisy, sigma, {
+                labels,
+                augmentLabels: aF,
+                returnFlag: "encoder_decoder",
+                training: true,
+              });
+              const logitsReal = this.fake.denoise(realNoisy!, sigma, {
+                labels,
+                augmentLabels: aR,
+                returnFlag: "encoder",
+                training: true,
+              });
+              const l = fakeScoreDiscriminatorLoss({
+                x: y,
+                denoised: o.denoised,
+                logitsFake: o.logits,
+                logitsReal,
+                sigma,
+              });
+              j = fakeStepObjective({
+                fake: l.fake.loss,
+                disc: l.disc.loss,
+                ls: c.ls,
+                lsd: c.lsd,
+                batchTotal: B,
+              });
+              held.extra = tf.keep(tf.stack([
+                tf.mul(l.fake.loss, c.ls / B),
+                tf.mul(l.disc.loss, c.lsd / B),
+                l.disc.bceReal,
+                l.disc.bceFake,
+                tf.sum(tf.cast(l.keep, "float32")),
+              ]));
+            } else {
+              const d = this.fake.denoise(yNoisy, sigma, {
+                labels,
+                augmentLabels: aF,
+                training: true,
+              });
+              const l = fakeScoreLoss({ x: y, denoised: d, sigma });
+              j = fakeStepObjective({ fake: l.loss, ls: c.ls, batchTotal: B });
+              held.extra = tf.keep(tf.stack([
+                tf.mul(l.loss, c.ls / B),
+                tf.scalar(0),
+                tf.scalar(0),
+                tf.scalar(0),
+                tf.sum(tf.cast(l.keep, "float32")),
+              ]));
+            }
+            return j;
+          }, fakeVars),
+      );
       value.dispose();
       accumulate(accFake, grads);
       const next = tf.add(statsAcc, held.extra!);
@@ -713,13 +723,15 @@ export class Distiller {
         held.w = tf.keep(tf.where(sid.keep, sid.weightFactor, tf.fill([b], NaN)));
         return j;
       };
+      // Dropout masks (G in train mode) seeded by (seed, iteration, round, step B).
+      const seeded = <T>(fn: () => T) => withDropoutSeed(mixSeed(c.seed, this.iteration, r, 4), fn);
       if (gStep) {
-        const { value, grads } = tf.variableGrads(objective, gVars);
+        const { value, grads } = seeded(() => tf.variableGrads(objective, gVars));
         value.dispose();
         accumulate(accG, grads);
       } else {
         // Gate closed: the loss is computed (and reported) but no gradient is needed.
-        tf.tidy(objective).dispose();
+        seeded(() => tf.tidy(objective)).dispose();
       }
       const next = tf.add(statsB, held.extra!);
       statsB.dispose();

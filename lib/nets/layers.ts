@@ -11,15 +11,54 @@ import { tf } from "../deps.ts";
 import { DEFAULT_INIT, type Initializer, type InitSpec } from "./init.ts";
 import { Module } from "./module.ts";
 import { groupNorm, silu as fusedSilu, softmax } from "../runtime/native/fused.ts";
+import { mulberry32Uint } from "../runtime/random.ts";
 
 /** silu(x) = x · sigmoid(x) (one fused kernel on the `native` backend). */
 export function silu(x: tf.Tensor): tf.Tensor {
   return fusedSilu(x);
 }
 
-/** Inverted dropout (scale by 1/(1-p)), active only when `training`; the identity otherwise. */
+let nextDropoutSeed: (() => number) | undefined;
+
+/**
+ * Runs the synchronous `fn` with every dropout mask and label-dropout draw seeded from a
+ * mulberry32 stream started at `seed` (one seed per mask, in the order the forward pass draws
+ * them), so the masks of a forward pass are a function of `seed`. Outside it, masks are drawn
+ * from tfjs' unseeded generator. Nests; `fn` must not be async (the seeds would leak past an
+ * `await`).
+ *
+ * @example
+ * ```ts
+ * import { tf } from "../deps.ts";
+ * import { dropout, withDropoutSeed } from "./layers.ts";
+ * const x = tf.ones([4, 4]);
+ * const a = withDropoutSeed(7, () => dropout(x, 0.5, true));
+ * const b = withDropoutSeed(7, () => dropout(x, 0.5, true)); // the same mask as `a`
+ * ```
+ */
+export function withDropoutSeed<T>(seed: number, fn: () => T): T {
+  const outer = nextDropoutSeed;
+  nextDropoutSeed = mulberry32Uint(seed >>> 0);
+  try {
+    const out = fn();
+    if (out instanceof Promise) throw new TypeError("withDropoutSeed: fn must be synchronous");
+    return out;
+  } finally {
+    nextDropoutSeed = outer;
+  }
+}
+
+/** The seed of the next dropout draw inside {@linkcode withDropoutSeed}; undefined outside. */
+export function dropoutSeed(): number | undefined {
+  return nextDropoutSeed?.();
+}
+
+/**
+ * Inverted dropout (scale by 1/(1-p)), active only when `training`; the identity otherwise.
+ * Seeded inside {@linkcode withDropoutSeed}.
+ */
 export function dropout(x: tf.Tensor, p: number, training: boolean): tf.Tensor {
-  return training && p > 0 ? tf.dropout(x, p) : x;
+  return training && p > 0 ? tf.dropout(x, p, undefined, dropoutSeed()) : x;
 }
 
 // ---------------------------------------------------------------------------------------------

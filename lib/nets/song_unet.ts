@@ -9,6 +9,7 @@ import type { SongUNetConfig } from "./config.ts";
 import type { Initializer, InitSpec } from "./init.ts";
 import {
   Conv2d,
+  dropoutSeed,
   FourierEmbedding,
   GroupNorm,
   Linear,
@@ -52,7 +53,10 @@ export function encoderLogits(x: tf.Tensor4D): tf.Tensor4D {
   return tf.mean(x, 3, true) as tf.Tensor4D;
 }
 
-/** Applies label dropout in training mode: zeroes each sample's label with probability `p`. */
+/**
+ * Applies label dropout in training mode: zeroes each sample's label with probability `p` (seeded
+ * inside `withDropoutSeed`).
+ */
 export function labelDropout(
   labels: tf.Tensor2D,
   p: number,
@@ -60,7 +64,10 @@ export function labelDropout(
   n: number,
 ): tf.Tensor2D {
   if (!training || !p) return labels;
-  const keep = tf.cast(tf.greaterEqual(tf.randomUniform([n, 1]), p), "float32");
+  const keep = tf.cast(
+    tf.greaterEqual(tf.randomUniform([n, 1], 0, 1, "float32", dropoutSeed()), p),
+    "float32",
+  );
   return tf.mul(labels, keep) as tf.Tensor2D;
 }
 
