@@ -134,9 +134,18 @@ function checkConvLengths(ci: ConvInfo, xLen: number, wLen: number, yLen: number
   if (!ok) throw new RangeError("sida C kernels: convolution array lengths");
 }
 
-function im2col(x: Float32Array, ci: ConvInfo, r0: number, r1: number, col: Float32Array): void {
-  const c = cKernels();
-  if (c) return c.im2col(col, x, geometry(ci), r0, r1);
+/**
+ * Walks the im2col matrix rows r0 … r1−1 of `ci` (one row per output pixel, KH·KW·C columns) as
+ * runs of contiguous columns: `run(o, s, len)` for columns [o, o+len) of the chunk that read
+ * x[s, s+len) (`s` = −1 where the patch lies in the zero padding). The TypeScript im2col and col2im
+ * (used without a C compiler) are the two directions of this walk.
+ */
+function patchRuns(
+  ci: ConvInfo,
+  r0: number,
+  r1: number,
+  run: (o: number, s: number, len: number) => void,
+): void {
   const { inHeight: H, inWidth: W, inChannels: C, outHeight: Ho, outWidth: Wo } = ci;
   const { filterHeight: KH, filterWidth: KW, strideHeight: sh, strideWidth: sw } = ci;
   const { dilationHeight: dh, dilationWidth: dw } = ci;
@@ -153,27 +162,20 @@ function im2col(x: Float32Array, ci: ConvInfo, r0: number, r1: number, col: Floa
     for (let kh = 0; kh < KH; kh++) {
       const iy = iy0 + kh * dh;
       if (iy < 0 || iy >= H) {
-        col.fill(0, o, o + runC);
+        run(o, -1, runC);
         o += runC;
         continue;
       }
       const rowBase = (n * H + iy) * W;
       if (inside) {
-        let s = (rowBase + ix0) * C;
-        const end = o + runC;
-        while (o < end) col[o++] = x[s++];
+        run(o, (rowBase + ix0) * C, runC);
+        o += runC;
         continue;
       }
       for (let kw = 0; kw < KW; kw++) {
         const ix = ix0 + kw * dw;
-        if (ix < 0 || ix >= W) {
-          col.fill(0, o, o + C);
-          o += C;
-          continue;
-        }
-        let s = (rowBase + ix) * C;
-        const end = o + C;
-        while (o < end) col[o++] = x[s++];
+        run(o, ix < 0 || ix >= W ? -1 : (rowBase + ix) * C, C);
+        o += C;
       }
     }
     if (++ox === Wo) {
@@ -186,54 +188,22 @@ function im2col(x: Float32Array, ci: ConvInfo, r0: number, r1: number, col: Floa
   }
 }
 
+function im2col(x: Float32Array, ci: ConvInfo, r0: number, r1: number, col: Float32Array): void {
+  const c = cKernels();
+  if (c) return c.im2col(col, x, geometry(ci), r0, r1);
+  patchRuns(ci, r0, r1, (o, s, len) => {
+    if (s < 0) col.fill(0, o, o + len);
+    else col.set(x.subarray(s, s + len), o);
+  });
+}
+
 function col2im(col: Float32Array, ci: ConvInfo, r0: number, r1: number, x: Float32Array): void {
   const c = cKernels();
   if (c) return c.col2im(x, col, geometry(ci), r0, r1);
-  const { inHeight: H, inWidth: W, inChannels: C, outHeight: Ho, outWidth: Wo } = ci;
-  const { filterHeight: KH, filterWidth: KW, strideHeight: sh, strideWidth: sw } = ci;
-  const { dilationHeight: dh, dilationWidth: dw } = ci;
-  const top = ci.padInfo.top, left = ci.padInfo.left;
-  const runC = KW * C;
-  let ox = r0 % Wo;
-  let oy = Math.floor(r0 / Wo) % Ho;
-  let n = Math.floor(r0 / (Wo * Ho));
-  let o = 0;
-  for (let r = r0; r < r1; r++) {
-    const iy0 = oy * sh - top;
-    const ix0 = ox * sw - left;
-    const inside = dw === 1 && ix0 >= 0 && ix0 + KW <= W;
-    for (let kh = 0; kh < KH; kh++) {
-      const iy = iy0 + kh * dh;
-      if (iy < 0 || iy >= H) {
-        o += runC;
-        continue;
-      }
-      const rowBase = (n * H + iy) * W;
-      if (inside) {
-        let s = (rowBase + ix0) * C;
-        const end = o + runC;
-        while (o < end) x[s++] += col[o++];
-        continue;
-      }
-      for (let kw = 0; kw < KW; kw++) {
-        const ix = ix0 + kw * dw;
-        if (ix < 0 || ix >= W) {
-          o += C;
-          continue;
-        }
-        let s = (rowBase + ix) * C;
-        const end = o + C;
-        while (o < end) x[s++] += col[o++];
-      }
-    }
-    if (++ox === Wo) {
-      ox = 0;
-      if (++oy === Ho) {
-        oy = 0;
-        n++;
-      }
-    }
-  }
+  patchRuns(ci, r0, r1, (o, s, len) => {
+    if (s < 0) return;
+    for (let i = 0; i < len; i++) x[s + i] += col[o + i];
+  });
 }
 
 /** Whether the convolution is a plain per-pixel matrix product (1×1, stride 1, no padding). */
