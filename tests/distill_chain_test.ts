@@ -421,6 +421,22 @@ Deno.test("distill chain: the teacher's shipped FID from metadata or a sidecar; 
     JSON.stringify({ format: "x", eval: { fid: 3.5, num: 5000 } }),
   );
   assertEquals((await readShippedTeacherFid(bare))?.fid, 3.5);
+  // FIDs at several sample counts: the one matching the report's settings, else the first.
+  await Deno.writeTextFile(
+    join(f.dir, "bare-teacher.json"),
+    JSON.stringify({
+      fid: 50,
+      num: 1000,
+      ref: "data/mnist-ref-stats.npz",
+      more: [{ fid: 40, num: 10000, ref: "data/mnist-ref-stats.npz" }, { nothing: 1 }],
+    }),
+  );
+  const ref = "/somewhere/else/mnist-ref-stats.npz";
+  assertEquals((await readShippedTeacherFid(bare, { num: 10000, ref }))?.fid, 40);
+  assertEquals((await readShippedTeacherFid(bare, { num: 1000, ref }))?.fid, 50);
+  assertEquals((await readShippedTeacherFid(bare, { num: 500, ref }))?.fid, 50);
+  assertEquals((await readShippedTeacherFid(bare, { num: 10000, ref: "other.npz" }))?.fid, 50);
+  assertEquals((await readShippedTeacherFid(bare))?.fid, 50);
   assertEquals((await readShippedTeacherFid(f.teacher))?.fid, 12.5);
 
   const svg = await fidPlotSvg([{ stage: "SiD", kimg: 1, fid: 30 }, {

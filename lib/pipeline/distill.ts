@@ -713,7 +713,7 @@ export async function runDistillChain(o: DistillChainOptions = {}): Promise<Dist
         source: p.teacherSource,
         sha256: settings.teacher.sha256,
         teacher: relativeTo(out, importedTeacher),
-        shippedFid: await readShippedTeacherFid(p.teacherSource),
+        shippedFid: await readShippedTeacherFid(p.teacherSource, p.evalSettings),
       };
       await writeJson(markerPath("import"), marker);
       await log("import", "ran");
@@ -1023,7 +1023,9 @@ async function buildReport(p: Plan, teacherPath: string): Promise<ChainReport> {
     };
   }
   const imp = await readJsonOrNull<ImportDone>(join(out, "import", "stage-done.json"));
-  const shipped = imp ? imp.shippedFid : await readShippedTeacherFid(p.teacherSource);
+  // The teacher's own file first (it may record FIDs at several sample counts), else what the
+  // import stage recorded (the source may have moved since).
+  const shipped = (await readShippedTeacherFid(p.teacherSource, es)) ?? imp?.shippedFid ?? null;
   if (shipped) {
     const same = shipped.num === es.num && shipped.ref !== undefined &&
       basename(shipped.ref) === basename(es.ref);

@@ -171,12 +171,46 @@ function fidIn(obj: unknown): Omit<TeacherFid, "origin" | "source"> | null {
   return null;
 }
 
+/** The sample count and reference statistics a report's FIDs use. */
+export interface FidSettings {
+  num: number;
+  ref: string;
+}
+
+/**
+ * Every FID record in a sidecar or metadata object: the record `fidIn` finds, then those of its
+ * `more` list (FIDs of the same teacher at other sample counts or against other statistics).
+ */
+function fidRecords(obj: unknown): Omit<TeacherFid, "origin" | "source">[] {
+  const first = fidIn(obj);
+  const o = maybeJson(obj) as Record<string, unknown> | null;
+  const more = o && typeof o === "object" && Array.isArray(o.more) ? o.more : [];
+  return [
+    ...(first ? [first] : []),
+    ...more.map(fidIn).filter((r): r is Omit<TeacherFid, "origin" | "source"> => r !== null),
+  ];
+}
+
+function matches(r: Omit<TeacherFid, "origin" | "source">, want: FidSettings): boolean {
+  return r.num === want.num && r.ref !== undefined && basename(r.ref) === basename(want.ref);
+}
+
 /**
  * The teacher's shipped FID: from a sidecar JSON (`<teacher without extension>.json`, then
  * `<teacher>.json`), else from the safetensors metadata of the teacher file (see `fidIn` for the
- * keys read). Null when neither records one.
+ * keys read; a `more` list holds FIDs at other sample counts). With `want`, the record computed
+ * on that many samples against those statistics (same file name) when there is one, else the
+ * first record. Null when neither records one.
  */
-export async function readShippedTeacherFid(teacherPath: string): Promise<TeacherFid | null> {
+export async function readShippedTeacherFid(
+  teacherPath: string,
+  want?: FidSettings,
+): Promise<TeacherFid | null> {
+  const pick = (obj: unknown, source: string): TeacherFid | null => {
+    const all = fidRecords(obj);
+    const r = (want && all.find((x) => matches(x, want))) ?? all[0];
+    return r ? { ...r, origin: "shipped", source } : null;
+  };
   const stem = teacherPath.replace(/\.(safetensors|pkl|pt|pth)$/i, "");
   for (const sidecar of [`${stem}.json`, `${teacherPath}.json`]) {
     if (sidecar === teacherPath) continue;
@@ -187,8 +221,8 @@ export async function readShippedTeacherFid(teacherPath: string): Promise<Teache
       continue;
     }
     try {
-      const found = fidIn(JSON.parse(text));
-      if (found) return { ...found, origin: "shipped", source: sidecar };
+      const found = pick(JSON.parse(text), sidecar);
+      if (found) return found;
     } catch {
       // not JSON: ignore
     }
@@ -196,8 +230,8 @@ export async function readShippedTeacherFid(teacherPath: string): Promise<Teache
   if (teacherPath.toLowerCase().endsWith(".safetensors")) {
     try {
       const { metadata } = await readSafetensorsHeader(teacherPath);
-      const found = fidIn(metadata);
-      if (found) return { ...found, origin: "shipped", source: teacherPath };
+      const found = pick(metadata, teacherPath);
+      if (found) return found;
     } catch {
       // unreadable header: no FID
     }
