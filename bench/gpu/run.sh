@@ -13,8 +13,9 @@ mkdir -p /tmp/d /tmp/xdg && tar -xJf .dev/bundle.tar.xz -C /tmp/d
 export DENO_DIR=/tmp/d/devdeno PATH=/tmp/d:$PATH XDG_RUNTIME_DIR=/tmp/xdg DENO_NO_UPDATE_CHECK=1
 nvidia-smi -L 2>/dev/null
 deno eval 'const a = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
-console.log("adapter:", a ? `${a.info.description} (fallback: ${a.isFallbackAdapter})` : "none");
-if (!a || a.isFallbackAdapter) Deno.exit(3);' || exit 3
+const soft = !a || (a.info.isFallbackAdapter ?? a.isFallbackAdapter) || /llvmpipe|swiftshader|software/i.test(a.info.description);
+console.log("adapter:", a ? `${a.info.description}${soft ? " (software)" : ""}` : "none");
+if (soft) Deno.exit(3);' || exit 3
 R="deno run -A --cached-only"
 timeout $(($(left) / 2)) $R bench/kernels.ts --backends webgpu --batch 64 --repeats 3 --json "$OUT/kernels.json"
 timeout $(($(left) - 10)) $R bench/distill.ts --backends webgpu --configs mnist --iters 2 \
