@@ -73,6 +73,7 @@ export {
 export type { DenoiseOptions, Denoiser, DenoiseResult, ReturnFlag } from "./lib/nets/types.ts";
 export { EDMPrecond, InputError } from "./lib/nets/precond.ts";
 export { Module, StateDictError } from "./lib/nets/module.ts";
+export { withDropoutSeed } from "./lib/nets/layers.ts";
 export {
   configFromMetadata,
   createNetwork,

@@ -394,14 +394,13 @@ Deno.test("conv2dIm2colGrad: values and both gradients equal tf.conv2d's", async
 Deno.test("dropout: masks seeded by withDropoutSeed, one stream per forward pass", async () => {
   await setupBackend();
   const x = tf.ones([64, 16]);
-  const masks = (seed: number) =>
-    withDropoutSeed(seed, () => {
-      const a = dropout(x, 0.5, true), b = dropout(x, 0.5, true);
-      const out = [a.arraySync() as number[][], b.arraySync() as number[][]];
-      tf.dispose([a, b]);
-      return out;
-    });
-  const [a1, b1] = masks(7), [a2, b2] = masks(7), [a3] = masks(8);
+  const masks = async (seed: number) => {
+    const [a, b] = withDropoutSeed(seed, () => [dropout(x, 0.5, true), dropout(x, 0.5, true)]);
+    const out = [await a.array() as number[][], await b.array() as number[][]];
+    tf.dispose([a, b]);
+    return out;
+  };
+  const [a1, b1] = await masks(7), [a2, b2] = await masks(7), [a3] = await masks(8);
   assert.deepEqual(a1, a2, "same seed, same first mask");
   assert.deepEqual(b1, b2, "same seed, same second mask");
   assert.notDeepEqual(a1, b1, "successive masks of one pass differ");
