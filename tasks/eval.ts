@@ -9,10 +9,14 @@
  * `--detector` names `inception-2015-12-05.pt` or its safetensors conversion; without the flag
  * the `SIDA_INCEPTION` environment variable is used).
  *
+ * `--out` is created and locked (`lib/io/lock.ts`) before any work, so an unwritable folder or
+ * one in use by another task fails at once.
+ *
  * @module
  */
 import { type ImageDataset, loadImageZip, mnistDataset } from "../lib/data/dataset.ts";
 import { writeFileAtomic } from "../lib/io/atomic.ts";
+import { lockRunFolder } from "../lib/io/lock.ts";
 import { loadNetwork } from "../lib/nets/network.ts";
 import type { Detector } from "../lib/metrics/detector.ts";
 import { computeMetrics, datasetFeatures, DetectorAccumulator } from "../lib/metrics/evaluate.ts";
@@ -90,6 +94,9 @@ await runMain(async () => {
   }
   const out = (flags.out as string | undefined) ??
     `runs/eval-${new Date().toISOString().replace(/[:.]/g, "-")}`;
+  // The output folder is checked (created, written) and locked before any work: an unwritable
+  // --out fails now, not after 50,000 images.
+  await using _lock = await lockRunFolder(out, { task: "eval", partialDepth: 0 });
   const backend = await startBackend(flags.backend as string | undefined);
 
   const net = await loadNetwork(genPath);
@@ -190,7 +197,6 @@ await runMain(async () => {
   const w = Math.max(...rows.map((r) => r[0].length));
   console.log(`metrics of ${genPath} (${num} images, ${features} features, ${sampler}):`);
   for (const [k, v] of rows) console.log(`  ${k.padEnd(w)}  ${v}`);
-  await Deno.mkdir(out, { recursive: true });
   const report = {
     generator: genPath,
     num,

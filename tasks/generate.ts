@@ -6,7 +6,9 @@
  * @module
  */
 import { fastPng } from "../lib/deps.ts";
-import { writeFileAtomic } from "../lib/io/atomic.ts";
+import { dirname } from "node:path";
+import { checkWritableDir, writeFileAtomic } from "../lib/io/atomic.ts";
+import { lockRunFolder } from "../lib/io/lock.ts";
 import { hostTensor } from "../lib/io/host_tensor.ts";
 import { loadNetwork } from "../lib/nets/network.ts";
 import { generateBatches, SIGMA_INIT } from "../lib/metrics/generate.ts";
@@ -40,6 +42,18 @@ await runMain(async () => {
   if (sampler !== "onestep" && sampler !== "heun") {
     throw new UsageError(`--sampler must be onestep or heun, got '${sampler}'`);
   }
+  const toNpz = out.toLowerCase().endsWith(".npz");
+  // Where the images go is checked before any work: a folder is created and locked
+  // (lib/io/lock.ts), an .npz file's folder must be writable.
+  await using _lock = toNpz
+    ? null
+    : await lockRunFolder(out, { task: "generate", partialDepth: 0 });
+  if (toNpz) {
+    if (await Deno.stat(out).then((s) => s.isDirectory, () => false)) {
+      throw new UsageError(`--out '${out}' is a folder, not an .npz file`);
+    }
+    await checkWritableDir(dirname(out));
+  }
   await startBackend(flags.backend as string | undefined);
   const net = await loadNetwork(genPath);
   if (classLabel !== undefined && (!net.labelDim || classLabel >= net.labelDim)) {
@@ -51,10 +65,8 @@ await runMain(async () => {
   }
   const res = net.imgResolution;
   const ch = net.imgChannels;
-  const toNpz = out.toLowerCase().endsWith(".npz");
   const images = toNpz ? new Uint8Array(num * res * res * ch) : undefined;
   const labels = new Int32Array(num);
-  if (!toNpz) await Deno.mkdir(out, { recursive: true });
   for await (
     const b of generateBatches(net, { num, seed, batch, classLabel, sampler, steps, sigmaInit })
   ) {

@@ -5,6 +5,8 @@
  *
  * @module
  */
+import { dirname } from "node:path";
+import { checkWritableDir } from "../lib/io/atomic.ts";
 import { fromEdmKwargs, preset } from "../lib/nets/config.ts";
 import { describeImport, importToSafetensors } from "../lib/nets/import.ts";
 import { parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
@@ -35,6 +37,8 @@ await runMain(async () => {
     : typeof flags.config === "string"
     ? fromEdmKwargs(JSON.parse(await Deno.readTextFile(flags.config)))
     : undefined;
+  // The output's folder must be writable before the (long) conversion starts.
+  await checkWritableDir(dirname(output));
   // The import only moves weights: the CPU backend is enough, and the default.
   await startBackend(typeof flags.backend === "string" ? flags.backend : "cpu");
   const t0 = performance.now();

@@ -83,6 +83,7 @@ import { createNetwork, preset, saveNetwork } from "../nets/network.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
 import { BACKEND_NAMES, describeBackend, initBackend } from "../runtime/backend.ts";
 import { numberFlag, parseFlags, UsageError } from "../runtime/cli.ts";
+import { lockRunFolder } from "../io/lock.ts";
 import { withDropoutSeed } from "../nets/layers.ts";
 import { edmLoss } from "./edm_loss.ts";
 
@@ -859,6 +860,8 @@ export async function trainTeacher(o: TeacherOptions): Promise<TeacherResult> {
     snapKimg,
     dumpKimg,
   };
+  // One process at a time in the run folder (lib/io/lock.ts), taken before reading its state.
+  await using _lock = await lockRunFolder(o.out, { task: "teacher" });
   const latest = await findLatestState(o.out);
   if (o.resume && !latest) {
     throw new UsageError(`--resume: ${o.out} holds no training state`);

@@ -23,6 +23,7 @@
  */
 import { basename, join } from "node:path";
 import type { SamplerState } from "../data/sampler.ts";
+import { appendTextNamed, mkdirNamed, PARTIAL_FILE_RE } from "../io/atomic.ts";
 import { IoError } from "../io/host_tensor.ts";
 import type { HostTensor } from "../io/host_tensor.ts";
 import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
@@ -122,7 +123,7 @@ export async function writeTrainingState(
   run: RunInfo,
   extra: { elapsedSec?: number } = {},
 ): Promise<string> {
-  await Deno.mkdir(dir, { recursive: true });
+  await mkdirNamed(dir);
   const name = stateFileName(state.curNimg);
   const path = join(dir, name);
   await writeSafetensors(path, state.tensors, {
@@ -262,10 +263,14 @@ export async function writeSnapshot(
   return path;
 }
 
-/** Removes temporary files left by an interrupted atomic write (`.<name>.<random>.partial`). */
+/**
+ * Removes temporary files left by an interrupted atomic write (`.<name>.<16 hex>.partial`,
+ * `writeFileAtomic`) in `dir`. Call only while holding the folder's lock (`lib/io/lock.ts`, which
+ * does this itself when it takes the lock).
+ */
 export async function removeStaleTemporaries(dir: string): Promise<void> {
   for (const name of await listDir(dir)) {
-    if (/^\.(training-state|network-snapshot)-.*\.partial$/.test(name)) {
+    if (PARTIAL_FILE_RE.test(name)) {
       await Deno.remove(join(dir, name)).catch(() => {});
     }
   }
@@ -342,12 +347,9 @@ export function tickRecord(
   };
 }
 
-/** Appends one JSON object per line to `log.jsonl`. */
+/** Appends one JSON object per line to `log.jsonl` (an error names the file). */
 export async function appendLog(dir: string, record: object): Promise<void> {
-  await Deno.writeTextFile(join(dir, "log.jsonl"), JSON.stringify(record) + "\n", {
-    append: true,
-    create: true,
-  });
+  await appendTextNamed(join(dir, "log.jsonl"), JSON.stringify(record) + "\n");
 }
 
 function formatDuration(sec: number): string {

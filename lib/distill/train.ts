@@ -22,6 +22,7 @@ import { loadNetwork } from "../nets/network.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
 import { BACKEND_NAMES, describeBackend, initBackend } from "../runtime/backend.ts";
 import { numberFlag, parseFlags, UsageError } from "../runtime/cli.ts";
+import { lockRunFolder } from "../io/lock.ts";
 import {
   type DistillConfig,
   Distiller,
@@ -228,6 +229,8 @@ export async function runDistillation(opts: DistillationOptions): Promise<Distil
       snapKimg,
       dumpKimg,
     };
+    // One process at a time in the run folder (lib/io/lock.ts), taken before reading its state.
+    await using _lock = await lockRunFolder(opts.out, { task: opts.method });
     const latest = await findLatestState(opts.out);
     let elapsedBefore = 0;
     if (latest) {

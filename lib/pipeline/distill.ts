@@ -28,7 +28,8 @@
 import { createHash } from "node:crypto";
 import { basename, join } from "node:path";
 import { loadImageZip } from "../data/dataset.ts";
-import { writeFileAtomic } from "../io/atomic.ts";
+import { appendTextNamed, mkdirNamed, PARTIAL_FILE_RE, writeFileAtomic } from "../io/atomic.ts";
+import { LOCK_FILE, lockRunFolder } from "../io/lock.ts";
 import { IoError } from "../io/host_tensor.ts";
 import { readSafetensorsHeader } from "../io/safetensors.ts";
 import { importToSafetensors } from "../nets/import.ts";
@@ -621,21 +622,7 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
     (o.teacher === undefined
       ? DEFAULT_MNIST_OUT
       : `runs/distill-${basename(teacherSource).replace(/\.[^.]*$/, "")}`);
-  const saved = await readJsonOrNull<ChainSettings>(join(out, "chain.json"));
-  if (saved) {
-    const savedTraining = { ...saved, teacher: { sha256: saved.teacher?.sha256 } };
-    const nowTraining = { ...settings, teacher: { sha256 } };
-    const d = firstDifference(savedTraining, nowTraining);
-    if (d) {
-      throw new UsageError(
-        `${out} was started with other settings: ${d}; use another --out, or the same settings`,
-      );
-    }
-  } else if (await exists(out)) {
-    for await (const _ of Deno.readDir(out)) {
-      throw new UsageError(`${out} exists and is not a distillation run folder (no chain.json)`);
-    }
-  }
+  await checkRunFolder(out, settings);
   const done = (s: string) => isFile(join(out, s, "stage-done.json"));
   if (stages.has("sida") && !stages.has("sid") && !(await done("sid")) && !(await done("sida"))) {
     throw new UsageError(
@@ -660,6 +647,29 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
   };
 }
 
+/**
+ * Refuses a run folder started with other training settings, or a non-empty folder that is no
+ * chain's (its lock and stale temporaries aside).
+ */
+async function checkRunFolder(out: string, settings: ChainSettings): Promise<void> {
+  const saved = await readJsonOrNull<ChainSettings>(join(out, "chain.json"));
+  if (saved) {
+    const savedTraining = { ...saved, teacher: { sha256: saved.teacher?.sha256 } };
+    const nowTraining = { ...settings, teacher: { sha256: settings.teacher.sha256 } };
+    const d = firstDifference(savedTraining, nowTraining);
+    if (d) {
+      throw new UsageError(
+        `${out} was started with other settings: ${d}; use another --out, or the same settings`,
+      );
+    }
+  } else if (await exists(out)) {
+    for await (const e of Deno.readDir(out)) {
+      if (e.name === LOCK_FILE || PARTIAL_FILE_RE.test(e.name)) continue;
+      throw new UsageError(`${out} exists and is not a distillation run folder (no chain.json)`);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The chain
 
@@ -674,7 +684,11 @@ export async function runDistillChain(o: DistillChainOptions = {}): Promise<Dist
     if (!o.quiet) console.error(s);
   };
   const { out, settings } = p;
-  await Deno.mkdir(out, { recursive: true });
+  // One process at a time in the folder (a second one stops here, having written nothing); stale
+  // temporaries of a killed run (e.g. a half-copied teacher) go once the lock is held.
+  await using _lock = await lockRunFolder(out, { task: "distill" });
+  // Settings are checked again under the lock: another chain may have started the folder since.
+  await checkRunFolder(out, settings);
   if (!(await isFile(join(out, "chain.json")))) await writeJson(join(out, "chain.json"), settings);
   const status: Record<StageName, StageStatus> = {
     import: "not selected",
@@ -684,10 +698,9 @@ export async function runDistillChain(o: DistillChainOptions = {}): Promise<Dist
   };
   const log = async (stage: StageName, action: StageStatus) => {
     status[stage] = action;
-    await Deno.writeTextFile(
+    await appendTextNamed(
       join(out, "chain-log.jsonl"),
       JSON.stringify({ time: new Date().toISOString(), stage, action }) + "\n",
-      { append: true, create: true },
     );
   };
   const markerPath = (stage: StageName) => join(out, stage, "stage-done.json");
@@ -874,7 +887,7 @@ async function datasetRefStats(
   const ds = await loadImageZip(zip);
   const acc = await datasetFeatures(detector, ds, { batch: p.evalSettings.batch });
   const stats: Stats = { mu: acc.stats.mean(), sigma: acc.stats.cov(), dim: acc.stats.dim };
-  await Deno.mkdir(join(p.out, "eval"), { recursive: true });
+  await mkdirNamed(join(p.out, "eval"));
   await saveRefStats(npz, stats);
   await writeJson(sidecar, key);
   say(
@@ -1149,7 +1162,7 @@ export function parseDistillChainArgs(args: string[]): DistillChainOptions {
   const str = (k: string) => typeof f[k] === "string" ? f[k] as string : undefined;
   const pos = (k: string) => {
     if (f[k] === undefined) return undefined;
-    const v = numberFlag(k, f[k], NaN, { min: 0 });
+    const v = numberFlag(k, f[k], NaN);
     if (!(v > 0)) throw new UsageError(`--${k} must be > 0, got ${v}`);
     return v;
   };

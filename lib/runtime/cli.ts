@@ -35,9 +35,40 @@ export interface ParsedFlags {
   backend?: string;
 }
 
+/** A negative number as a command-line token: `-1`, `-1e-4`, `-.5`, `-Infinity`. */
+const NEGATIVE_NUMBER_RE = /^-(?:\d|\.\d|Infinity$)/;
+
+/**
+ * `args` with every string flag followed by a negative number joined into one token
+ * (`--budget -1` → `--budget=-1`), since node's `parseArgs` takes `-1` for a flag ("argument is
+ * ambiguous"). Tokens after `--` are left alone.
+ */
+export function joinNegativeValues(args: string[], stringFlags: Iterable<string>): string[] {
+  const names = new Set(stringFlags);
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === "--") {
+      out.push(...args.slice(i));
+      break;
+    }
+    const next = args[i + 1];
+    if (
+      a.startsWith("--") && !a.includes("=") && names.has(a.slice(2)) && next !== undefined &&
+      NEGATIVE_NUMBER_RE.test(next)
+    ) {
+      out.push(`${a}=${next}`);
+      i++;
+    } else out.push(a);
+  }
+  return out;
+}
+
 /**
  * Parses `args` strictly: an unknown flag, a missing value or a string flag given twice is a
- * {@linkcode UsageError} whose message ends with the usage line.
+ * {@linkcode UsageError} whose message ends with the usage line. A negative number after a
+ * string flag is its value (`--seed -3`), so that the flag's own check can reject it with a
+ * clear message.
  */
 export function parseFlags(args: string[], spec: FlagSpec, usage: string): ParsedFlags {
   const options: Record<string, { type: "string" | "boolean" }> = { backend: { type: "string" } };
@@ -45,7 +76,7 @@ export function parseFlags(args: string[], spec: FlagSpec, usage: string): Parse
   for (const b of spec.boolean ?? []) options[b] = { type: "boolean" };
   try {
     const { values, positionals } = parseArgs({
-      args,
+      args: joinNegativeValues(args, ["backend", ...(spec.string ?? [])]),
       options,
       allowPositionals: true,
       strict: true,
@@ -96,10 +127,84 @@ export async function startBackend(name?: string): Promise<BackendInfo> {
 }
 
 /**
+ * Whether process `pid` is `deno task` (its command line: a `deno` executable whose first
+ * non-flag argument is `task`). Linux reads `/proc/<pid>/cmdline`; elsewhere `ps`; false when it
+ * cannot be told.
+ */
+export async function isDenoTask(pid: number): Promise<boolean> {
+  let argv: string[];
+  try {
+    if (Deno.build.os === "linux") {
+      argv = (await Deno.readTextFile(`/proc/${pid}/cmdline`)).split("\0");
+    } else if (Deno.build.os === "windows") {
+      return false;
+    } else {
+      const r = await new Deno.Command("ps", {
+        args: ["-o", "args=", "-p", String(pid)],
+        stderr: "null",
+      }).output();
+      argv = new TextDecoder().decode(r.stdout).trim().split(/\s+/);
+    }
+  } catch {
+    return false;
+  }
+  const exe = (argv[0] ?? "").split(/[\\/]/).pop() ?? "";
+  return /^deno(\.exe)?$/.test(exe) && argv.slice(1).find((a) => !a.startsWith("-")) === "task";
+}
+
+/**
+ * Stops this process when the `deno task` that started it ends: killing `deno task` (SIGTERM,
+ * SIGKILL) does not stop its `deno run` child. Once a second the parent pid is compared with the
+ * one at start; when it changed (the child was re-parented), the process sends itself SIGINT, so
+ * a task with a Ctrl-C handler finishes its step, writes its state and releases its run-folder
+ * lock, and any other task ends as on Ctrl-C. Only under `deno task` (unless `always`): a task
+ * started from a shell that then exits (`nohup deno run … &`) keeps running. A poll rather than
+ * Linux's `PR_SET_PDEATHSIG`, which fires when the parent's forking *thread* ends and needs FFI.
+ * Nothing is done on Windows or when the parent is pid 1. The timer does not keep the process
+ * alive.
+ */
+export async function stopWithParent(
+  opts: { intervalMs?: number; always?: boolean } = {},
+): Promise<void> {
+  if (Deno.build.os === "windows") return;
+  let parent: number;
+  try {
+    parent = Deno.ppid;
+  } catch {
+    return;
+  }
+  if (parent <= 1 || (!opts.always && !(await isDenoTask(parent)))) return;
+  const id = setInterval(() => {
+    if (Deno.ppid === parent) return;
+    clearInterval(id);
+    try {
+      console.error(`\nthe parent process (deno task, pid ${parent}) has ended: stopping`);
+    } catch {
+      // stderr went with the parent
+    }
+    Deno.kill(Deno.pid, "SIGINT");
+  }, opts.intervalMs ?? 1000);
+  Deno.unrefTimer(id);
+}
+
+/**
  * Runs a task's main function: any error is printed as one line (`error: …`) and the process
- * exits with status 1 (2 for a {@linkcode UsageError}).
+ * exits with status 1 (2 for a {@linkcode UsageError}). The task also stops when its parent
+ * `deno task` ends ({@linkcode stopWithParent}), and SIGTERM exits with status 143 through
+ * `Deno.exit`, so that run-folder locks are released (`lib/io/lock.ts`).
  */
 export async function runMain(main: () => Promise<void>): Promise<void> {
+  await stopWithParent();
+  const onTerm = () => Deno.exit(143);
+  let termHooked = false;
+  if (Deno.build.os !== "windows") {
+    try {
+      Deno.addSignalListener("SIGTERM", onTerm);
+      termHooked = true;
+    } catch {
+      // signals not available
+    }
+  }
   try {
     await main();
   } catch (e) {
@@ -108,5 +213,7 @@ export async function runMain(main: () => Promise<void>): Promise<void> {
     console.error(`error: ${line}`);
     if (Deno.env.get("SIDA_DEBUG")) console.error(err?.stack);
     Deno.exit(err instanceof UsageError ? 2 : 1);
+  } finally {
+    if (termHooked) Deno.removeSignalListener("SIGTERM", onTerm);
   }
 }
