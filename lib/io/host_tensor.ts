@@ -78,6 +78,41 @@ export interface HostTensor {
  */
 export class IoError extends Error {
   override name = "IoError";
+  /**
+   * @param message the problem; control characters in it are escaped ({@linkcode printable}),
+   *   and a message longer than 1000 characters (a name taken from a hostile file) is cut.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    const m = printable(message);
+    super(m.length > 1000 ? `${m.slice(0, 600)} … ${m.slice(-300)}` : m, options);
+  }
+}
+
+// C0 and C1 control characters, DEL, and the Unicode bidirectional overrides and isolates.
+// deno-lint-ignore no-control-regex
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * `s` with every control character escaped (`\x1b`, `\n`, `\u202e`), so that a name taken from
+ * a file can be printed in a message without driving the terminal (clearing the screen, moving
+ * the cursor, faking a line of output) or reordering the text.
+ *
+ * @example
+ * ```ts
+ * import { printable } from "./host_tensor.ts";
+ * console.log(printable("a\x1b[2Jb")); // a\x1b[2Jb (escaped: the screen is not cleared)
+ * ```
+ */
+export function printable(s: string): string {
+  return s.replace(UNPRINTABLE, (c) => {
+    const code = c.charCodeAt(0);
+    if (c === "\n") return "\\n";
+    if (c === "\r") return "\\r";
+    if (c === "\t") return "\\t";
+    return code < 0x100
+      ? `\\x${code.toString(16).padStart(2, "0")}`
+      : `\\u${code.toString(16).padStart(4, "0")}`;
+  });
 }
 
 const BYTES_PER_ELEMENT: Record<DType, number> = {
@@ -503,4 +538,74 @@ export function toTfTensor(h: HostTensor): Tensor {
         "int32",
       );
   }
+}
+
+/**
+ * Counts the non-finite elements (NaN, ±Infinity) of a floating-point tensor; 0 for integer and
+ * bool tensors. float16 and bfloat16 are checked on their raw bits (all exponent bits set).
+ *
+ * @example
+ * ```ts
+ * import { countNonFinite, hostTensor } from "./host_tensor.ts";
+ * console.log(countNonFinite(hostTensor("float32", [3], new Float32Array([1, NaN, Infinity])))); // 2
+ * ```
+ */
+export function countNonFinite(t: HostTensor): number {
+  let bad = 0;
+  if (t.dtype === "float32" || t.dtype === "float64") {
+    const d = t.data as Float32Array | Float64Array;
+    for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i])) bad++;
+  } else if (t.dtype === "float16" || t.dtype === "bfloat16") {
+    const mask = t.dtype === "float16" ? 0x7c00 : 0x7f80;
+    const d = t.data as Uint16Array;
+    for (let i = 0; i < d.length; i++) if ((d[i] & mask) === mask) bad++;
+  }
+  return bad;
+}
+
+/**
+ * Whether non-finite weights are accepted when no option says so: `SIDA_ALLOW_NONFINITE=1` in the
+ * environment (what the tasks' `--allow-nonfinite` flag sets). Without permission to read the
+ * environment, `false`.
+ */
+export function nonFiniteAllowedByDefault(): boolean {
+  try {
+    return Deno.env.get("SIDA_ALLOW_NONFINITE") === "1";
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Refuses weights that hold NaN or infinite values, naming the file, how many tensors and the
+ * first few of them; a checkpoint like that would train or sample to NaN without another word.
+ *
+ * @param tensors the weights, by name.
+ * @param path the file, for the message.
+ * @param allow accept them anyway (default: {@linkcode nonFiniteAllowedByDefault}).
+ * @throws {IoError} when some tensor holds a non-finite value and `allow` is false.
+ */
+export function checkFiniteWeights(
+  tensors: Iterable<[string, HostTensor]>,
+  path: string,
+  allow: boolean = nonFiniteAllowedByDefault(),
+): void {
+  if (allow) return;
+  const bad: string[] = [];
+  let total = 0;
+  for (const [name, t] of tensors) {
+    const n = countNonFinite(t);
+    if (n > 0) {
+      total += n;
+      bad.push(`${name} (${n} of ${t.data.length})`);
+    }
+  }
+  if (bad.length === 0) return;
+  throw new IoError(
+    `${path}: ${total} non-finite weights (NaN or Inf) in ${bad.length} tensor${
+      bad.length > 1 ? "s" : ""
+    }: ${bad.slice(0, 3).join(", ")}${
+      bad.length > 3 ? ", …" : ""
+    }; refusing to load them (--allow-nonfinite or SIDA_ALLOW_NONFINITE=1 to load anyway)`,
+  );
 }

@@ -213,6 +213,11 @@ export interface StorageData {
   source: ByteSource;
   /** Offset of the first element. */
   offset: number;
+  /**
+   * Checks the integrity of the bytes (a zip entry's CRC-32), throwing an `IoError` when they
+   * are corrupt; called once, before the first read of the storage.
+   */
+  verify?: () => void;
 }
 
 /**
@@ -871,7 +876,9 @@ class Machine {
         case 0x46: { // FLOAT (text)
           const s = this.readLine("FLOAT").trim();
           const v = Number(s);
-          if (Number.isNaN(v) && !/^[+-]?nan$/i.test(s)) this.fail(`FLOAT: bad value '${s}'`);
+          if (Number.isNaN(v) && !/^[+-]?nan$/i.test(s)) {
+            this.fail(`FLOAT: bad value '${s.slice(0, 40)}'`);
+          }
           this.push(v);
           break;
         }

@@ -21,6 +21,7 @@
  * @module
  */
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { crc32 as zlibCrc32 } from "node:zlib";
 import {
   bytesPerElement,
   type HostTensor,
@@ -241,6 +242,15 @@ function readLegacy(src: ByteSource, name: string, depth: number): PyValue {
   for (const [key, st] of storages) {
     if (!st.data) throw new IoError(`${name}: no data for storage '${key}'`);
   }
+  // torch.save writes nothing after the last storage: bytes left over mean that a storage's type
+  // or count does not describe its data (a FloatStorage declared as a HalfStorage, say).
+  if (pos !== src.size) {
+    throw new IoError(
+      `${name}: ${
+        src.size - pos
+      } bytes after the last storage: the storage types or counts do not match the data`,
+    );
+  }
   return obj;
 }
 
@@ -267,6 +277,7 @@ function storageFromPid(pid: PyValue, name: string): StorageRef {
 
 interface ZipEntry {
   name: string;
+  crc32: number;
   method: number;
   size: number;
   compressedSize: number;
@@ -324,6 +335,7 @@ function readZipDirectory(src: ByteSource, name: string): Map<string, ZipEntry> 
       throw new IoError(`${name}: zip: bad central directory entry ${i}`);
     }
     const method = u16(cd, p + 10);
+    const crc = u32(cd, p + 16);
     let compressedSize = u32(cd, p + 20);
     let size = u32(cd, p + 24);
     const nameLen = u16(cd, p + 28);
@@ -355,7 +367,14 @@ function readZipDirectory(src: ByteSource, name: string): Map<string, ZipEntry> 
       }
       e += 4 + len;
     }
-    entries.set(entryName, { name: entryName, method, size, compressedSize, localOffset });
+    entries.set(entryName, {
+      name: entryName,
+      crc32: crc,
+      method,
+      size,
+      compressedSize,
+      localOffset,
+    });
     p += 46 + nameLen + extraLen + commentLen;
   }
   return entries;
@@ -384,29 +403,51 @@ function zipEntrySource(src: ByteSource, e: ZipEntry, name: string): ByteSource 
   return sliceSource(src, start, e.size);
 }
 
+/**
+ * Checks a stored entry's bytes against the CRC-32 of the central directory: a flipped bit, or a
+ * local header whose changed length shifts the data, would otherwise load other weights.
+ */
+function checkCrc(data: ByteSource, e: ZipEntry, name: string): void {
+  let crc = 0;
+  for (let off = 0; off < data.size; off += 1 << 26) {
+    crc = zlibCrc32(data.read(off, Math.min(1 << 26, data.size - off)), crc);
+  }
+  if (crc >>> 0 !== e.crc32) {
+    throw new IoError(`${name}: zip entry '${e.name}' is corrupt (CRC-32 mismatch)`);
+  }
+}
+
 function readZipTorch(src: ByteSource, name: string): PyValue {
   const entries = readZipDirectory(src, name);
   const pkl = [...entries.keys()].find((k) => k === "data.pkl" || k.endsWith("/data.pkl"));
   if (!pkl) throw new IoError(`${name}: zip archive has no data.pkl (not a torch.save file)`);
   const prefix = pkl.slice(0, pkl.length - "data.pkl".length);
   const pklSrc = zipEntrySource(src, entries.get(pkl)!, name);
+  checkCrc(pklSrc, entries.get(pkl)!, name);
   const storages = new Map<string, StorageRef>();
   const { value } = unpickleNested(pklSrc, {
     name,
     persistentLoad: (pid) => {
       const st = storageFromPid(pid, name);
       const prev = storages.get(st.key);
-      if (prev) return prev;
+      if (prev) {
+        if (prev.dtype !== st.dtype || prev.numel !== st.numel) {
+          throw new IoError(`${name}: storage '${st.key}' is declared twice with different types`);
+        }
+        return prev;
+      }
       const e = entries.get(`${prefix}data/${st.key}`);
       if (!e) throw new IoError(`${name}: zip archive lacks the data of storage '${st.key}'`);
       const data = zipEntrySource(src, e, name);
       const nbytes = st.numel * bytesPerElement(st.dtype);
-      if (data.size < nbytes) {
+      // torch.save stores exactly the storage's bytes: any other size means the declared type or
+      // count does not describe the data (a FloatStorage read as half floats, say).
+      if (data.size !== nbytes) {
         throw new IoError(
-          `${name}: storage '${st.key}' claims ${nbytes} bytes but its entry holds ${data.size}`,
+          `${name}: storage '${st.key}' declares ${nbytes} bytes (${st.numel} × ${st.dtype}) but its entry holds ${data.size}`,
         );
       }
-      st.data = { source: data, offset: 0 };
+      st.data = { source: data, offset: 0, verify: () => checkCrc(data, e, name) };
       storages.set(st.key, st);
       return st;
     },
@@ -432,10 +473,22 @@ export function readTensor(ref: TensorRef): HostTensor {
   const shape = [...ref.shape];
   if (n === 0) return { dtype: st.dtype, shape, data: typedArrayFor(st.dtype, new ArrayBuffer(0)) };
   if (!st.data) throw new IoError(`storage '${st.key}' has no data`);
+  if (st.data.verify) {
+    st.data.verify();
+    st.data.verify = undefined;
+  }
   let span = 1;
   for (let i = 0; i < shape.length; i++) span += (shape[i] - 1) * ref.stride[i];
   if (ref.storageOffset + span > st.numel) {
     throw new IoError(`tensor view exceeds its storage '${st.key}'`);
+  }
+  // Views whose elements overlap (zero strides of an expanded tensor, or strides that revisit
+  // elements) never come from a module's parameters or buffers; they would let a few stored bytes
+  // become an array of any size, or a flipped stride silently repeat weights.
+  if (overlaps(shape, ref.stride)) {
+    throw new IoError(
+      `tensor view [${shape}] with strides [${ref.stride}] of storage '${st.key}' repeats elements`,
+    );
   }
   const raw = st.data.source.read(st.data.offset + ref.storageOffset * es, span * es);
   const owned = raw.byteOffset === 0 && raw.buffer.byteLength === raw.length ? raw : raw.slice();
@@ -449,6 +502,18 @@ export function readTensor(ref: TensorRef): HostTensor {
     ref.stride,
   );
   return { dtype: st.dtype, shape, data: out };
+}
+
+/** Whether two indices of the view address the same element (dimensions of size 1 aside). */
+function overlaps(shape: number[], stride: number[]): boolean {
+  const dims = shape.map((n, i) => ({ n, s: stride[i] })).filter((d) => d.n > 1)
+    .sort((a, b) => a.s - b.s);
+  let reach = 0; // the largest offset reachable with the smaller-stride dimensions
+  for (const d of dims) {
+    if (d.s <= reach) return true;
+    reach += (d.n - 1) * d.s;
+  }
+  return false;
 }
 
 function isContiguous(shape: number[], stride: number[]): boolean {
@@ -514,13 +579,31 @@ export function stateDictOf(module: PyValue, prefix = ""): Map<string, TensorRef
     }
     if (tensors > 0) return out;
   }
-  walk(module, prefix, out, 0);
+  walk(module, prefix, out, 0, { left: MAX_MODULE_VISITS });
   return out;
 }
 
-function walk(module: PyValue, prefix: string, out: Map<string, TensorRef>, depth: number): void {
+/**
+ * Modules and tensors {@linkcode stateDictOf} visits at most: a module shared by several parents
+ * is visited once per path, so a DAG of shared modules could otherwise expand exponentially.
+ * (The largest EDM/ADM networks have ~2,000 modules and tensors.)
+ */
+const MAX_MODULE_VISITS = 1_000_000;
+
+function walk(
+  module: PyValue,
+  prefix: string,
+  out: Map<string, TensorRef>,
+  depth: number,
+  budget: { left: number },
+): void {
   if (depth > MAX_DEPTH) {
-    throw new IoError(`module tree nested deeper than ${MAX_DEPTH} levels at '${prefix}'`);
+    throw new IoError(`module tree nested deeper than ${MAX_DEPTH} levels at '${clip(prefix)}'`);
+  }
+  if (--budget.left < 0) {
+    throw new IoError(
+      `module tree has more than ${MAX_MODULE_VISITS} modules and tensors (shared modules expanded?)`,
+    );
   }
   const state = moduleState(module);
   if (!state) throw new IoError(`'${prefix || "<root>"}' is not a torch module`);
@@ -534,7 +617,10 @@ function walk(module: PyValue, prefix: string, out: Map<string, TensorRef>, dept
       if (v === null) continue;
       if (typeof k !== "string") throw new IoError(`'${prefix}${field}' has a non-string key`);
       if (field === "_buffers" && skip.has(k)) continue;
-      if (!(v instanceof TensorRef)) throw new IoError(`'${prefix}${k}' is not a tensor`);
+      if (!(v instanceof TensorRef)) throw new IoError(`'${clip(prefix + k)}' is not a tensor`);
+      if (--budget.left < 0) {
+        throw new IoError(`module tree has more than ${MAX_MODULE_VISITS} modules and tensors`);
+      }
       out.set(prefix + k, v);
     }
   }
@@ -544,8 +630,13 @@ function walk(module: PyValue, prefix: string, out: Map<string, TensorRef>, dept
   for (const [k, v] of mods) {
     if (v === null) continue;
     if (typeof k !== "string") throw new IoError(`'${prefix}_modules' has a non-string key`);
-    walk(v, `${prefix}${k}.`, out, depth + 1);
+    walk(v, `${prefix}${k}.`, out, depth + 1, budget);
   }
+}
+
+/** A name from a file, shortened for a message. */
+function clip(s: string): string {
+  return s.length > 200 ? `${s.slice(0, 200)}…` : s;
 }
 
 /** JSON-like plain values: what {@linkcode toPlain} returns. */
@@ -556,19 +647,44 @@ export type Plain = null | boolean | number | string | Plain[] | { [k: string]: 
  * keys, numpy scalars) to plain JavaScript values. Big integers become numbers; anything else
  * (tensors, objects) is an {@linkcode IoError} naming `what`.
  */
-export function toPlain(v: PyValue, what = "value", depth = 0): Plain {
-  if (depth > MAX_DEPTH) throw new IoError(`${what}: nested too deeply`);
+export function toPlain(v: PyValue, what = "value", maxNodes = PLAIN_MAX_NODES): Plain {
+  const budget = { left: maxNodes };
+  return plainOf(v, what, 0, budget, maxNodes);
+}
+
+/** Values {@linkcode toPlain} visits at most by default (`_init_kwargs` of EDM has ~30). */
+export const PLAIN_MAX_NODES = 100_000;
+
+/** Depth of plain values (nested lists and dicts) that {@linkcode toPlain} accepts. */
+const PLAIN_MAX_DEPTH = 32;
+
+function plainOf(
+  v: PyValue,
+  what: string,
+  depth: number,
+  budget: { left: number },
+  maxNodes: number,
+): Plain {
+  // Shared references (memo GETs) make a DAG whose expansion can be exponential in the file's
+  // size: every visit counts, so the work is bounded whatever the sharing.
+  if (--budget.left < 0) {
+    throw new IoError(`${what}: more than ${maxNodes} values (shared references expanded?)`);
+  }
+  if (depth > PLAIN_MAX_DEPTH) throw new IoError(`${what}: nested too deeply`);
   if (v === null || typeof v === "boolean" || typeof v === "number" || typeof v === "string") {
     return v;
   }
   if (typeof v === "bigint") return Number(v);
-  if (Array.isArray(v)) return v.map((x) => toPlain(x, what, depth + 1));
-  if (v instanceof PyTuple) return v.items.map((x) => toPlain(x, what, depth + 1));
+  if (Array.isArray(v)) return v.map((x) => plainOf(x, what, depth + 1, budget, maxNodes));
+  if (v instanceof PyTuple) {
+    return v.items.map((x) => plainOf(x, what, depth + 1, budget, maxNodes));
+  }
   if (v instanceof PyDict) {
     const o: { [k: string]: Plain } = {};
     for (const [k, x] of v) {
       if (typeof k !== "string") throw new IoError(`${what}: a dict key is not a string`);
-      o[k] = toPlain(x, `${what}.${k}`, depth + 1);
+      const key = k.length > 64 ? `${k.slice(0, 64)}…` : k;
+      o[k] = plainOf(x, depth < 4 ? `${what}.${key}` : what, depth + 1, budget, maxNodes);
     }
     return o;
   }

@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { printable } from "../io/host_tensor.ts";
 
 /** Options of the SongUNet backbone (DDPM++ and NCSN++), `edm:training/networks.py:228-263`. */
 export interface SongUNetConfig {
@@ -96,6 +97,10 @@ export type NetworkConfigInput =
 /** Error for an invalid network configuration. */
 export class ConfigError extends Error {
   override name = "ConfigError";
+  /** @param message the problem; control characters (from a file's values) are escaped. */
+  constructor(message: string) {
+    super(printable(message));
+  }
 }
 
 /** SongUNet class defaults (`edm:training/networks.py:230-250`). */
@@ -164,25 +169,88 @@ function isPosInt(v: unknown): v is number {
   return typeof v === "number" && Number.isInteger(v) && v > 0;
 }
 
+/**
+ * Sane limits of a configuration, far above every published EDM/ADM network (the largest, ADM on
+ * ImageNet 64, has 192 channels, multipliers [1,2,3,4], 3 blocks, 296M parameters): a file that
+ * asks for more is refused before anything is allocated.
+ */
+export const CONFIG_LIMITS = {
+  imgResolution: 4096,
+  imgChannels: 64,
+  labelDim: 100_000,
+  augmentDim: 64,
+  modelChannels: 4096,
+  channelMultLength: 8,
+  channelMult: 64,
+  channelMultEmb: 64,
+  channelMultNoise: 64,
+  numBlocks: 64,
+  attnResolutions: 16,
+  resampleFilter: 16,
+  /** Parameters (float32 elements), estimated from above by {@linkcode estimateParameters}. */
+  parameters: 2 ** 31,
+} as const;
+
+/**
+ * An upper bound on the number of parameters of a configuration, computed without building it:
+ * per level, the encoder's and decoder's blocks with at most three times the level's channels
+ * in, a 3×3 convolution pair, the embedding projection, a 1×1 skip and attention; plus the
+ * noise, label and augmentation embeddings.
+ */
+export function estimateParameters(c: NetworkConfig): number {
+  const u = c.unet;
+  const emb = u.modelChannels * u.channelMultEmb;
+  const noise = u.arch === "SongUNet" ? u.modelChannels * u.channelMultNoise : u.modelChannels;
+  let total = noise * emb + emb * emb + (c.labelDim + c.augmentDim) * Math.max(noise, emb);
+  const maxC = u.modelChannels * Math.max(...u.channelMult);
+  total += 2 * 9 * (c.imgChannels + 4) * maxC;
+  for (const m of u.channelMult) {
+    const ch = u.modelChannels * m;
+    const perBlock = 3 * ch * ch * 9 + ch * ch * 9 + 2 * emb * ch + 3 * ch * ch + 4 * ch * ch +
+      10 * ch;
+    total += (2 * u.numBlocks + 3) * perBlock;
+  }
+  return total;
+}
+
 function validateConfig(c: NetworkConfig): void {
   const bad = (what: string) => {
     throw new ConfigError(`invalid network config: ${what}`);
+  };
+  const L = CONFIG_LIMITS;
+  const upTo = (v: number, limit: number, what: string) => {
+    if (v > limit) bad(`${what} ${v} exceeds the limit of ${limit}`);
   };
   if (!isPosInt(c.imgResolution)) bad(`imgResolution ${c.imgResolution}`);
   if (!isPosInt(c.imgChannels)) bad(`imgChannels ${c.imgChannels}`);
   if (!Number.isInteger(c.labelDim) || c.labelDim < 0) bad(`labelDim ${c.labelDim}`);
   if (!Number.isInteger(c.augmentDim) || c.augmentDim < 0) bad(`augmentDim ${c.augmentDim}`);
-  if (!(c.sigmaData > 0)) bad(`sigmaData ${c.sigmaData}`);
+  if (!(c.sigmaData > 0) || !Number.isFinite(c.sigmaData)) bad(`sigmaData ${c.sigmaData}`);
+  if (!(c.sigmaMin >= 0) || !(c.sigmaMax > c.sigmaMin)) {
+    bad(`sigmaMin ${c.sigmaMin} / sigmaMax ${c.sigmaMax}`);
+  }
+  upTo(c.imgResolution, L.imgResolution, "imgResolution");
+  upTo(c.imgChannels, L.imgChannels, "imgChannels");
+  upTo(c.labelDim, L.labelDim, "labelDim");
+  upTo(c.augmentDim, L.augmentDim, "augmentDim");
   const u = c.unet;
   if (!isPosInt(u.modelChannels)) bad(`modelChannels ${u.modelChannels}`);
+  upTo(u.modelChannels, L.modelChannels, "modelChannels");
   if (
     !Array.isArray(u.channelMult) || u.channelMult.length === 0 || !u.channelMult.every(isPosInt)
   ) {
-    bad(`channelMult ${JSON.stringify(u.channelMult)}`);
+    bad(`channelMult ${JSON.stringify(u.channelMult).slice(0, 80)}`);
   }
+  upTo(u.channelMult.length, L.channelMultLength, "number of levels (channelMult length)");
+  upTo(Math.max(...u.channelMult), L.channelMult, "channelMult entry");
   if (!isPosInt(u.channelMultEmb)) bad(`channelMultEmb ${u.channelMultEmb}`);
+  upTo(u.channelMultEmb, L.channelMultEmb, "channelMultEmb");
   if (!isPosInt(u.numBlocks)) bad(`numBlocks ${u.numBlocks}`);
-  if (!Array.isArray(u.attnResolutions)) bad(`attnResolutions ${u.attnResolutions}`);
+  upTo(u.numBlocks, L.numBlocks, "numBlocks");
+  if (!Array.isArray(u.attnResolutions) || !u.attnResolutions.every(isPosInt)) {
+    bad(`attnResolutions ${JSON.stringify(u.attnResolutions).slice(0, 80)}`);
+  }
+  upTo(u.attnResolutions.length, L.attnResolutions, "number of attnResolutions");
   if (!(u.dropout >= 0 && u.dropout < 1)) bad(`dropout ${u.dropout}`);
   if (!(u.labelDropout >= 0 && u.labelDropout < 1)) bad(`labelDropout ${u.labelDropout}`);
   const levels = u.channelMult.length;
@@ -200,10 +268,14 @@ function validateConfig(c: NetworkConfig): void {
     }
     if (!["standard", "skip"].includes(u.decoderType)) bad(`decoderType ${u.decoderType}`);
     if (!isPosInt(u.channelMultNoise)) bad(`channelMultNoise ${u.channelMultNoise}`);
+    upTo(u.channelMultNoise, L.channelMultNoise, "channelMultNoise");
     if ((u.modelChannels * u.channelMultNoise) % 2 !== 0) bad("noise channels must be even");
     const f = u.resampleFilter;
-    if (!Array.isArray(f) || f.length < 1 || !f.every((v) => typeof v === "number")) {
-      bad(`resampleFilter ${JSON.stringify(f)}`);
+    if (
+      !Array.isArray(f) || f.length < 1 || f.length > L.resampleFilter ||
+      !f.every((v) => typeof v === "number" && Number.isFinite(v))
+    ) {
+      bad(`resampleFilter ${JSON.stringify(f).slice(0, 80)}`);
     }
   } else {
     for (const m of u.channelMult) {
@@ -212,6 +284,12 @@ function validateConfig(c: NetworkConfig): void {
         if (u.modelChannels * m < 64) bad(`ADM attention needs at least 64 channels per level`);
       }
     }
+  }
+  const params = estimateParameters(c);
+  if (params > L.parameters) {
+    bad(
+      `about ${params.toExponential(2)} parameters, more than the limit of ${L.parameters} (2^31)`,
+    );
   }
 }
 

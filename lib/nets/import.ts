@@ -15,7 +15,15 @@
  *
  * @module
  */
-import { type DType, type HostTensor, IoError, toFloat32 } from "../io/host_tensor.ts";
+import {
+  checkFiniteWeights,
+  type DType,
+  type HostTensor,
+  IoError,
+  nonFiniteAllowedByDefault,
+  printable,
+  toFloat32,
+} from "../io/host_tensor.ts";
 import {
   isPersistentRecord,
   PyDict,
@@ -51,6 +59,11 @@ export interface ImportOptions {
    * ignored when the file records the architecture.
    */
   config?: NetworkConfig;
+  /**
+   * Accept weights that hold NaN or infinite values (default: refuse them with an
+   * {@linkcode IoError}, unless `SIDA_ALLOW_NONFINITE=1`).
+   */
+  allowNonFinite?: boolean;
 }
 
 /** What an import found; printed by the `import-teacher` task. */
@@ -256,9 +269,18 @@ function checkAgainst(net: EDMPrecond, tensors: Map<string, TensorRef>, path: st
   }
 }
 
-function float32Tensor(ref: TensorRef): HostTensor {
+function float32Tensor(
+  name: string,
+  ref: TensorRef,
+  path: string,
+  options: ImportOptions,
+): HostTensor {
   const t = readTensor(ref);
-  return t.dtype === "float32" ? t : { dtype: "float32", shape: t.shape, data: toFloat32(t) };
+  const f = t.dtype === "float32"
+    ? t
+    : { dtype: "float32" as const, shape: t.shape, data: toFloat32(t) };
+  checkFiniteWeights([[name, f]], path, options.allowNonFinite ?? nonFiniteAllowedByDefault());
+  return f;
 }
 
 /**
@@ -282,7 +304,9 @@ export async function importNetwork(
     net = new EDMPrecond(p.config, { init: "zeros" });
     checkAgainst(net, p.tensors, path);
     for (const [name, ref] of p.tensors) {
-      net.loadStateDict(new Map([[name, float32Tensor(ref)]]), { strict: false });
+      net.loadStateDict(new Map([[name, float32Tensor(name, ref, path, options)]]), {
+        strict: false,
+      });
     }
     return { net, summary: { ...p.summary, paramCount: net.numParameters() } };
   } catch (e) {
@@ -319,7 +343,7 @@ export async function importToSafetensors(
       net.dispose();
     }
     const host = new Map<string, HostTensor>();
-    for (const [name, ref] of p.tensors) host.set(name, float32Tensor(ref));
+    for (const [name, ref] of p.tensors) host.set(name, float32Tensor(name, ref, input, options));
     await writeSafetensors(output, host, metadata);
     return { ...p.summary, paramCount };
   } finally {
@@ -343,5 +367,6 @@ export function describeImport(s: ImportSummary): string {
     ["tensors", String(s.tensorCount)],
     ["source dtype", s.sourceDtypes.join(", ") || "-"],
   ];
-  return lines.map(([k, v]) => `${k.padEnd(13)} ${v}`).join("\n");
+  // Class names and keys come from the file: escaped, so that they cannot drive the terminal.
+  return lines.map(([k, v]) => `${k.padEnd(13)} ${printable(v)}`).join("\n");
 }

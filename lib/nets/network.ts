@@ -23,7 +23,7 @@ import {
   toEdmKwargs,
 } from "./config.ts";
 import { EDMPrecond } from "./precond.ts";
-import { IoError } from "../io/host_tensor.ts";
+import { checkFiniteWeights, IoError } from "../io/host_tensor.ts";
 import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 import { importNetwork } from "./import.ts";
 
@@ -90,19 +90,35 @@ export function configFromMetadata(metadata: Record<string, string>, path = "fil
   return fromEdmKwargs(kwargs as Record<string, unknown>);
 }
 
+/** Options of {@linkcode loadNetwork}. */
+export interface LoadNetworkOptions {
+  /**
+   * Accept weights that hold NaN or infinite values (default: refuse them with an `IoError`
+   * naming the tensors, unless `SIDA_ALLOW_NONFINITE=1`).
+   */
+  allowNonFinite?: boolean;
+}
+
 /**
  * Loads a network saved by {@linkcode saveNetwork} (or any safetensors file holding an EDM
  * state dict with the config in its metadata), or imports one from an official PyTorch file
  * (`.pkl`, `.pt`, `.pth`; see `importNetwork` in `import.ts`). Every tensor must be present with
- * the expected shape; float16/bfloat16 weights are converted to float32.
+ * the expected shape; float16/bfloat16 weights are converted to float32. Weights that hold NaN
+ * or infinite values are refused unless `options.allowNonFinite`.
+ *
+ * @throws {IoError} for a malformed file, a missing or misshapen tensor, or non-finite weights.
  */
-export async function loadNetwork(path: string): Promise<EDMPrecond> {
+export async function loadNetwork(
+  path: string,
+  options: LoadNetworkOptions = {},
+): Promise<EDMPrecond> {
   const lower = path.toLowerCase();
   if (lower.endsWith(".pkl") || lower.endsWith(".pt") || lower.endsWith(".pth")) {
-    return (await importNetwork(path)).net;
+    return (await importNetwork(path, options)).net;
   }
   const { tensors, metadata } = await readSafetensors(path);
   const config = configFromMetadata(metadata, path);
+  checkFiniteWeights(tensors, path, options.allowNonFinite);
   const net = new EDMPrecond(config, { init: "zeros" });
   try {
     net.loadStateDict(tensors);
