@@ -18,7 +18,10 @@ import { createImageDataset, type ImageDataset, writeImageZip } from "../lib/dat
 import { findLatestState } from "../lib/distill/run.ts";
 import { datasetFeatures } from "../lib/metrics/evaluate.ts";
 import { MnistFeatureNet } from "../lib/metrics/mnist_features.ts";
-import { saveRefStats } from "../lib/metrics/ref_stats.ts";
+import { hostTensor } from "../lib/io/host_tensor.ts";
+import { readSafetensors, writeSafetensors } from "../lib/io/safetensors.ts";
+import { writeNpz } from "../lib/metrics/npz.ts";
+import { loadRefStats, saveRefStats } from "../lib/metrics/ref_stats.ts";
 import { createNetwork, saveNetwork } from "../lib/nets/network.ts";
 import {
   type DistillChainResult,
@@ -178,7 +181,27 @@ Deno.test("distill chain: bad arguments fail before anything is written", async 
   await writeImageZip(res16, digits(10, 16, 1));
   const rgb = join(f.dir, "bars-rgb.zip");
   await writeImageZip(rgb, digits(10, 32, 3));
+  // A teacher with NaN weights (issue 13: it used to run the whole chain to a "FID 1471.99"),
+  // and reference statistics whose sigma is not a covariance (it used to give a FID).
+  const nanTeacher = join(f.dir, "nan-teacher.safetensors");
+  const good = await readSafetensors(f.teacher);
+  (good.tensors.get("model.dec.32x32_aux_conv.bias")!.data as Float32Array).fill(NaN);
+  await writeSafetensors(nanTeacher, good.tensors, good.metadata);
+  const nonPdRef = join(f.dir, "non-pd-ref.npz");
+  const ref = await loadRefStats(f.ref);
+  const sigma = ref.sigma.slice();
+  for (let i = 0; i < ref.dim; i++) sigma[i * ref.dim + i] -= 10; // a negative eigenvalue
+  await writeNpz(nonPdRef, {
+    mu: hostTensor("float64", [ref.dim], ref.mu),
+    sigma: hostTensor("float64", [ref.dim, ref.dim], sigma),
+  });
   const cases: [string, string[], RegExp, Record<string, string>?][] = [
+    ["NaN teacher", replace("--teacher", nanTeacher), /non-finite weights.*32x32_aux_conv\.bias/],
+    [
+      "non-PD reference sigma",
+      replace("--ref", nonPdRef),
+      /not positive semi-definite|negative variance/,
+    ],
     ["unknown stage", [...base, "--stages", "import,distill"], /unknown stage 'distill'/],
     ["bad budget", [...base, "--budget", "two"], /--budget must be a number/],
     ["zero budget", [...base, "--budget", "0"], /--budget must be > 0/],

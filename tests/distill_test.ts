@@ -11,7 +11,9 @@ import { join } from "node:path";
 import { tf } from "../lib/deps.ts";
 import { createImageDataset, type ImageDataset, writeImageZip } from "../lib/data/dataset.ts";
 import type { HostTensor } from "../lib/io/host_tensor.ts";
-import { createNetwork, saveNetwork } from "../lib/nets/network.ts";
+import { writeSafetensors } from "../lib/io/safetensors.ts";
+import { createNetwork, networkMetadata, saveNetwork } from "../lib/nets/network.ts";
+import { NonFiniteTrainingError } from "../lib/distill/guard.ts";
 import type { EDMPrecond } from "../lib/nets/precond.ts";
 import { Distiller } from "../lib/distill/distiller.ts";
 import { generate } from "../lib/distill/generator.ts";
@@ -391,6 +393,70 @@ Deno.test("tasks: Ctrl-C on `deno task sida` writes a loadable state and exits 1
   assertEquals(d.curNimg, saved.state.curNimg);
   d.dispose();
   teacher.dispose();
+});
+
+Deno.test("non-finite losses stop a run after the limit and keep its last good state", async () => {
+  const f = await setup();
+  const dir = join(f.dir, "run-nonfinite");
+  // Iterations 0-2 are real; from iteration 3 on, step() reports a NaN loss (as a teacher gone
+  // NaN would). States are due after every 2 iterations (8 images of 4).
+  const step = Distiller.prototype.step;
+  let calls = 0;
+  Distiller.prototype.step = async function (this: Distiller) {
+    const stats = await step.call(this);
+    return ++calls > 3 ? { ...stats, lossG: NaN } : stats;
+  };
+  let error: Error | undefined;
+  try {
+    await runDistillation({ ...runOptions(f, dir, 0.04), nonFiniteLimit: 3 });
+  } catch (e) {
+    error = e as Error;
+  } finally {
+    Distiller.prototype.step = step;
+  }
+  assert(error instanceof NonFiniteTrainingError, `got ${error}`);
+  assert.match(error.message, /3 consecutive iterations with non-finite losses since 0\.016 kimg/);
+  assert.match(error.message, /last good state: .*training-state-000000\.008\.safetensors/);
+  assertEquals(calls, 6);
+  // The state of iteration 2 (8 images) is the last: iteration 4's (16 images) was not written.
+  const files = await listing(dir);
+  assertEquals(files.filter((n) => n.startsWith("training-state-")), [
+    "training-state-000000.008.safetensors",
+  ]);
+  assertEquals(files.filter((n) => n.startsWith("network-snapshot-")), []);
+  const saved = await readTrainingState(join(dir, "training-state-000000.008.safetensors"));
+  assertEquals(saved.state.curNimg, 8);
+});
+
+Deno.test("a NaN teacher is refused; with --allow-nonfinite its run stops with nothing written", async () => {
+  const f = await setup();
+  const net = createNetwork(TINY, { seed: 1 });
+  const nanPath = join(f.dir, "nan-teacher.safetensors");
+  try {
+    const state = await net.stateDict();
+    const name = "model.enc.8x8_conv.weight";
+    (state.get(name)!.data as Float32Array).fill(NaN);
+    await writeSafetensors(nanPath, state, networkMetadata(net));
+  } finally {
+    net.dispose();
+  }
+  const dir = join(f.dir, "run-nan-teacher");
+  const flags = runFlags(f, dir, 0.04);
+  flags[flags.indexOf("--teacher") + 1] = nanPath;
+  const refused = await runTask(flags);
+  assert.notEqual(refused.code, 0);
+  assert.match(
+    refused.stderr,
+    /^error: .*nan-teacher\.safetensors: \d+ non-finite weights .* model\.enc\.8x8_conv\.weight .*--allow-nonfinite.*\n$/,
+  );
+  await assert.rejects(Deno.stat(dir), Deno.errors.NotFound);
+  const stopped = await runTask([...flags, "--allow-nonfinite"]);
+  assert.notEqual(stopped.code, 0);
+  const last = stopped.stderr.trimEnd().split("\n").at(-1)!;
+  assert.match(last, /^error: distillation stopped: 5 consecutive iterations with non-finite/);
+  assert.match(last, /no state had been written yet/);
+  const files = await listing(dir);
+  assertEquals(files.filter((n) => /^(training-state|network-snapshot)-/.test(n)), []);
 });
 
 Deno.test("distill tests: remove the temporary folder", async () => {

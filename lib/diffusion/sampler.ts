@@ -248,7 +248,9 @@ export async function edmSampler(
 /**
  * Converts images in [−1, 1] to bytes as EDM saves them: uint8(clip(x·127.5 + 128, 0, 255)),
  * where the cast truncates (so the +128 rounds). Computed in float64 on the host from the
- * float32 tensor values. The layout is the tensor's (NHWC), NaN maps to 0.
+ * float32 tensor values. The layout is the tensor's (NHWC). NaN maps to 0, or with
+ * `nonFinite: "error"` is a `RangeError` (a generator that outputs NaN is broken: evaluating it
+ * as black pixels would report a meaningless FID).
  *
  * @example
  * ```ts
@@ -258,13 +260,23 @@ export async function edmSampler(
  * console.log(await toUint8Images(x)); // Uint8Array [0, 128, 191, 255]
  * ```
  */
-export async function toUint8Images(x: tf.Tensor4D): Promise<Uint8Array> {
+export async function toUint8Images(
+  x: tf.Tensor4D,
+  options: { nonFinite?: "zero" | "error" } = {},
+): Promise<Uint8Array> {
   if (x.rank !== 4) throw new RangeError(`expected NHWC images (rank 4), got [${x.shape}]`);
   const data = await x.data();
   const out = new Uint8Array(data.length);
+  let bad = 0;
   for (let i = 0; i < data.length; i++) {
     const v = Math.min(255, Math.max(0, data[i] * 127.5 + 128));
+    if (Number.isNaN(v)) bad++;
     out[i] = Number.isNaN(v) ? 0 : Math.trunc(v);
+  }
+  if (bad > 0 && options.nonFinite === "error") {
+    throw new RangeError(
+      `the network produced ${bad} NaN values in ${data.length} (its weights or inputs are broken)`,
+    );
   }
   return out;
 }

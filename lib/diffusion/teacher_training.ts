@@ -55,6 +55,11 @@ import { type ImageDataset, loadImageZip, mnistDataset } from "../data/dataset.t
 import { InfiniteSampler, makeBatch, type SamplerState } from "../data/sampler.ts";
 import { mixSeed } from "../distill/distiller.ts";
 import { Ema, emaBeta } from "../distill/ema.ts";
+import {
+  DEFAULT_NON_FINITE_LIMIT,
+  NonFiniteGuard,
+  NonFiniteTrainingError,
+} from "../distill/guard.ts";
 import { sanitizeGradients } from "../distill/losses.ts";
 import { Adam } from "../distill/optim.ts";
 import {
@@ -717,6 +722,11 @@ export interface TeacherOptions {
   command?: string;
   /** When aborted: finish the iteration, write a state, return `interrupted`. */
   signal?: AbortSignal;
+  /**
+   * Consecutive iterations with a non-finite loss that stop the run with a
+   * `NonFiniteTrainingError`, keeping the last good state. Default 5.
+   */
+  nonFiniteLimit?: number;
   /** Called after every iteration (e.g. to plot the loss). */
   onIteration?: (stats: TeacherStepStats) => void;
   /** No progress or status lines on stderr. */
@@ -988,11 +998,26 @@ async function trainLoop(
   let tickStartTime = performance.now();
   let tickStats: TeacherStepStats[] = [];
   let speed = NaN;
+  const guard = new NonFiniteGuard(
+    o.nonFiniteLimit ?? DEFAULT_NON_FINITE_LIMIT,
+    "teacher training",
+  );
   while (t.curNimg < totalNimg) {
     const s = await t.step();
     result.iterations++;
     tickStats.push(s);
     o.onIteration?.(s);
+    try {
+      guard.observe({ loss: s.loss }, t.curNimg);
+    } catch (e) {
+      endLine();
+      if (!(e instanceof NonFiniteTrainingError)) throw e;
+      throw new NonFiniteTrainingError(
+        `${e.message}; ${
+          result.statePath ? `last good state: ${result.statePath}` : "the folder's state is kept"
+        }`,
+      );
+    }
     const ips = t.config.batch / s.seconds;
     speed = Number.isFinite(speed) ? 0.8 * speed + 0.2 * ips : ips;
     if (tty) {
@@ -1038,6 +1063,20 @@ async function trainLoop(
       tickStartNimg = t.curNimg;
       tickStartTime = now;
       tickStats = [];
+    }
+    // Nothing is written while non-finite iterations last: the folder keeps its last good state.
+    if (!guard.healthy) {
+      if (interrupted) {
+        say(`interrupted during non-finite iterations: the last good state is kept`);
+        result.interrupted = true;
+        break;
+      }
+      if (done) {
+        throw new NonFiniteTrainingError(
+          `teacher training ended on ${guard.streak} non-finite iterations: no final state written`,
+        );
+      }
+      continue;
     }
     if (done || t.curNimg >= lastSnap + run.snapKimg * 1000) {
       const path = join(o.out, snapshotFileName(t.curNimg));

@@ -30,6 +30,7 @@ import {
   type IterationStats,
   resolveDistillConfig,
 } from "./distiller.ts";
+import { DEFAULT_NON_FINITE_LIMIT, NonFiniteGuard, NonFiniteTrainingError } from "./guard.ts";
 import { DISTILL_PRESET_NAMES, distillPreset, guessPreset } from "./presets.ts";
 import {
   appendLog,
@@ -73,6 +74,11 @@ export interface DistillationOptions {
   signal?: AbortSignal;
   /** No progress or status lines on stderr. */
   quiet?: boolean;
+  /**
+   * Consecutive iterations with non-finite losses (or every sample dropped as NaN) that stop the
+   * run with a {@linkcode NonFiniteTrainingError}, keeping the last good state. Default 5.
+   */
+  nonFiniteLimit?: number;
 }
 
 /** What {@linkcode runDistillation} returns. */
@@ -266,6 +272,7 @@ export async function runDistillation(opts: DistillationOptions): Promise<Distil
       elapsedBefore,
       signal: opts.signal,
       quiet: opts.quiet ?? false,
+      nonFiniteLimit: opts.nonFiniteLimit,
     });
   } finally {
     initNet?.dispose();
@@ -283,6 +290,7 @@ async function trainLoop(
     elapsedBefore: number;
     signal?: AbortSignal;
     quiet: boolean;
+    nonFiniteLimit?: number;
   },
 ): Promise<DistillationResult> {
   const totalNimg = Math.round(run.durationKimg * 1000);
@@ -318,10 +326,27 @@ async function trainLoop(
     });
     lastDump = d.curNimg;
   };
+  const guard = new NonFiniteGuard(o.nonFiniteLimit ?? DEFAULT_NON_FINITE_LIMIT, "distillation");
   while (d.curNimg < totalNimg) {
     const stats = await d.step();
     result.iterations++;
     tickStats.push(stats);
+    try {
+      guard.observe({
+        lossFake: stats.lossFake,
+        lossD: stats.lossD,
+        lossG: stats.lossG,
+        lossGGan: stats.lossGGan,
+        keptFake: stats.keptFake,
+        keptG: stats.keptG,
+      }, d.curNimg);
+    } catch (e) {
+      if (!(e instanceof NonFiniteTrainingError)) throw e;
+      const last = result.statePath ?? await findLatestState(o.out);
+      throw new NonFiniteTrainingError(
+        `${e.message}; ${last ? `last good state: ${last}` : "no state had been written yet"}`,
+      );
+    }
     const ips = d.config.batch / stats.timings.total;
     speed = Number.isFinite(speed) ? 0.8 * speed + 0.2 * ips : ips;
     if (!o.quiet) progress.iteration(stats, speed);
@@ -347,6 +372,20 @@ async function trainLoop(
       tickStartNimg = d.curNimg;
       tickStartTime = now;
       tickStats = [];
+    }
+    // Nothing is written while non-finite iterations last: the folder keeps its last good state.
+    if (!guard.healthy) {
+      if (interrupted) {
+        say(`interrupted during non-finite iterations: the last good state is kept`);
+        result.interrupted = true;
+        break;
+      }
+      if (done) {
+        throw new NonFiniteTrainingError(
+          `distillation ended on ${guard.streak} non-finite iterations: no final state written`,
+        );
+      }
+      continue;
     }
     if (done || d.curNimg >= lastSnap + run.snapKimg * 1000) {
       result.snapshotPath = await writeSnapshot(o.out, d.Gema, d.curNimg, {

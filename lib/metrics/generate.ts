@@ -106,7 +106,8 @@ export async function* generateBatches(
     } finally {
       tf.dispose([z, oneHot, aug].filter((t) => t !== undefined) as tf.Tensor[]);
     }
-    const pixels = await toUint8Images(x);
+    // A generator that outputs NaN is broken: refuse it rather than evaluate black pixels.
+    const pixels = await toUint8Images(x, { nonFinite: "error" });
     x.dispose();
     yield { start, n, pixels, labels };
   }

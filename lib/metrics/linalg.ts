@@ -494,6 +494,68 @@ export function traceSqrtProduct(
 }
 
 /**
+ * Eigenvalues (ascending) of a symmetric n×n matrix (row-major or column-major: the same for a
+ * symmetric matrix); the input is not modified.
+ *
+ * @param impl `auto` (LAPACK `dsyevd` if available), `js`, or `lapack`.
+ */
+export function symmetricEigenvalues(
+  a: Float64Array,
+  n: number,
+  impl: LinalgImpl = "auto",
+): Float64Array {
+  checkSquare(a, n, "matrix");
+  const lib = useLapack(impl);
+  return lib ? lapackEigh(lib, a.slice(), n, false) : symmetricEigenvaluesJs(a.slice(), n);
+}
+
+/**
+ * Checks that `sigma` is a covariance matrix: finite, symmetric, and positive semi-definite up to
+ * rounding (its lowest eigenvalue at least −1e-5 times its largest; the eigenvalues of a float32
+ * covariance scatter around zero by far less). FID is only defined for such matrices: with a
+ * negative eigenvalue the square-root term is meaningless, and the number printed would be too.
+ *
+ * @param what how to name the matrix in the error.
+ * @throws {LinalgError} naming `what` and the offending value.
+ */
+export function checkCovariance(
+  sigma: Float64Array,
+  n: number,
+  what = "sigma",
+  impl: LinalgImpl = "auto",
+): void {
+  if (sigma.length !== n * n) throw new LinalgError(`${what} must hold ${n}×${n} values`);
+  let maxAbs = 0;
+  for (let i = 0; i < sigma.length; i++) {
+    if (!Number.isFinite(sigma[i])) throw new LinalgError(`${what} has a non-finite value`);
+    maxAbs = Math.max(maxAbs, Math.abs(sigma[i]));
+  }
+  for (let i = 0; i < n; i++) {
+    if (sigma[i * n + i] < 0) {
+      throw new LinalgError(`${what} has a negative variance (${sigma[i * n + i]} at ${i})`);
+    }
+    for (let j = i + 1; j < n; j++) {
+      const a = sigma[i * n + j];
+      const b = sigma[j * n + i];
+      if (Math.abs(a - b) > 1e-6 * maxAbs) {
+        throw new LinalgError(
+          `${what} is not symmetric (${a} at [${i},${j}], ${b} at [${j},${i}])`,
+        );
+      }
+    }
+  }
+  const lam = symmetricEigenvalues(sigma, n, impl);
+  const max = lam[n - 1];
+  if (lam[0] < -1e-5 * Math.max(max, 0) || (max <= 0 && maxAbs > 0)) {
+    throw new LinalgError(
+      `${what} is not positive semi-definite (eigenvalue ${lam[0].toPrecision(4)}, largest ${
+        max.toPrecision(4)
+      })`,
+    );
+  }
+}
+
+/**
  * C += XᵀX on the upper triangle (row-major; `i ≤ j`) of a d×d accumulator, for X of `n` rows
  * of `d` float64 values (row-major). The lower triangle is left as it is.
  */

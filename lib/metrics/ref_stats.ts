@@ -13,6 +13,7 @@
 import { type HostTensor, hostTensor, IoError } from "../io/host_tensor.ts";
 import { NumpyArrayBuilder, PyDict, type PyValue } from "../io/pickle.ts";
 import { openTorchFile } from "../io/torch_file.ts";
+import { checkCovariance } from "./linalg.ts";
 import { readNpz, writeNpz } from "./npz.ts";
 import type { Stats } from "./stats.ts";
 
@@ -34,9 +35,12 @@ function statsOf(mu: HostTensor, sigma: HostTensor, path: string): Stats {
     );
   }
   try {
-    return { mu: toF64(mu), sigma: toF64(sigma), dim: d };
+    const stats = { mu: toF64(mu), sigma: toF64(sigma), dim: d };
+    if (!stats.mu.every(Number.isFinite)) throw new IoError("mu has a non-finite value");
+    checkCovariance(stats.sigma, d, "sigma");
+    return stats;
   } catch (e) {
-    throw new IoError(`${path}: ${(e as Error).message}`);
+    throw new IoError(`${path}: invalid reference statistics: ${(e as Error).message}`);
   }
 }
 
@@ -57,7 +61,12 @@ function pyArray(v: PyValue | undefined, what: string, path: string): HostTensor
  * `--data_stat`, or written by {@linkcode saveRefStats}), or an EDM2 `.pkl` dict whose `key`
  * entry (default `fid`) holds `mu` and `sigma`.
  *
- * @throws {IoError} naming the file for a missing key, wrong shapes, or a malformed file.
+ * The statistics are checked: `mu` finite, `sigma` a finite, symmetric, positive semi-definite
+ * matrix (see `checkCovariance` in `linalg.ts`; one eigen-decomposition, about a second at
+ * 2048 dimensions with LAPACK).
+ *
+ * @throws {IoError} naming the file for a missing key, wrong shapes, a malformed file, or
+ *   statistics that are not a mean and a covariance.
  */
 export async function loadRefStats(path: string, key = "fid"): Promise<Stats> {
   const lower = path.toLowerCase();

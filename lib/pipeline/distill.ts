@@ -30,8 +30,8 @@ import { basename, join } from "node:path";
 import { loadImageZip } from "../data/dataset.ts";
 import { appendTextNamed, mkdirNamed, PARTIAL_FILE_RE, writeFileAtomic } from "../io/atomic.ts";
 import { LOCK_FILE, lockRunFolder } from "../io/lock.ts";
-import { IoError } from "../io/host_tensor.ts";
-import { readSafetensorsHeader } from "../io/safetensors.ts";
+import { checkFiniteWeights, IoError } from "../io/host_tensor.ts";
+import { readSafetensors, readSafetensorsHeader } from "../io/safetensors.ts";
 import { importToSafetensors } from "../nets/import.ts";
 import { configFromMetadata, loadNetwork } from "../nets/network.ts";
 import type { DistillConfig } from "../distill/distiller.ts";
@@ -362,6 +362,8 @@ async function teacherInfo(path: string): Promise<TeacherInfo> {
     }
     const { metadata } = await readSafetensorsHeader(path);
     const c = configFromMetadata(metadata, path);
+    // Refuse NaN weights before the run folder exists (a pickle is checked by its import above).
+    checkFiniteWeights((await readSafetensors(path)).tensors, path);
     return {
       resolution: c.imgResolution,
       channels: c.imgChannels,

@@ -15,6 +15,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { printable } from "../io/host_tensor.ts";
 import { BACKEND_NAMES, type BackendInfo, describeBackend, initBackend } from "./backend.ts";
 
 /** An error that a task reports as one line, without a stack trace (bad flags, bad input). */
@@ -22,7 +23,10 @@ export class UsageError extends Error {
   override name = "UsageError";
 }
 
-/** Which flags a task takes: names of string flags and of boolean flags. `backend` is always added. */
+/**
+ * Which flags a task takes: names of string flags and of boolean flags. `backend` and
+ * `allow-nonfinite` are always added.
+ */
 export interface FlagSpec {
   string?: string[];
   boolean?: string[];
@@ -71,7 +75,10 @@ export function joinNegativeValues(args: string[], stringFlags: Iterable<string>
  * clear message.
  */
 export function parseFlags(args: string[], spec: FlagSpec, usage: string): ParsedFlags {
-  const options: Record<string, { type: "string" | "boolean" }> = { backend: { type: "string" } };
+  const options: Record<string, { type: "string" | "boolean" }> = {
+    backend: { type: "string" },
+    "allow-nonfinite": { type: "boolean" },
+  };
   for (const s of spec.string ?? []) options[s] = { type: "string" };
   for (const b of spec.boolean ?? []) options[b] = { type: "boolean" };
   try {
@@ -81,6 +88,7 @@ export function parseFlags(args: string[], spec: FlagSpec, usage: string): Parse
       allowPositionals: true,
       strict: true,
     });
+    if (values["allow-nonfinite"] === true) allowNonFiniteWeights();
     return { ...(values as Record<string, string | boolean>), positionals };
   } catch (e) {
     // node's messages can span lines ("argument is ambiguous … did you forget to specify the
@@ -88,6 +96,19 @@ export function parseFlags(args: string[], spec: FlagSpec, usage: string): Parse
     const msg = (e as Error).message.replace(/\.?\s*To specify a positional.*$/s, "")
       .replace(/\s*\n\s*/g, " ").trim();
     throw new UsageError(`${msg} (${usage})`);
+  }
+}
+
+/**
+ * `--allow-nonfinite` (every task takes it): networks whose weights hold NaN or infinite values
+ * load anyway, in this process and the processes it starts (`SIDA_ALLOW_NONFINITE=1`, read by
+ * `loadNetwork` and `importNetwork`); by default they are refused with one line naming them.
+ */
+function allowNonFiniteWeights(): void {
+  try {
+    Deno.env.set("SIDA_ALLOW_NONFINITE", "1");
+  } catch {
+    // no permission to write the environment: loads still refuse non-finite weights
   }
 }
 
@@ -209,7 +230,8 @@ export async function runMain(main: () => Promise<void>): Promise<void> {
     await main();
   } catch (e) {
     const err = e as Error;
-    const line = `${err?.message ?? String(e)}`.split("\n")[0];
+    // One line, with any control character of a file's name or content escaped.
+    const line = printable(`${err?.message ?? String(e)}`.split("\n")[0]);
     console.error(`error: ${line}`);
     if (Deno.env.get("SIDA_DEBUG")) console.error(err?.stack);
     Deno.exit(err instanceof UsageError ? 2 : 1);
