@@ -54,10 +54,12 @@ export {
 
 // Networks.
 export {
+  CONFIG_LIMITS,
   ConfigError,
   DHARIWAL_UNET_DEFAULTS,
   type DhariwalUNetConfig,
   type EdmKwargs,
+  estimateParameters,
   fromEdmKwargs,
   type NetworkConfig,
   type NetworkConfigInput,
@@ -78,6 +80,7 @@ export {
   configFromMetadata,
   createNetwork,
   loadNetwork,
+  type LoadNetworkOptions,
   NETWORK_FORMAT,
   saveNetwork,
 } from "./lib/nets/network.ts";
@@ -89,11 +92,14 @@ export { GaussianDenoiser, type GaussianDenoiserOptions } from "./lib/diffusion/
 
 // Tensor files.
 export {
+  checkFiniteWeights,
+  countNonFinite,
   type DType,
   fromTfTensor,
   type HostTensor,
   hostTensor,
   IoError,
+  printable,
   toFloat32,
   toTfTensor,
 } from "./lib/io/host_tensor.ts";
@@ -158,6 +164,11 @@ export {
 } from "./lib/distill/sigma.ts";
 export { Adam, type AdamOptions } from "./lib/distill/optim.ts";
 export { Ema, emaBeta, type EmaOptions, updateEma } from "./lib/distill/ema.ts";
+export {
+  DEFAULT_NON_FINITE_LIMIT,
+  NonFiniteGuard,
+  NonFiniteTrainingError,
+} from "./lib/distill/guard.ts";
 
 // Checkpoint import (.pkl / .pt, safe pickle reader).
 export {
@@ -180,6 +191,7 @@ export {
   type Stats,
 } from "./lib/metrics/stats.ts";
 export { loadRefStats, saveRefStats } from "./lib/metrics/ref_stats.ts";
+export { checkCovariance, LinalgError } from "./lib/metrics/linalg.ts";
 export { decodeNpz, encodeNpz, readNpz, writeNpz } from "./lib/metrics/npz.ts";
 export type { Detector, DetectorOutput } from "./lib/metrics/detector.ts";
 export {
