@@ -76,8 +76,16 @@ Deno.test("NonFiniteGuard: counts consecutive bad iterations, resets on a good o
   g.observe({ loss: 1, kept: 0 }, 300);
   assert.equal(g.streak, 2);
   assert.ok(!g.healthy);
+  assert.equal(g.writes({ done: false, interrupted: false }), "skip");
+  assert.equal(g.writes({ done: false, interrupted: true }), "interrupt");
+  assert.throws(
+    () => g.writes({ done: true, interrupted: false }),
+    (e) =>
+      e instanceof NonFiniteTrainingError && /ended on 2 non-finite iterations/.test(e.message),
+  );
   g.observe({ loss: 0.5, kept: 1 }, 400);
   assert.ok(g.healthy, "a good iteration resets the streak");
+  assert.equal(g.writes({ done: true, interrupted: true }), "write");
   g.observe({ loss: Infinity }, 500);
   g.observe({ loss: NaN }, 600);
   assert.throws(

@@ -1065,19 +1065,13 @@ async function trainLoop(
       tickStats = [];
     }
     // Nothing is written while non-finite iterations last: the folder keeps its last good state.
-    if (!guard.healthy) {
-      if (interrupted) {
-        say(`interrupted during non-finite iterations: the last good state is kept`);
-        result.interrupted = true;
-        break;
-      }
-      if (done) {
-        throw new NonFiniteTrainingError(
-          `teacher training ended on ${guard.streak} non-finite iterations: no final state written`,
-        );
-      }
-      continue;
+    const writes = guard.writes({ done, interrupted });
+    if (writes === "interrupt") {
+      say(`interrupted during non-finite iterations: the last good state is kept`);
+      result.interrupted = true;
+      break;
     }
+    if (writes === "skip") continue;
     if (done || t.curNimg >= lastSnap + run.snapKimg * 1000) {
       const path = join(o.out, snapshotFileName(t.curNimg));
       await saveNetwork(t.ema, path, {

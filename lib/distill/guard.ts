@@ -64,6 +64,24 @@ export class NonFiniteGuard {
   }
 
   /**
+   * What a training loop does with the writes (state, snapshot) due after this iteration:
+   * `write` when the iteration was fine; during a streak `skip` them (the folder keeps its last
+   * good state), or `interrupt` without writing when the run was interrupted.
+   *
+   * @throws {NonFiniteTrainingError} when the run's last iteration ends a streak (no final state).
+   */
+  writes(opts: { done: boolean; interrupted: boolean }): "write" | "skip" | "interrupt" {
+    if (this.healthy) return "write";
+    if (opts.interrupted) return "interrupt";
+    if (opts.done) {
+      throw new NonFiniteTrainingError(
+        `${this.what} ended on ${this.#streak} non-finite iterations: no final state written`,
+      );
+    }
+    return "skip";
+  }
+
+  /**
    * Records one iteration.
    *
    * @param health the iteration's losses and kept-sample counts.

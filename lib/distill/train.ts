@@ -374,19 +374,13 @@ async function trainLoop(
       tickStats = [];
     }
     // Nothing is written while non-finite iterations last: the folder keeps its last good state.
-    if (!guard.healthy) {
-      if (interrupted) {
-        say(`interrupted during non-finite iterations: the last good state is kept`);
-        result.interrupted = true;
-        break;
-      }
-      if (done) {
-        throw new NonFiniteTrainingError(
-          `distillation ended on ${guard.streak} non-finite iterations: no final state written`,
-        );
-      }
-      continue;
+    const writes = guard.writes({ done, interrupted });
+    if (writes === "interrupt") {
+      say(`interrupted during non-finite iterations: the last good state is kept`);
+      result.interrupted = true;
+      break;
     }
+    if (writes === "skip") continue;
     if (done || d.curNimg >= lastSnap + run.snapKimg * 1000) {
       result.snapshotPath = await writeSnapshot(o.out, d.Gema, d.curNimg, {
         alpha: d.config.alpha,
