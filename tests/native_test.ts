@@ -734,3 +734,62 @@ Deno.test({
     assert.equal(await run({ SIDA_MALLOPT: "0" }), "false false");
   },
 });
+
+Deno.test({
+  name: "native: OpenBLAS, the C kernels and libgomp load once per process, not once per isolate",
+  ignore: ignore || Deno.build.os !== "linux",
+  async fn() {
+    // Each Worker (and each test file of `deno test --parallel`) is an isolate on a thread of one
+    // process, and Deno dlcloses its libraries when it ends. Unpinned, OpenBLAS, libgfortran,
+    // libgomp and the C kernels were unloaded and initialised again for every isolate (issue 13:
+    // the suite's process then died at exit with "corrupted size vs. prev_size in fastbins").
+    // glibc's LD_DEBUG=files logs every constructor run ("calling init: <path>").
+    const dir = await Deno.makeTempDir({ prefix: "sida-pin-test-" });
+    try {
+      const lib = (f: string) => new URL(`../lib/runtime/native/${f}`, import.meta.url).href;
+      await Deno.writeTextFile(
+        `${dir}/worker.ts`,
+        `import { tf } from "${new URL("../lib/deps.ts", import.meta.url).href}";
+         import { registerNativeBackend } from "${lib("backend.ts")}";
+         import { loadCKernels } from "${lib("ckernels.ts")}";
+         registerNativeBackend();
+         await tf.setBackend("native");
+         const y = tf.sigmoid(tf.matMul(tf.ones([64, 64]), tf.ones([64, 64])));
+         await y.data();
+         self.postMessage(loadCKernels() !== null);`,
+      );
+      await Deno.writeTextFile(
+        `${dir}/main.ts`,
+        `let withC = false;
+         for (let i = 0; i < 3; i++) {
+           const w = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
+           withC = await new Promise((res, rej) => {
+             w.onmessage = (e) => res(e.data);
+             w.onerror = (e) => { e.preventDefault(); rej(new Error(e.message)); };
+           });
+           w.terminate();
+           await new Promise((r) => setTimeout(r, 300)); // let the isolate end and dlclose
+         }
+         console.log(withC ? "with C" : "without C");`,
+      );
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", `${dir}/main.ts`],
+        env: { LD_DEBUG: "files", OMP_NUM_THREADS: "1", OPENBLAS_NUM_THREADS: "1" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const stdout = new TextDecoder().decode(out.stdout);
+      const log = new TextDecoder().decode(out.stderr);
+      assert.ok(out.success, `child failed:\n${stdout}\n${log.slice(-2000)}`);
+      const inits = (re: RegExp) =>
+        log.split("\n").filter((l) => /calling init: /.test(l) && re.test(l)).length;
+      assert.equal(inits(/openblas|\/blas\/libblas/), 1, "BLAS library initialised once");
+      if (stdout.includes("with C")) {
+        assert.equal(inits(/libsida_kernels/), 1, "C kernels initialised once");
+        assert.equal(inits(/libgomp/), 1, "libgomp initialised once");
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -20,6 +20,8 @@
  * @module
  */
 
+import { pinLibrary } from "./pin_library.ts";
+
 /** A BLAS library could not be found or loaded. */
 export class BlasUnavailableError extends Error {
   override name = "BlasUnavailableError";
@@ -173,6 +175,8 @@ export function loadBlas(): Blas {
       }
       continue;
     }
+    // Load OpenBLAS once per process, not once per isolate (see pin_library.ts).
+    pinLibrary(path);
     loaded = wrap(lib, path);
     return loaded;
   }

@@ -18,6 +18,8 @@
  * @module
  */
 
+import { pinLibrary } from "./pin_library.ts";
+
 const SYMBOLS = {
   sida_version: { parameters: [], result: "i32" },
   sida_threads: { parameters: [], result: "i32" },
@@ -225,6 +227,8 @@ export function loadCKernels(): CKernels | null {
     if (threads && !Deno.env.get("OMP_NUM_THREADS")) Deno.env.set("OMP_NUM_THREADS", threads);
     if (!Deno.env.get("OMP_WAIT_POLICY")) Deno.env.set("OMP_WAIT_POLICY", "PASSIVE");
     const { symbols } = Deno.dlopen(lib, SYMBOLS);
+    // Keep the library and libgomp loaded until exit, once per process (see pin_library.ts).
+    pinLibrary(lib);
     if (symbols.sida_version() !== VERSION) {
       whyNot = `${lib}: unexpected version`;
       return null;
