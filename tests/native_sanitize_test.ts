@@ -11,8 +11,7 @@
 import assert from "node:assert/strict";
 
 const ENABLED = Deno.env.get("SIDA_TEST_SANITIZE") === "1";
-const FLAGS =
-  "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g -O1";
+const FLAGS = "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g";
 const KERNEL_TESTS = ["native_test.ts", "native_fused_test.ts", "native_copy_test.ts"];
 /** What a sanitizer prints when it finds something. */
 const REPORT =
