@@ -741,9 +741,10 @@ Deno.test({
   async fn() {
     // Each Worker (and each test file of `deno test --parallel`) is an isolate on a thread of one
     // process, and Deno dlcloses its libraries when it ends. Unpinned, OpenBLAS, libgfortran,
-    // libgomp and the C kernels were unloaded and initialised again for every isolate (issue 13:
-    // the suite's process then died at exit with "corrupted size vs. prev_size in fastbins").
-    // glibc's LD_DEBUG=files logs every constructor run ("calling init: <path>").
+    // libgomp and the C kernels were unloaded and initialised again for every isolate (issue 13's
+    // suspected cause of "corrupted size vs. prev_size in fastbins" at the suite's exit).
+    // glibc's LD_DEBUG=files logs every constructor run ("calling init: <path>"). Three Workers
+    // in a row, each ended before the next starts:
     const dir = await Deno.makeTempDir({ prefix: "sida-pin-test-" });
     try {
       const lib = (f: string) => new URL(`../lib/runtime/native/${f}`, import.meta.url).href;
@@ -756,6 +757,7 @@ Deno.test({
          await tf.setBackend("native");
          const y = tf.sigmoid(tf.matMul(tf.ones([64, 64]), tf.ones([64, 64])));
          await y.data();
+         await tf.sigmoid(tf.ones([300000])).data(); // a parallel region on 2 OpenMP threads
          self.postMessage(loadCKernels() !== null);`,
       );
       await Deno.writeTextFile(
@@ -774,13 +776,24 @@ Deno.test({
       );
       const out = await new Deno.Command(Deno.execPath(), {
         args: ["run", "-A", `${dir}/main.ts`],
-        env: { LD_DEBUG: "files", OMP_NUM_THREADS: "1", OPENBLAS_NUM_THREADS: "1" },
+        // OpenMP's second thread spins in libgomp for a while after each parallel region: unpinned,
+        // the isolate's end unmapped libgomp under it and the child died of SIGSEGV.
+        env: {
+          LD_DEBUG: "files",
+          OMP_NUM_THREADS: "2",
+          OMP_WAIT_POLICY: "ACTIVE",
+          GOMP_SPINCOUNT: "300000000",
+          OPENBLAS_NUM_THREADS: "1",
+        },
         stdout: "piped",
         stderr: "piped",
       }).output();
       const stdout = new TextDecoder().decode(out.stdout);
       const log = new TextDecoder().decode(out.stderr);
-      assert.ok(out.success, `child failed:\n${stdout}\n${log.slice(-2000)}`);
+      assert.ok(
+        out.success,
+        `child failed (exit ${out.code}, signal ${out.signal}):\n${stdout}\n${log.slice(-2000)}`,
+      );
       const inits = (re: RegExp) =>
         log.split("\n").filter((l) => /calling init: /.test(l) && re.test(l)).length;
       assert.equal(inits(/openblas|\/blas\/libblas/), 1, "BLAS library initialised once");
