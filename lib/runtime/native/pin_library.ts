@@ -7,9 +7,11 @@
  * their destructors, and the next isolate loads and initialises them again: with `LD_DEBUG=files`,
  * six Workers that each registered the `native` backend ran OpenBLAS', libgfortran's, libgomp's
  * and our kernels' constructors and destructors five times each, on whichever thread dropped the
- * last handle while other threads ran. OpenBLAS' destructor (`blas_shutdown`) frees its buffers
- * and thread-local memory, and crashes of that unload/reload sequence are known (OpenBLAS issues
- * #1692 and #1942). It is our best explanation of issue 13, a `deno task test` whose process died
+ * last handle while other threads ran. With 2 OpenMP threads that spin after a parallel region
+ * (`OMP_WAIT_POLICY=ACTIVE`), the process died of SIGSEGV every time, the second thread executing
+ * libgomp's code after the unload had unmapped it. OpenBLAS' destructor (`blas_shutdown`) frees
+ * its buffers and thread-local memory, and crashes of that unload/reload sequence are known
+ * (OpenBLAS issues #1692 and #1942). It is our best explanation of issue 13, a `deno task test` whose process died
  * at exit with glibc's "corrupted size vs. prev_size in fastbins" (not reproduced often enough to
  * prove it).
  *
