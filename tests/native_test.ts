@@ -741,8 +741,7 @@ Deno.test({
   async fn() {
     // Each Worker (and each test file of `deno test --parallel`) is an isolate on a thread of one
     // process, and Deno dlcloses its libraries when it ends. Unpinned, OpenBLAS, libgfortran,
-    // libgomp and the C kernels were unloaded and initialised again for every isolate (issue 13's
-    // suspected cause of "corrupted size vs. prev_size in fastbins" at the suite's exit).
+    // libgomp and the C kernels were unloaded and initialised again for every isolate.
     // glibc's LD_DEBUG=files logs every constructor run ("calling init: <path>"). Three Workers
     // in a row, each ended before the next starts:
     const dir = await Deno.makeTempDir({ prefix: "sida-pin-test-" });
