@@ -30,7 +30,7 @@ import {
 } from "../lib/pipeline/distill.ts";
 import { fidPlotSvg, lossPlotSvg } from "../lib/pipeline/plots.ts";
 import { type ChainReport, readShippedTeacherFid } from "../lib/pipeline/report.ts";
-import { setupBackend, TEST_BACKEND } from "./helpers.ts";
+import { setupBackend, TEST_BACKEND, tinySongUNet } from "./helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -39,19 +39,7 @@ function assertEquals(actual: unknown, expected: unknown, message?: string): voi
   else assert.deepEqual(actual, expected, `${message}: ${JSON.stringify(actual)}`);
 }
 
-const TINY = {
-  imgResolution: 32,
-  imgChannels: 1,
-  labelDim: 10,
-  unet: {
-    arch: "SongUNet" as const,
-    modelChannels: 8,
-    channelMult: [1],
-    numBlocks: 1,
-    attnResolutions: [],
-    dropout: 0,
-  },
-};
+const TINY = tinySongUNet({ imgResolution: 32, imgChannels: 1, labelDim: 10 });
 
 interface Fixture {
   dir: string;

@@ -13,6 +13,27 @@ import { readSafetensors } from "../lib/io/safetensors.ts";
 import { fromEdmKwargs, type NetworkConfig } from "../lib/nets/config.ts";
 import { EDMPrecond } from "../lib/nets/precond.ts";
 
+/**
+ * A one-level SongUNet with 8 channels and one block, no attention or dropout: the smallest
+ * network the run-folder, chain, teacher and reliability tests train or load. `image` sets the
+ * resolution, channels and labels.
+ */
+export function tinySongUNet(
+  image: { imgResolution: number; imgChannels: number; labelDim?: number; augmentDim?: number },
+) {
+  return {
+    ...image,
+    unet: {
+      arch: "SongUNet" as const,
+      modelChannels: 8,
+      channelMult: [1],
+      numBlocks: 1,
+      attnResolutions: [] as number[],
+      dropout: 0,
+    },
+  };
+}
+
 /** The backend the tests run on. */
 export const TEST_BACKEND = Deno.env.get("SIDA_TEST_BACKEND") ?? "auto";
 

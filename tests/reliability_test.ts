@@ -14,19 +14,9 @@ import { checkCovariance, LinalgError } from "../lib/metrics/linalg.ts";
 import { writeNpz } from "../lib/metrics/npz.ts";
 import { loadRefStats, saveRefStats } from "../lib/metrics/ref_stats.ts";
 import { createNetwork, loadNetwork, networkMetadata } from "../lib/nets/network.ts";
-import { setupBackend } from "./helpers.ts";
+import { setupBackend, tinySongUNet } from "./helpers.ts";
 
-const SMALL = {
-  imgResolution: 8,
-  imgChannels: 1,
-  unet: {
-    arch: "SongUNet" as const,
-    modelChannels: 8,
-    channelMult: [1],
-    numBlocks: 1,
-    attnResolutions: [],
-  },
-};
+const SMALL = tinySongUNet({ imgResolution: 8, imgChannels: 1 });
 
 Deno.test("non-finite weights: counted in every float format, refused at load unless allowed", async () => {
   assert.equal(

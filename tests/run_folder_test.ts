@@ -20,23 +20,11 @@ import { parseTeacherArgs } from "../lib/diffusion/teacher_training.ts";
 import { createNetwork, saveNetwork } from "../lib/nets/network.ts";
 import { parseDistillChainArgs } from "../lib/pipeline/distill.ts";
 import { isDenoTask, parseFlags, UsageError } from "../lib/runtime/cli.ts";
-import { fixturePath, setupBackend, TEST_BACKEND } from "./helpers.ts";
+import { fixturePath, setupBackend, TEST_BACKEND, tinySongUNet } from "./helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
-const TINY = {
-  imgResolution: 32,
-  imgChannels: 1,
-  labelDim: 0,
-  unet: {
-    arch: "SongUNet" as const,
-    modelChannels: 8,
-    channelMult: [1],
-    numBlocks: 1,
-    attnResolutions: [],
-    dropout: 0,
-  },
-};
+const TINY = tinySongUNet({ imgResolution: 32, imgChannels: 1, labelDim: 0 });
 
 let fixture: Promise<{ dir: string; teacher: string }> | undefined;
 

@@ -27,24 +27,11 @@ import {
   TeacherTrainer,
   trainTeacher,
 } from "../lib/diffusion/teacher_training.ts";
-import { setupBackend, TEST_BACKEND } from "./helpers.ts";
+import { setupBackend, TEST_BACKEND, tinySongUNet } from "./helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
-const TINY = {
-  imgResolution: 8,
-  imgChannels: 1,
-  labelDim: 3,
-  augmentDim: 0,
-  unet: {
-    arch: "SongUNet" as const,
-    modelChannels: 8,
-    channelMult: [1],
-    numBlocks: 1,
-    attnResolutions: [],
-    dropout: 0,
-  },
-};
+const TINY = tinySongUNet({ imgResolution: 8, imgChannels: 1, labelDim: 3, augmentDim: 0 });
 
 /** 24 images: class 0 a horizontal bar, 1 a vertical bar, 2 a diagonal, at varying offsets. */
 function barsDataset(): ImageDataset {
