@@ -43,6 +43,7 @@ export {
   currentBackend,
   describeBackend,
   initBackend,
+  preferVulkanWebGpu,
 } from "./lib/runtime/backend.ts";
 export {
   type Blas,

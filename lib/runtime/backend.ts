@@ -75,6 +75,33 @@ export function ensureXdgRuntimeDir(): void {
   }
 }
 
+/**
+ * On Linux, makes Deno's WebGPU use only its Vulkan backend unless the user chose backends with
+ * `DENO_WEBGPU_BACKEND`; returns the value in effect.
+ *
+ * With all backends (Deno's default), `requestAdapter` also starts wgpu's OpenGL backend, which
+ * loads Mesa's EGL and its DRI driver (with LLVM). When an isolate that asked for an adapter ends
+ * (a Worker, or a test file of `deno test --parallel`), EGL is terminated and Mesa `dlclose`s the
+ * driver on that isolate's thread. If the process exits meanwhile, the main thread runs the exit
+ * handlers and destructors of the libraries being unmapped: a core dump showed the main thread
+ * jumping to an unmapped exit handler while the other thread was in `libEGL_mesa` → `dlclose` →
+ * `munmap(libelf)`; other runs aborted with "corrupted size vs. prev_size in fastbins" or
+ * "malloc_consolidate(): invalid chunk size" (the same libraries destroyed twice). A process whose
+ * Workers only called `requestAdapter` crashed at exit in 5 of 60 runs with all backends and in 0
+ * of 80 with `vulkan` (`docs/reliability.md`). The compute shaders we run need Vulkan (or Metal,
+ * D3D12) anyway; WebGPU over OpenGL is not a backend we use.
+ */
+export function preferVulkanWebGpu(): string | undefined {
+  try {
+    const chosen = Deno.env.get("DENO_WEBGPU_BACKEND");
+    if (chosen !== undefined || Deno.build.os !== "linux") return chosen;
+    Deno.env.set("DENO_WEBGPU_BACKEND", "vulkan");
+    return "vulkan";
+  } catch {
+    return undefined; // no env permission: Deno's default backends
+  }
+}
+
 interface AdapterProbe {
   adapter?: string;
   isFallbackAdapter?: boolean;
@@ -83,6 +110,7 @@ interface AdapterProbe {
 
 async function probeWebGpu(): Promise<AdapterProbe> {
   ensureXdgRuntimeDir();
+  preferVulkanWebGpu();
   const gpu = (globalThis.navigator as { gpu?: GPU } | undefined)?.gpu;
   if (!gpu) return { error: "this runtime has no WebGPU (navigator.gpu is undefined)" };
   let adapter: GPUAdapter | null = null;

@@ -11,9 +11,9 @@
  * (`OMP_WAIT_POLICY=ACTIVE`), the process died of SIGSEGV every time, the second thread executing
  * libgomp's code after the unload had unmapped it. OpenBLAS' destructor (`blas_shutdown`) frees
  * its buffers and thread-local memory, and crashes of that unload/reload sequence are known
- * (OpenBLAS issues #1692 and #1942). (This does not explain issue 13's "corrupted size vs.
- * prev_size in fastbins" at the exit of `deno test --parallel tests/`: that recurred with the
- * libraries pinned, in threads freeing Deno's own memory while the process exited.)
+ * (OpenBLAS issues #1692 and #1942). (The heap corruption at the exit of
+ * `deno test --parallel tests/` had another cause, wgpu's OpenGL backend: see
+ * `docs/reliability.md` and `preferVulkanWebGpu` in `../backend.ts`.)
  *
  * {@linkcode pinLibrary} re-opens the already loaded library with `RTLD_NOLOAD | RTLD_NODELETE`
  * (glibc): the library (and what it depends on) is then loaded and initialised once per process
