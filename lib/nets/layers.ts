@@ -11,6 +11,7 @@ import { tf } from "../deps.ts";
 import { DEFAULT_INIT, type Initializer, type InitSpec } from "./init.ts";
 import { Module } from "./module.ts";
 import { groupNorm, silu as fusedSilu, softmax } from "../runtime/native/fused.ts";
+import { webGpuKernelsActive } from "../runtime/webgpu/backend.ts";
 import { mulberry32Uint } from "../runtime/random.ts";
 
 /** silu(x) = x · sigmoid(x) (one fused kernel on the `native` backend). */
@@ -215,6 +216,15 @@ export function conv2dIm2colGrad(x: tf.Tensor4D, w: tf.Tensor4D, pad: number): t
   return f(x, w) as tf.Tensor4D;
 }
 
+/**
+ * True on webgpu with tfjs' stock kernels (`SIDA_WEBGPU_KERNELS=0`), whose filter gradient is
+ * slow enough that the im2col product above pays; our kernels (`runtime/webgpu/conv.ts`) take
+ * the plain `Conv2D`/`FusedConv2D` path like every other backend.
+ */
+function stockWebGpu(): boolean {
+  return tf.getBackend() === "webgpu" && !webGpuKernelsActive();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Convolution with optional up/down-sampling.
 
@@ -297,12 +307,12 @@ export class Conv2d extends Module {
 
   #conv(x: tf.Tensor4D, pad: number): tf.Tensor4D {
     const w = this.weight as tf.Tensor4D;
-    return tf.getBackend() === "webgpu" ? conv2dIm2colGrad(x, w, pad) : tf.conv2d(x, w, 1, pad);
+    return stockWebGpu() ? conv2dIm2colGrad(x, w, pad) : tf.conv2d(x, w, 1, pad);
   }
 
   /** The convolution with its bias added by the same kernel (tfjs' `FusedConv2D`). */
   #convWithBias(x: tf.Tensor4D, pad: number): tf.Tensor4D {
-    if (tf.getBackend() === "webgpu") return tf.add(this.#conv(x, pad), this.bias!);
+    if (stockWebGpu()) return tf.add(this.#conv(x, pad), this.bias!);
     return tf.fused.conv2d({
       x,
       filter: this.weight as tf.Tensor4D,

@@ -15,6 +15,7 @@
 import { tf } from "../deps.ts";
 import { registerNativeBackend } from "./native/backend.ts";
 import { cKernelsUnavailableReason, loadCKernels } from "./native/ckernels.ts";
+import { registerWebGpuKernels, webGpuKernelsDisabledByEnv } from "./webgpu/backend.ts";
 
 function cKernelsSummary(): string {
   const c = loadCKernels();
@@ -37,6 +38,11 @@ export interface BackendInfo {
   adapter?: string;
   /** True when the WebGPU adapter is a software fallback (for example Mesa's llvmpipe). */
   isFallbackAdapter?: boolean;
+  /**
+   * On `webgpu`: `"sida"` when our WGSL kernels (`webgpu/`) replace tfjs' convolutions and
+   * provide the fused kernels, `"tfjs"` when `SIDA_WEBGPU_KERNELS=0` keeps tfjs' stock ones.
+   */
+  gpuKernels?: "sida" | "tfjs";
   /** The BLAS library behind the `native` backend (path and configuration). */
   blas?: string;
   /**
@@ -176,10 +182,13 @@ export async function initBackend(name?: string): Promise<BackendInfo> {
       const ok = await tf.setBackend("webgpu").catch(() => false);
       if (ok) {
         await tf.ready();
+        const stock = webGpuKernelsDisabledByEnv();
+        if (!stock) registerWebGpuKernels();
         current = {
           name: "webgpu",
           adapter: probe.adapter,
           isFallbackAdapter: probe.isFallbackAdapter,
+          gpuKernels: stock ? "tfjs" : "sida",
         };
         return current;
       }
@@ -222,7 +231,8 @@ export async function initBackend(name?: string): Promise<BackendInfo> {
 export function describeBackend(info: BackendInfo): string {
   if (info.name === "webgpu") {
     const kind = info.isFallbackAdapter ? "software fallback adapter" : "hardware adapter";
-    return `backend: webgpu on ${info.adapter} (${kind})`;
+    const k = info.gpuKernels === "tfjs" ? ", tfjs kernels" : "";
+    return `backend: webgpu on ${info.adapter} (${kind}${k})`;
   }
   if (info.name === "native") {
     const c = info.cKernels ? `, ${info.cKernels}` : "";

@@ -1,0 +1,261 @@
+/**
+ * A tiled matrix-product shader generator, the core of our convolutions on WebGPU
+ * (implicit GEMM: the im2col matrix is never written, each tile gathers its elements straight
+ * from the NHWC tensors).
+ *
+ *   C[m, n] = Σ_k A(m, k) · B(k, n),   m < M, n < N, k < K
+ *
+ * Tiling (the classic shared-memory scheme, e.g. Volkov & Demmel 2008, "Benchmarking GPUs to
+ * tune dense linear algebra"; tfjs-backend-webgpu's `matmul_packed_webgpu.ts` uses the same
+ * idea): a workgroup owns a TM×TN tile of C, with one thread per 4×4 or 8×8 block of it (`microTile`). For each step
+ * of TK along k, the workgroup's threads copy a TM×TK tile of A and a TK×TN tile of B into
+ * workgroup memory (each element loaded from global memory once per workgroup instead of once
+ * per thread), synchronise, and every thread accumulates its 4×4 block from them (RM·RN fused
+ * multiply-adds per RM + RN shared-memory reads).
+ *
+ * Split-K: when `kChunk < K`, the dispatch's z axis splits the k range into chunks; workgroup z
+ * sums k in [z·kChunk, (z+1)·kChunk) and writes its partial tile to `result[z·M·N + m·N + n]`; a
+ * second program ({@linkcode splitKReduceProgram}) sums the chunks. That turns a product with a
+ * small C and a huge K (the filter gradient: C is the filter, K runs over every output pixel of
+ * the batch) into enough workgroups to fill a GPU, where one thread per filter element looping
+ * over the whole batch (tfjs' `Conv2DDerFilterProgram`) leaves most of it idle.
+ *
+ * @module
+ */
+import { flatProgram, type GpuProgram, sizeOf } from "./program.ts";
+
+/** How one operand is gathered, as WGSL. */
+export interface Operand {
+  /**
+   * WGSL body of `fn(m_or_k: i32, k_or_n: i32) -> f32` returning the element, or 0 outside the
+   * operand (the generator only asks for indices < M, N and K; padding is the gatherer's job).
+   * Parameters are named `r` (row: m for A, k for B) and `c` (column: k for A, n for B).
+   */
+  load: string;
+  /**
+   * True when consecutive columns are adjacent in memory (A: k-contiguous; B: n-contiguous);
+   * false when consecutive rows are. Decides which index neighbouring threads walk along, so
+   * that their loads hit neighbouring addresses.
+   */
+  columnsContiguous: boolean;
+}
+
+/** A tiled GEMM (see the module comment). */
+export interface GemmSpec {
+  /** Unique name of this operand/epilogue combination (part of the shader key). */
+  name: string;
+  M: number;
+  N: number;
+  K: number;
+  /** Input binding names (the backend declares them as `array<f32>`). */
+  variableNames: string[];
+  a: Operand;
+  b: Operand;
+  /** WGSL expression of the stored value given `v` (the sum), `m` and `n`; default `v`. */
+  epilogue?: string;
+  /** k per split (a multiple of the tile's TK); default K (no split). */
+  kChunk?: number;
+  /** Shape of the output tensor; default [splits, M, N] when split, else [M, N]. */
+  outputShape?: number[];
+  /** Module-scope WGSL for the loaders (helper constants). */
+  decls?: string;
+}
+
+/** Rows of C per workgroup: the smallest of 16, 32, 64 that covers M, at most 64. */
+export function tileRows(m: number): number {
+  return m <= 16 ? 16 : m <= 32 ? 32 : 64;
+}
+
+/** Columns of C per workgroup: the smallest of 4, 16, 32, 64 that covers N, at most 64. */
+export function tileCols(n: number): number {
+  return n <= 4 ? 4 : n <= 16 ? 16 : n <= 32 ? 32 : 64;
+}
+
+/**
+ * Tuning knobs of {@linkcode gemmProgram} (read when a program is built; part of its shader
+ * key): `tk`, the k depth of a shared-memory step; `micro64`, the thread block of a full 64×64
+ * tile (4 or 8).
+ */
+export const gemmTuning = { tk: 16, micro64: 8 };
+
+/** k per step (shared-memory tile depth) of programs built now. */
+function tkNow(): number {
+  return gemmTuning.tk;
+}
+
+/** Number of k chunks of a split-K product. */
+export function splits(spec: Pick<GemmSpec, "K" | "kChunk">): number {
+  return spec.kChunk === undefined ? 1 : Math.ceil(spec.K / spec.kChunk);
+}
+
+/**
+ * Chooses the split-K chunk for a product with a small C and a large K: enough workgroups for
+ * the device (`targetWorkgroups`), but at least `minSteps` TK-steps per chunk so that the
+ * partial sums stay a small fraction of the traffic.
+ */
+export function chooseKChunk(
+  M: number,
+  N: number,
+  K: number,
+  targetWorkgroups = 256,
+  minSteps = 8,
+): number {
+  const tiles = Math.ceil(M / tileRows(M)) * Math.ceil(N / tileCols(N));
+  const TK = tkNow();
+  const steps = Math.ceil(K / TK);
+  const s = Math.max(
+    1,
+    Math.min(Math.ceil(targetWorkgroups / tiles), Math.floor(steps / minSteps)),
+  );
+  return Math.ceil(steps / s) * TK;
+}
+
+/**
+ * Rows × columns of C per thread: 8×8 for the full 64×64 tile (64 threads; 16 shared-memory reads
+ * per 64 multiply-adds per k), 4×4 for smaller tiles.
+ */
+export function microTile(tm: number, tn: number): [number, number] {
+  const r = gemmTuning.micro64;
+  return tm === 64 && tn === 64 ? [r, r] : [4, 4];
+}
+
+/** The tiled GEMM program (see the module comment). */
+export function gemmProgram(spec: GemmSpec): GpuProgram {
+  const { M, N, K } = spec;
+  const TK = tkNow();
+  const TM = tileRows(M), TN = tileCols(N);
+  const [RM, RN] = microTile(TM, TN);
+  const NTX = TN / RN;
+  const threads = (TM / RM) * NTX;
+  const kChunk = spec.kChunk ?? K;
+  const S = splits(spec);
+  // Elements of the A (TM×TK) and B (TK×TN) tiles each thread copies per step.
+  const loadsA = (TM * TK) / threads, loadsB = (TK * TN) / threads;
+  const outputShape = spec.outputShape ?? (S > 1 ? [S, M, N] : [M, N]);
+  // Tile element e → (row, column) so that neighbouring threads read neighbouring addresses.
+  const aIndex = spec.a.columnsContiguous
+    ? `let mm = e / ${TK}; let kk = e % ${TK};`
+    : `let mm = e % ${TM}; let kk = e / ${TM};`;
+  const bIndex = spec.b.columnsContiguous
+    ? `let kk = e / ${TN}; let nn = e % ${TN};`
+    : `let kk = e % ${TK}; let nn = e / ${TK};`;
+  // The RM×RN accumulators as separate vec4 variables (unrolled here, so that no private array
+  // is indexed at run time: on CPU implementations such arrays live in memory).
+  const rows = [...Array(RM).keys()], vecs = [...Array(RN / 4).keys()];
+  const accDecl = rows.flatMap((i) => vecs.map((j) => `  var c${i}_${j} = vec4<f32>(0.0);`));
+  const inner = [
+    ...rows.map((i) => `      let a${i} = vec4<f32>(As[ai + ${i}]);`),
+    ...vecs.map((j) =>
+      `      let b${j} = vec4<f32>(Bs[bi + ${4 * j}], Bs[bi + ${4 * j + 1}], ` +
+      `Bs[bi + ${4 * j + 2}], Bs[bi + ${4 * j + 3}]);`
+    ),
+    ...rows.flatMap((i) => vecs.map((j) => `      c${i}_${j} = fma(a${i}, b${j}, c${i}_${j});`)),
+  ];
+  const store = rows.flatMap((i) => [
+    `  { let m = m0 + ty * ${RM} + ${i};`,
+    `    if (m < G_M) {`,
+    ...vecs.map((j) =>
+      `      for (var q = 0; q < 4; q = q + 1) {
+        let n = n0 + tx * ${RN} + ${4 * j} + q;
+        if (n < G_N) { let v = c${i}_${j}[q]; result[base + m * G_N + n] = ${
+        spec.epilogue ?? "v"
+      }; }
+      }`
+    ),
+    `    } }`,
+  ]);
+  const code = `
+const G_M = ${M};
+const G_N = ${N};
+const G_K = ${K};
+const G_KCHUNK = ${kChunk};
+${spec.decls ?? ""}
+// A tile stored k-major (As[kk * TM + mm]) and B tile k-major (Bs[kk * TN + nn]), so that the
+// inner loop reads each thread's rows / columns as consecutive words.
+var<workgroup> As : array<f32, ${TM * TK}>;
+var<workgroup> Bs : array<f32, ${TK * TN}>;
+
+fn loadA(r : i32, c : i32) -> f32 {
+${spec.a.load}
+}
+fn loadB(r : i32, c : i32) -> f32 {
+${spec.b.load}
+}
+
+fn main() {
+  // A static use of the uniforms, which the backend always binds ('auto' layouts drop unused
+  // bindings, and the bind group must match the layout).
+  _ = uniforms.NAN;
+  let tid = i32(localIndex);
+  let tx = tid % ${NTX};
+  let ty = tid / ${NTX};
+  let m0 = i32(workgroupId.y) * ${TM};
+  let n0 = i32(workgroupId.x) * ${TN};
+  let kBegin = i32(workgroupId.z) * G_KCHUNK;
+  let kEnd = min(G_K, kBegin + G_KCHUNK);
+${accDecl.join("\n")}
+  for (var k0 = kBegin; k0 < kEnd; k0 = k0 + ${TK}) {
+    for (var i = 0; i < ${loadsA}; i = i + 1) {
+      let e = tid + i * ${threads};
+      ${aIndex}
+      let m = m0 + mm;
+      let k = k0 + kk;
+      var v = 0.0;
+      if (m < G_M && k < kEnd) { v = loadA(m, k); }
+      As[kk * ${TM} + mm] = v;
+    }
+    for (var i = 0; i < ${loadsB}; i = i + 1) {
+      let e = tid + i * ${threads};
+      ${bIndex}
+      let n = n0 + nn;
+      let k = k0 + kk;
+      var v = 0.0;
+      if (n < G_N && k < kEnd) { v = loadB(k, n); }
+      Bs[kk * ${TN} + nn] = v;
+    }
+    workgroupBarrier();
+    for (var kk = 0; kk < ${TK}; kk = kk + 1) {
+      let ai = kk * ${TM} + ty * ${RM};
+      let bi = kk * ${TN} + tx * ${RN};
+${inner.join("\n")}
+    }
+    workgroupBarrier();
+  }
+  let base = i32(workgroupId.z) * G_M * G_N;
+${store.join("\n")}
+}
+`;
+  return {
+    variableNames: spec.variableNames,
+    outputShape,
+    shaderKey: `sida_gemm_${spec.name}_${M}_${N}_${K}_${kChunk}_${TM}x${TN}x${TK}_${RM}x${RN}`,
+    // Not flat: the backend calls main() and our code reads workgroupId/localIndex itself.
+    dispatchLayout: { x: [], y: [], z: [0] },
+    dispatch: [Math.ceil(N / TN), Math.ceil(M / TM), S],
+    workgroupSize: [threads, 1, 1],
+    getUserCode: () => code,
+  };
+}
+
+/**
+ * Sums the `splits` partial products of a split-K {@linkcode gemmProgram} (input `P`, shape
+ * [splits, M·N]) into `outputShape` (M·N elements), plus `epilogue` (WGSL in `v` and `index`).
+ */
+export function splitKReduceProgram(
+  splitCount: number,
+  outputShape: number[],
+  extraInputs: string[] = [],
+  epilogue = "v",
+): GpuProgram {
+  const size = sizeOf(outputShape);
+  return flatProgram(
+    `splitk_${splitCount}_${size}_${extraInputs.join("_")}_${epilogue}`,
+    ["P", ...extraInputs],
+    outputShape,
+    `  if (index < uniforms.size) {
+    var v = 0.0;
+    for (var s = 0; s < ${splitCount}; s = s + 1) { v = v + P[s * ${size} + index]; }
+    result[index] = ${epilogue};
+  }`,
+  );
+}

@@ -1,0 +1,184 @@
+/**
+ * Our WGSL kernels on the webgpu backend (`lib/runtime/webgpu/`) against tfjs' `cpu` backend:
+ * values and gradients at odd shapes (batch 1, channel counts that are not multiples of the
+ * tiles, 1×1 and 3×3, strides 1 and 2, `same`/`valid`/numeric padding), no leaked tensors, and
+ * the automatic choice still taking `native` over a software adapter. Skipped where Deno finds
+ * no WebGPU adapter at all.
+ */
+import assert from "node:assert/strict";
+import { tf } from "../lib/deps.ts";
+import { ensureXdgRuntimeDir, initBackend } from "../lib/runtime/backend.ts";
+import {
+  registerWebGpuKernels,
+  unregisterWebGpuKernels,
+  webGpuKernelsActive,
+} from "../lib/runtime/webgpu/backend.ts";
+import { chooseKChunk } from "../lib/runtime/webgpu/gemm.ts";
+
+ensureXdgRuntimeDir();
+const adapter = await (navigator as { gpu?: GPU }).gpu?.requestAdapter().catch(() => null);
+const ignore = !adapter;
+
+/** Seeded host values (the same on both backends). */
+function values(n: number, seed: number): Float32Array {
+  const v = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    v[i] = s / 2 ** 31 - 1;
+  }
+  return v;
+}
+
+type Host = { shape: number[]; data: Float32Array };
+const host = (shape: number[], seed: number): Host => ({
+  shape,
+  data: values(shape.reduce((a, b) => a * b, 1), seed),
+});
+
+/** Runs `f` on `backend` with the host inputs; returns every output's values. */
+async function runOn(
+  backend: string,
+  inputs: Host[],
+  f: (...t: tf.Tensor[]) => tf.Tensor[],
+): Promise<Float32Array[]> {
+  await tf.setBackend(backend);
+  const ts = inputs.map((h) => tf.tensor(h.data, h.shape, "float32"));
+  const outs = f(...ts);
+  const vals: Float32Array[] = [];
+  for (const o of outs) vals.push(await o.data() as Float32Array);
+  tf.dispose([...ts, ...outs]);
+  return vals;
+}
+
+/** Largest |a − b| relative to the largest |b|. */
+function relErr(a: Float32Array, b: Float32Array): number {
+  assert.equal(a.length, b.length);
+  let d = 0, m = 1e-12;
+  for (let i = 0; i < a.length; i++) {
+    d = Math.max(d, Math.abs(a[i] - b[i]));
+    m = Math.max(m, Math.abs(b[i]));
+  }
+  return d / m;
+}
+
+async function expectSame(
+  what: string,
+  inputs: Host[],
+  f: (...t: tf.Tensor[]) => tf.Tensor[],
+  tol = 1e-4,
+) {
+  const want = await runOn("cpu", inputs, f);
+  const got = await runOn("webgpu", inputs, f);
+  assert.equal(got.length, want.length);
+  for (let i = 0; i < got.length; i++) {
+    const e = relErr(got[i], want[i]);
+    assert.ok(e <= tol, `${what}: output ${i} relative error ${e} > ${tol}`);
+  }
+}
+
+// [batch, size, ci, co, kernel, stride, pad]
+const CONV_CASES: [number, number, number, number, number, number, number | "same" | "valid"][] = [
+  [1, 5, 3, 7, 3, 1, 1], // batch 1, odd channels, 3x3 same
+  [2, 6, 5, 6, 1, 1, 0], // 1x1
+  [2, 7, 3, 5, 3, 2, 1], // stride 2 (down-sampling)
+  [1, 6, 1, 33, 3, 1, "same"], // one input channel, 33 outputs (tile tail)
+  [3, 9, 66, 17, 3, 1, "valid"], // channels past a 64-wide tile
+  [1, 4, 70, 65, 3, 1, 1], // 8x8 micro-tiles with tails on both sides
+];
+
+Deno.test({
+  name: "webgpu kernels: convolution forward (with and without bias) and gradients equal cpu",
+  ignore,
+  fn: async () => {
+    await initBackend("webgpu");
+    assert.ok(webGpuKernelsActive(), "initBackend('webgpu') registers our kernels");
+    for (const [n, h, ci, co, k, s, pad] of CONV_CASES) {
+      const tag = `${n}x${h}x${h}x${ci}->${co} ${k}x${k} s${s} pad ${pad}`;
+      const inputs = [host([n, h, h, ci], 1), host([k, k, ci, co], 2), host([co], 3)];
+      await expectSame(`conv ${tag}`, inputs, (x, w, b) => {
+        const plain = (x4: tf.Tensor4D, w4: tf.Tensor4D) => tf.conv2d(x4, w4, s, pad);
+        const fused = (x4: tf.Tensor4D, w4: tf.Tensor4D, b1: tf.Tensor) =>
+          tf.fused.conv2d({ x: x4, filter: w4, strides: s, pad, bias: b1 });
+        // Gradients of a weighted sum, so that every output element matters differently.
+        const loss = (...t: tf.Tensor[]) => {
+          const [x4, w4, b1] = t as [tf.Tensor4D, tf.Tensor4D, tf.Tensor];
+          const y = tf.add(plain(x4, w4), fused(x4, w4, b1));
+          return tf.sum(tf.mul(y, tf.sin(tf.reshape(tf.range(0, y.size), y.shape))));
+        };
+        const grads = tf.grads(loss)([x, w, b]);
+        return [
+          plain(x as tf.Tensor4D, w as tf.Tensor4D),
+          fused(x as tf.Tensor4D, w as tf.Tensor4D, b),
+          ...grads,
+        ];
+      });
+    }
+  },
+});
+
+Deno.test({
+  name: "webgpu kernels: filter gradient split over N·H·W sums every chunk",
+  ignore,
+  fn: async () => {
+    await initBackend("webgpu");
+    // A K (N·H·W) many times the chunk: 2·16·16 = 512 pixels, chunks of 128.
+    assert.ok(chooseKChunk(9 * 3, 5, 512, 256, 8) < 512);
+    const dy = host([2, 16, 16, 5], 5), x = host([2, 16, 16, 3], 6);
+    await expectSame("split-K filter gradient", [x, dy], (xt, dyt) => [
+      tf.engine().runKernel("Conv2DBackpropFilter", { x: xt, dy: dyt }, {
+        strides: 1,
+        pad: "same",
+        dataFormat: "NHWC",
+        filterShape: [3, 3, 3, 5],
+      }) as tf.Tensor,
+    ]);
+  },
+});
+
+Deno.test({
+  name: "webgpu kernels: repeated calls keep tf.memory().numTensors flat; stock kernels restore",
+  ignore,
+  fn: async () => {
+    await initBackend("webgpu");
+    const x = tf.randomNormal([1, 6, 6, 5]) as tf.Tensor4D;
+    const w = tf.variable(tf.randomNormal([3, 3, 5, 4]));
+    const step = async () => {
+      const { value, grads } = tf.variableGrads(
+        () => tf.sum(tf.square(tf.conv2d(x, w as tf.Tensor4D, 1, "same"))) as tf.Scalar,
+        [w],
+      );
+      const v = (await value.data())[0];
+      tf.dispose([value, ...Object.values(grads)]);
+      return v;
+    };
+    const first = await step();
+    const start = tf.memory().numTensors;
+    for (let i = 0; i < 3; i++) assert.equal(await step(), first);
+    assert.equal(tf.memory().numTensors, start);
+    unregisterWebGpuKernels();
+    try {
+      assert.ok(!webGpuKernelsActive());
+      const stock = await step();
+      assert.ok(Math.abs(stock - first) <= 1e-4 * Math.abs(first), `${stock} vs ${first}`);
+    } finally {
+      registerWebGpuKernels();
+    }
+    tf.dispose([x, w]);
+  },
+});
+
+Deno.test({
+  name: "automatic backend choice still prefers native over a software WebGPU adapter",
+  ignore: ignore || !(adapter!.info as { isFallbackAdapter?: boolean }).isFallbackAdapter,
+  fn: async () => {
+    const prev = Deno.env.get("SIDA_BACKEND");
+    Deno.env.delete("SIDA_BACKEND");
+    try {
+      const info = await initBackend();
+      assert.notEqual(info.name, "webgpu");
+    } finally {
+      if (prev !== undefined) Deno.env.set("SIDA_BACKEND", prev);
+    }
+  },
+});
