@@ -9,13 +9,38 @@
  * The first call of each measurement is a warm-up and is not counted. On `cpu`, measurements
  * estimated to take longer than `--cpu-max-s` seconds (default 120) are skipped, and say so.
  * Prints a Markdown table; `--json F` also writes the rows to F.
+ *
+ * On `webgpu` two more sections (`--sections kernels,net,tiny,sida` picks what runs):
+ *
+ * - `tiny`: the host cost of one tiny kernel (64 floats) through tfjs-webgpu's program runner,
+ *   for a stock program (`Add`) and one of ours (`SidaSilu`): µs per call spent in JavaScript
+ *   (pipeline lookup, uniform upload, bind group, dispatch record), with no read-back;
+ * - `sida`: one `mnist` SiDA iteration (`--sida-batch 64 --sida-micro 32`, both warm-up gates
+ *   open, after one warm-up iteration) recorded kernel by kernel: dispatches, queue submissions,
+ *   bind groups and buffer writes per iteration, then every distinct kernel call replayed alone
+ *   (`--replay-repeats`) for calls, ms and GFLOP/s per kernel type.
+ *
+ *   deno run -A bench/kernels.ts --backends webgpu --sections tiny,sida --sida-batch 4 --sida-micro 2
+ *
+ * (the dispatch count depends on the number of rounds, batch / micro-batch, not on the batch).
+ * `SIDA_WEBGPU_KERNELS=0` measures tfjs' stock kernels.
  */
 import { tf } from "../lib/deps.ts";
 import { numberFlag, parseFlags, runMain, startBackend } from "../lib/runtime/cli.ts";
 import { createNetwork, preset } from "../lib/nets/network.ts";
+import { mnistDataset } from "../lib/data/dataset.ts";
+import { Distiller } from "../lib/distill/distiller.ts";
+import { distillPreset } from "../lib/distill/presets.ts";
+import { silu } from "../lib/runtime/native/fused.ts";
+import {
+  type GpuCounts,
+  type KernelTiming,
+  replayKernels,
+  startGpuProfile,
+} from "../lib/runtime/webgpu/profile.ts";
 
 const USAGE =
-  "usage: bench/kernels.ts [--backends native,webgpu,cpu] [--batch 64] [--repeats 2] [--cpu-max-s 120] [--json out.json]";
+  "usage: bench/kernels.ts [--backends native,webgpu,cpu] [--batch 64] [--repeats 2] [--cpu-max-s 120] [--sections kernels,net,tiny,sida] [--sida-batch 64] [--sida-micro 32] [--replay-repeats 2] [--json out.json]";
 
 interface Row {
   backend: string;
@@ -193,15 +218,147 @@ async function netRows(backend: string, batch: number, repeats: number, cpuMaxS:
   return rows;
 }
 
+/** Host cost of tiny kernels on webgpu (see the module comment). */
+interface TinyRow {
+  what: string;
+  hostMicros: number;
+  gpuMicros: number;
+}
+
+async function tinyRows(): Promise<TinyRow[]> {
+  const rows: TinyRow[] = [];
+  const x = tf.randomNormal([64]);
+  const cases: [string, (t: tf.Tensor) => tf.Tensor][] = [
+    ["tfjs stock program (Add of 64 floats)", (t) => tf.add(t, 1)],
+    ["our program (SidaSilu of 64 floats)", (t) => silu(t)],
+  ];
+  const chain = 300;
+  for (const [what, f] of cases) {
+    let best = Infinity, bestAll = Infinity;
+    for (let r = 0; r < 4; r++) {
+      let y = x;
+      const t0 = performance.now();
+      for (let i = 0; i < chain; i++) {
+        const next = f(y);
+        if (y !== x) y.dispose();
+        y = next;
+      }
+      const t1 = performance.now();
+      await y.data();
+      const t2 = performance.now();
+      y.dispose();
+      if (r === 0) continue; // warm-up: pipeline compilation
+      best = Math.min(best, (t1 - t0) / chain * 1e3);
+      bestAll = Math.min(bestAll, (t2 - t0) / chain * 1e3);
+    }
+    rows.push({ what, hostMicros: best, gpuMicros: bestAll });
+    console.error(`tiny: ${what}: ${best.toFixed(1)} µs host, ${bestAll.toFixed(1)} µs with GPU`);
+  }
+  x.dispose();
+  return rows;
+}
+
+/** One profiled mnist SiDA iteration on webgpu (see the module comment). */
+interface SidaProfile {
+  batch: number;
+  microBatch: number;
+  seconds: number;
+  counts: GpuCounts;
+  kernels: KernelTiming[];
+}
+
+async function sidaProfile(
+  batch: number,
+  microBatch: number,
+  replayRepeats: number,
+): Promise<SidaProfile> {
+  const teacher = createNetwork(preset("mnist"), { seed: 0 });
+  const base = distillPreset("mnist", "sida").config;
+  const d = new Distiller({
+    teacher,
+    dataset: await mnistDataset(),
+    config: { ...base, batch, microBatch, gWarmupNimg: 0, ganWarmupNimg: 0 },
+  });
+  let t0 = performance.now();
+  await d.step();
+  console.error(`sida: warm-up iteration ${((performance.now() - t0) / 1e3).toFixed(1)} s`);
+  const prof = startGpuProfile({ record: true });
+  t0 = performance.now();
+  try {
+    await d.step();
+  } finally {
+    prof.stop();
+  }
+  const seconds = (performance.now() - t0) / 1e3;
+  const counts = prof.totals();
+  console.error(
+    `sida: profiled iteration ${seconds.toFixed(1)} s, ${counts.dispatches} dispatches, ` +
+      `${counts.submits} submits, ${prof.calls.length} kernel calls; replaying…`,
+  );
+  const kernels = await replayKernels(prof.calls, replayRepeats, (k) => console.error(`  ${k}`));
+  d.dispose();
+  teacher.dispose();
+  return { batch, microBatch, seconds, counts, kernels };
+}
+
+function printSida(p: SidaProfile): void {
+  const c = p.counts;
+  console.log(
+    `\nOne mnist SiDA iteration on webgpu, batch ${p.batch} in rounds of ${p.microBatch}: ` +
+      `${p.seconds.toFixed(2)} s; ${c.dispatches} dispatches, ${c.submits} queue submissions, ` +
+      `${c.bindGroups} bind groups, ${c.writeBuffers} buffer writes.\n`,
+  );
+  const total = p.kernels.reduce((a, k) => a + k.ms, 0);
+  console.log("| kernel | calls | dispatches | ms (replayed) | share | GFLOP/s |");
+  console.log("|---|---:|---:|---:|---:|---:|");
+  for (const k of p.kernels) {
+    const gf = k.gflop > 0 && k.ms > 0 ? (k.gflop / (k.ms / 1e3)).toFixed(2) : "";
+    console.log(
+      `| ${k.name}${
+        k.failed ? ` (${k.failed} not replayed)` : ""
+      } | ${k.calls} | ${k.dispatches} | ${k.ms.toFixed(1)} | ${
+        (100 * k.ms / total).toFixed(1)
+      }% | ${gf} |`,
+    );
+  }
+  console.log(
+    `| total | ${p.kernels.reduce((a, k) => a + k.calls, 0)} | ${
+      p.kernels.reduce((a, k) => a + k.dispatches, 0)
+    } | ${total.toFixed(1)} | | |`,
+  );
+}
+
 await runMain(async () => {
   const f = parseFlags(Deno.args, {
-    string: ["backends", "batch", "repeats", "cpu-max-s", "json"],
+    string: [
+      "backends",
+      "batch",
+      "repeats",
+      "cpu-max-s",
+      "json",
+      "sections",
+      "sida-batch",
+      "sida-micro",
+      "replay-repeats",
+    ],
   }, USAGE);
   const backends = String(f.backends ?? "native,webgpu,cpu").split(",");
   const batch = numberFlag("batch", f.batch, 64, { integer: true, min: 1 });
   const repeats = numberFlag("repeats", f.repeats, 2, { integer: true, min: 1 });
   const cpuMaxS = numberFlag("cpu-max-s", f["cpu-max-s"], 120, { min: 0 });
+  const sections = new Set(String(f.sections ?? "kernels,net,tiny,sida").split(","));
+  const sidaBatch = numberFlag("sida-batch", f["sida-batch"], 64, { integer: true, min: 1 });
+  const sidaMicro = numberFlag("sida-micro", f["sida-micro"], Math.min(32, sidaBatch), {
+    integer: true,
+    min: 1,
+  });
+  const replayRepeats = numberFlag("replay-repeats", f["replay-repeats"], 2, {
+    integer: true,
+    min: 1,
+  });
   const rows: Row[] = [];
+  let tiny: TinyRow[] | undefined;
+  let sida: SidaProfile | undefined;
   const labels: Record<string, string> = {};
   for (const b of backends) {
     let info;
@@ -216,8 +373,12 @@ await runMain(async () => {
       : info.name === "native"
       ? `native (${info.blas})`
       : "cpu (tfjs JS)";
-    rows.push(...await kernelRows(b, repeats, cpuMaxS));
-    rows.push(...await netRows(b, batch, repeats, cpuMaxS));
+    if (sections.has("kernels")) rows.push(...await kernelRows(b, repeats, cpuMaxS));
+    if (sections.has("net")) rows.push(...await netRows(b, batch, repeats, cpuMaxS));
+    if (info.name === "webgpu" && sections.has("tiny")) tiny = await tinyRows();
+    if (info.name === "webgpu" && sections.has("sida")) {
+      sida = await sidaProfile(sidaBatch, sidaMicro, replayRepeats);
+    }
   }
   const names = [...new Set(rows.map((r) => r.what))];
   const used = backends.filter((b) => labels[b]);
@@ -235,5 +396,18 @@ await runMain(async () => {
     console.log(`| ${what} | ${g.toFixed(2)} | ${cells.join(" | ")} |`);
   }
   for (const b of used) console.log(`\n${b}: ${labels[b]}`);
-  if (f.json) await Deno.writeTextFile(String(f.json), JSON.stringify({ labels, rows }, null, 2));
+  if (tiny) {
+    console.log("\n| tiny kernel on webgpu | µs host per call | µs per call with the GPU |");
+    console.log("|---|---:|---:|");
+    for (const t of tiny) {
+      console.log(`| ${t.what} | ${t.hostMicros.toFixed(1)} | ${t.gpuMicros.toFixed(1)} |`);
+    }
+  }
+  if (sida) printSida(sida);
+  if (f.json) {
+    await Deno.writeTextFile(
+      String(f.json),
+      JSON.stringify({ labels, rows, tiny, sida }, null, 2),
+    );
+  }
 });

@@ -14,6 +14,7 @@ import {
   webGpuKernelsActive,
 } from "../lib/runtime/webgpu/backend.ts";
 import { chooseKChunk } from "../lib/runtime/webgpu/gemm.ts";
+import { groupNorm, nanToNum, silu } from "../lib/runtime/native/fused.ts";
 
 ensureXdgRuntimeDir();
 const adapter = await (navigator as { gpu?: GPU }).gpu?.requestAdapter().catch(() => null);
@@ -180,5 +181,33 @@ Deno.test({
     } finally {
       if (prev !== undefined) Deno.env.set("SIDA_BACKEND", prev);
     }
+  },
+});
+
+Deno.test({
+  name: "webgpu kernels: fused SiLU, group norm (+SiLU) and nan_to_num, values and gradients",
+  ignore,
+  fn: async () => {
+    await initBackend("webgpu");
+    for (const k of ["SidaSilu", "SidaSiluGrad", "SidaGroupNorm", "SidaGroupNormGrad"]) {
+      assert.ok(tf.getKernel(k, "webgpu"), `${k} is registered for webgpu`);
+    }
+    // 6 channels in 3 groups, 5x3 pixels, batch 2; γ, β not 1 and 0.
+    const inputs = [host([2, 5, 3, 6], 11), host([6], 12), host([6], 13)];
+    await expectSame("group norm + silu", inputs, (x, g, b) => {
+      const f = (...t: tf.Tensor[]) => {
+        const [x4, g1, b1] = t as [tf.Tensor4D, tf.Tensor, tf.Tensor];
+        const y = silu(groupNorm(x4, tf.add(g1, 1.5), b1, 3, 1e-5));
+        return tf.sum(tf.mul(y, tf.cos(tf.reshape(tf.range(0, y.size), y.shape))));
+      };
+      return [
+        silu(groupNorm(x as tf.Tensor4D, g, b, 3, 1e-5)),
+        f(x, g, b),
+        ...tf.grads(f)([x, g, b]),
+      ];
+    });
+    const special = tf.tensor1d([NaN, Infinity, -Infinity, 1.5, -0]);
+    assert.deepEqual(Array.from(await nanToNum(special, 0, 7, -7).data()), [0, 7, -7, 1.5, -0]);
+    special.dispose();
   },
 });

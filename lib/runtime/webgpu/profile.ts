@@ -220,8 +220,9 @@ export interface KernelTiming {
 
 /**
  * Replays each distinct call of a recording on the active backend: inputs of its shapes
- * (normal floats, zero integers), one warm-up, then `repeats` calls issued back to back and
- * one read-back; the per-call time times the signature's count goes to its kernel's total.
+ * (normal floats, zero integers), one warm-up, then 1 and `repeats + 1` calls issued back to
+ * back, each followed by one read-back; the difference over `repeats` (the read-back's latency
+ * cancels) times the signature's count goes to its kernel's total.
  * `onProgress` gets each kernel's name as it starts.
  */
 export async function replayKernels(
@@ -248,26 +249,30 @@ export async function replayKernels(
         ? tf.randomNormal(shape, 0, 1, "float32", 7)
         : tf.zeros(shape, dtype);
     });
+    // Kernels of a tensor list (Concat, Pack, AddN) take an array.
+    const list = call.inputNames.every((n) => /^\d+$/.test(n));
+    const args = (list ? Object.values(inputs) : inputs) as unknown as tf.NamedTensorMap;
     const run = () => {
-      const r = tf.engine().runKernel(call.name, inputs, call.attrs as tf.NamedAttrMap);
+      const r = tf.engine().runKernel(call.name, args, call.attrs as tf.NamedAttrMap);
       return Array.isArray(r) ? r : [r];
     };
-    const sync = async (ts: tf.Tensor[]) => {
-      for (const x of ts) await x.data();
-    };
-    try {
-      const warm = run();
-      await sync(warm);
-      tf.dispose(warm);
+    const timed = async (k: number) => {
       const t0 = performance.now();
       let outs: tf.Tensor[] = [];
-      for (let i = 0; i < repeats; i++) {
+      for (let i = 0; i < k; i++) {
         tf.dispose(outs);
         outs = run();
       }
-      await sync(outs);
+      for (const x of outs) await x.data();
       tf.dispose(outs);
-      t.ms += (performance.now() - t0) / repeats * count;
+      return performance.now() - t0;
+    };
+    try {
+      await timed(1); // warm-up: pipeline compilation
+      // The read-back's latency cancels in the difference of k calls and 1 call.
+      const one = await timed(1);
+      const many = await timed(repeats + 1);
+      t.ms += Math.max(0, (many - one) / repeats) * count;
     } catch {
       t.failed++;
     }
