@@ -14,6 +14,7 @@ import {
   webGpuKernelsActive,
 } from "../lib/runtime/webgpu/backend.ts";
 import { chooseKChunk } from "../lib/runtime/webgpu/gemm.ts";
+import { adamApply, adamSecondMoment, lerp } from "../lib/runtime/webgpu/optim.ts";
 import { groupNorm, nanToNum, silu } from "../lib/runtime/native/fused.ts";
 
 ensureXdgRuntimeDir();
@@ -209,5 +210,23 @@ Deno.test({
     const special = tf.tensor1d([NaN, Infinity, -Infinity, 1.5, -0]);
     assert.deepEqual(Array.from(await nanToNum(special, 0, 7, -7).data()), [0, 7, -7, 1.5, -0]);
     special.dispose();
+  },
+});
+
+Deno.test({
+  name: "webgpu kernels: one-dispatch lerp and Adam updates equal the composed tfjs forms",
+  ignore,
+  fn: async () => {
+    await initBackend("webgpu");
+    const shape = [3, 5, 7];
+    const inputs = [host(shape, 21), host(shape, 22), host(shape, 23), host(shape, 24)];
+    await expectSame("lerp / adam", inputs, (p, m, v0, g) => {
+      const v = tf.abs(v0);
+      return [
+        lerp(m, g, 0.1),
+        adamSecondMoment(v, g, 0.999),
+        adamApply(p, m, v, 1e-3 / 0.1, Math.sqrt(1 - 0.999 ** 3), 1e-8),
+      ];
+    }, 1e-6);
   },
 });

@@ -3,7 +3,7 @@
  * (the way `../native/backend.ts` replaces tfjs-cpu's kernels with C and BLAS ones): the
  * convolutions as tiled implicit GEMMs (`conv.ts`), and the fused kernels of
  * `../native/fused.ts` (SiLU, group normalisation) so that the networks take their one-kernel
- * path on WebGPU too (`fused.ts`).
+ * path on WebGPU too (`fused.ts`), and one-dispatch optimizer and EMA updates (`optim.ts`).
  *
  * `SIDA_WEBGPU_KERNELS=0` in the environment keeps tfjs' stock kernels (for comparisons).
  *
@@ -19,6 +19,7 @@
 import { tf } from "../../deps.ts";
 import { convKernels } from "./conv.ts";
 import { fusedWebGpuKernels } from "./fused.ts";
+import { optimWebGpuKernels } from "./optim.ts";
 import type { GpuKernelFunc } from "./program.ts";
 
 const BACKEND = "webgpu";
@@ -56,7 +57,11 @@ function stock(name: string): GpuKernelFunc {
  */
 export function registerWebGpuKernels(): string[] {
   if (webGpuKernelsActive()) return WEBGPU_KERNEL_NAMES;
-  const ours: Record<string, GpuKernelFunc> = { ...convKernels(stock), ...fusedWebGpuKernels() };
+  const ours: Record<string, GpuKernelFunc> = {
+    ...convKernels(stock),
+    ...fusedWebGpuKernels(),
+    ...optimWebGpuKernels(),
+  };
   for (const [name, kernelFunc] of Object.entries(ours)) {
     const old = tf.getKernel(name, BACKEND);
     if (!stockKernels.has(name)) stockKernels.set(name, old ? { ...old } : undefined);
