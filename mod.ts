@@ -136,19 +136,14 @@ export {
 
 // Distillation: losses (pure functions of tensors), noise levels, optimiser, EMA.
 export {
-  clipValues,
   fakeScoreDiscriminatorLoss,
   fakeScoreLoss,
   fakeStepObjective,
   G_STEP_WARMUP_NIMG,
   GAN_WARMUP_NIMG,
-  ganTermEnabled,
   generatorObjective,
-  generatorStepEnabled,
   type LossResult,
-  nanToNum,
   sampleKeepMask,
-  sanitizeGradients,
   sidaDiscriminatorLoss,
   sidaGeneratorAdversarialLoss,
   sidGeneratorLoss,
@@ -158,18 +153,24 @@ export {
   DEFAULT_ALPHA,
   DEFAULT_TMAX,
   edmLossWeight,
-  type RandomSource,
   sampleFakeSigma,
   sampleGeneratorSigma,
-  seededRandom,
 } from "./lib/distill/sigma.ts";
-export { Adam, type AdamOptions } from "./lib/distill/optim.ts";
-export { Ema, emaBeta, type EmaOptions, updateEma } from "./lib/distill/ema.ts";
+export { mixSeed, type RandomSource, seededRandom } from "./lib/runtime/random.ts";
+// Training (shared by teacher training and distillation): optimiser, EMA, gradients, guard.
+export { Adam, type AdamOptions } from "./lib/train/optim.ts";
+export { Ema, emaBeta, type EmaOptions, updateEma } from "./lib/train/ema.ts";
+export {
+  accumulateGradients,
+  clipValues,
+  nanToNum,
+  sanitizeGradients,
+} from "./lib/train/gradients.ts";
 export {
   DEFAULT_NON_FINITE_LIMIT,
   NonFiniteGuard,
   NonFiniteTrainingError,
-} from "./lib/distill/guard.ts";
+} from "./lib/train/guard.ts";
 
 // Checkpoint import (.pkl / .pt, safe pickle reader).
 export {
@@ -243,7 +244,17 @@ export {
   distillPreset,
   type DistillPresetName,
 } from "./lib/distill/presets.ts";
-export { findLatestState, readTrainingState, type SavedTrainingState } from "./lib/distill/run.ts";
+export { readTrainingState, type SavedTrainingState } from "./lib/distill/run.ts";
+export { findLatestState, networkFingerprint } from "./lib/train/run_folder.ts";
+export {
+  runTraining,
+  type Trainer,
+  type TrainerState,
+  type TrainingKind,
+  type TrainingResult,
+  type TrainingRun,
+  withInterrupt,
+} from "./lib/train/driver.ts";
 
 // EDM teacher training (`deno task teacher`).
 export {

@@ -15,7 +15,7 @@ import { tf } from "../lib/deps.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { createImageDataset, type ImageDataset, writeImageZip } from "../lib/data/dataset.ts";
-import { findLatestState } from "../lib/distill/run.ts";
+import { findLatestState } from "../lib/train/run_folder.ts";
 import { datasetFeatures } from "../lib/metrics/evaluate.ts";
 import { MnistFeatureNet } from "../lib/metrics/mnist_features.ts";
 import { hostTensor } from "../lib/io/host_tensor.ts";

@@ -13,11 +13,12 @@ import { createImageDataset, type ImageDataset, writeImageZip } from "../lib/dat
 import type { HostTensor } from "../lib/io/host_tensor.ts";
 import { writeSafetensors } from "../lib/io/safetensors.ts";
 import { createNetwork, networkMetadata, saveNetwork } from "../lib/nets/network.ts";
-import { NonFiniteTrainingError } from "../lib/distill/guard.ts";
+import { NonFiniteTrainingError } from "../lib/train/guard.ts";
 import type { EDMPrecond } from "../lib/nets/precond.ts";
 import { Distiller } from "../lib/distill/distiller.ts";
 import { generate } from "../lib/distill/generator.ts";
-import { findLatestState, readTrainingState } from "../lib/distill/run.ts";
+import { readTrainingState } from "../lib/distill/run.ts";
+import { findLatestState } from "../lib/train/run_folder.ts";
 import { type DistillationOptions, runDistillation } from "../lib/distill/train.ts";
 import { setupBackend, TEST_BACKEND } from "./helpers.ts";
 

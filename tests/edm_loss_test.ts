@@ -3,8 +3,8 @@ import assert from "node:assert/strict";
 import { tf } from "../lib/deps.ts";
 import { edmLoss } from "../lib/diffusion/edm_loss.ts";
 import { GaussianDenoiser } from "../lib/diffusion/gaussian.ts";
-import { seededRandom } from "../lib/distill/sigma.ts";
-import { Adam } from "../lib/distill/optim.ts";
+import { seededRandom } from "../lib/runtime/random.ts";
+import { Adam } from "../lib/train/optim.ts";
 import { createNetwork } from "../lib/nets/network.ts";
 import { setupBackend } from "./helpers.ts";
 

@@ -18,7 +18,7 @@ import { createImageDataset, type ImageDataset, writeImageZip } from "../lib/dat
 import { createNetwork, loadNetwork, saveNetwork } from "../lib/nets/network.ts";
 import { trainTeacher } from "../lib/diffusion/teacher_training.ts";
 import { runDistillation } from "../lib/distill/train.ts";
-import { networkFingerprint } from "../lib/distill/run.ts";
+import { networkFingerprint } from "../lib/train/run_folder.ts";
 import { initBackend } from "../lib/runtime/backend.ts";
 import { tinySongUNet } from "./helpers.ts";
 

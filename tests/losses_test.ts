@@ -8,17 +8,12 @@ import { tf } from "../lib/deps.ts";
 import { readNpy } from "../lib/io/npy.ts";
 import { toFloat32 } from "../lib/io/host_tensor.ts";
 import {
-  clipValues,
   dropSamples,
   fakeScoreDiscriminatorLoss,
   fakeScoreLoss,
   fakeStepObjective,
-  ganTermEnabled,
   generatorObjective,
-  generatorStepEnabled,
-  nanToNum,
   sampleKeepMask,
-  sanitizeGradients,
   sidaDiscriminatorLoss,
   sidaGeneratorAdversarialLoss,
   sidGeneratorLoss,
@@ -30,10 +25,12 @@ import {
   generatorSigmaFromU,
   sampleFakeSigma,
   sampleGeneratorSigma,
-  seededRandom,
 } from "../lib/distill/sigma.ts";
-import { Adam } from "../lib/distill/optim.ts";
-import { Ema, emaBeta, updateEma } from "../lib/distill/ema.ts";
+import { seededRandom } from "../lib/runtime/random.ts";
+import { clipValues, nanToNum, sanitizeGradients } from "../lib/train/gradients.ts";
+import { Adam } from "../lib/train/optim.ts";
+import { Ema, emaBeta, updateEma } from "../lib/train/ema.ts";
+import { resolveDistillConfig, warmupGates } from "../lib/distill/distiller.ts";
 import { fixturePath, maxAbs, nhwc, setupBackend } from "./helpers.ts";
 
 const manifest = JSON.parse(await Deno.readTextFile(fixturePath("losses/manifest.json")));
@@ -368,12 +365,19 @@ Deno.test("objectives and warm-up gates (§3.6)", async () => {
     await scalar(fakeStepObjective({ fake, disc, ls: 1, lsd: 100, batchTotal: b })),
     51.5,
   );
-  assert.equal(generatorStepEnabled(100_000, true), false);
-  assert.equal(generatorStepEnabled(100_001, true), true);
-  assert.equal(generatorStepEnabled(0, false), true);
-  assert.equal(ganTermEnabled(200_000), false);
-  assert.equal(ganTermEnabled(200_256), true);
-  assert.equal(ganTermEnabled(300_000, false), false);
+  // The warm-up gates at the reference's thresholds (the Distiller's, one implementation).
+  const sida = resolveDistillConfig({ method: "sida" });
+  const plain = resolveDistillConfig({ method: "sid" });
+  assert.deepEqual(warmupGates(sida, 100_000), { gStep: false, ganActive: false });
+  assert.deepEqual(warmupGates(sida, 100_001), { gStep: true, ganActive: false });
+  assert.deepEqual(warmupGates(plain, 0), { gStep: true, ganActive: false });
+  assert.deepEqual(warmupGates(sida, 200_000), { gStep: true, ganActive: false });
+  assert.deepEqual(warmupGates(sida, 200_256), { gStep: true, ganActive: true });
+  assert.deepEqual(warmupGates(plain, 300_000), { gStep: true, ganActive: false });
+  assert.deepEqual(warmupGates({ ...sida, gWarmupNimg: 0, ganWarmupNimg: 0 }, 0), {
+    gStep: true,
+    ganActive: true,
+  });
 });
 
 for (const name of ["adam_b0", "adam_b09"]) {

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { tf } from "../lib/deps.ts";
 import { toUint8Images } from "../lib/diffusion/sampler.ts";
-import { NonFiniteGuard, NonFiniteTrainingError } from "../lib/distill/guard.ts";
+import { NonFiniteGuard, NonFiniteTrainingError } from "../lib/train/guard.ts";
 import { countNonFinite, hostTensor, IoError, printable } from "../lib/io/host_tensor.ts";
 import { writeSafetensors } from "../lib/io/safetensors.ts";
 import { checkCovariance, LinalgError } from "../lib/metrics/linalg.ts";

@@ -14,7 +14,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { appendTextNamed, checkWritableDir, writeFileAtomic } from "../lib/io/atomic.ts";
 import { LOCK_FILE, lockRunFolder, RunFolderLockedError } from "../lib/io/lock.ts";
-import { appendLog, findLatestState } from "../lib/distill/run.ts";
+import { appendLog, findLatestState } from "../lib/train/run_folder.ts";
 import { parseDistillArgs } from "../lib/distill/train.ts";
 import { parseTeacherArgs } from "../lib/diffusion/teacher_training.ts";
 import { createNetwork, saveNetwork } from "../lib/nets/network.ts";

@@ -10,7 +10,7 @@
  * @example
  * ```ts
  * import { edmLoss } from "./edm_loss.ts";
- * import { seededRandom } from "../distill/sigma.ts";
+ * import { seededRandom } from "../runtime/random.ts";
  * const { loss } = edmLoss(net, images, { labels, rng: seededRandom(1) });
  * ```
  *
@@ -18,7 +18,7 @@
  */
 import { tf } from "../deps.ts";
 import type { Denoiser } from "../nets/types.ts";
-import type { RandomSource } from "../distill/sigma.ts";
+import type { RandomSource } from "../runtime/random.ts";
 
 /** Options of {@linkcode edmLoss}. */
 export interface EdmLossOptions {

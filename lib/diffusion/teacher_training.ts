@@ -48,33 +48,24 @@
  *
  * @module
  */
-import { join } from "node:path";
 import { tf } from "../deps.ts";
 import type { NamedTensorMap } from "../deps.ts";
 import { type ImageDataset, loadImageZip, mnistDataset } from "../data/dataset.ts";
 import { InfiniteSampler, makeBatch, type SamplerState } from "../data/sampler.ts";
-import { mixSeed } from "../distill/distiller.ts";
-import { Ema, emaBeta } from "../distill/ema.ts";
+import { mixSeed, seededRandom } from "../runtime/random.ts";
+import { Ema, emaBeta } from "../train/ema.ts";
+import { accumulateGradients, sanitizeGradients } from "../train/gradients.ts";
+import { Adam } from "../train/optim.ts";
+import { runTraining, type TrainingKind, withInterrupt } from "../train/driver.ts";
 import {
-  DEFAULT_NON_FINITE_LIMIT,
-  NonFiniteGuard,
-  NonFiniteTrainingError,
-} from "../distill/guard.ts";
-import { sanitizeGradients } from "../distill/losses.ts";
-import { Adam } from "../distill/optim.ts";
-import {
-  appendLog,
-  findLatestState,
   kimgLabel,
-  removeStaleTemporaries,
-  runName,
-  snapshotFileName,
-  stateFileName,
-} from "../distill/run.ts";
-import { seededRandom } from "../distill/sigma.ts";
+  readStateFile,
+  type StateFile,
+  stateJson,
+  writeStateFile,
+} from "../train/run_folder.ts";
 import { IoError } from "../io/host_tensor.ts";
 import type { HostTensor } from "../io/host_tensor.ts";
-import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 import {
   type EdmKwargs,
   fromEdmKwargs,
@@ -86,9 +77,14 @@ import {
 } from "../nets/config.ts";
 import { createNetwork, preset, saveNetwork } from "../nets/network.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
-import { BACKEND_NAMES, describeBackend, initBackend } from "../runtime/backend.ts";
-import { numberFlag, parseFlags, UsageError } from "../runtime/cli.ts";
-import { lockRunFolder } from "../io/lock.ts";
+import { BACKEND_NAMES, describeBackend } from "../runtime/backend.ts";
+import {
+  checkBackendName,
+  ensureBackend,
+  numberFlag,
+  parseFlags,
+  UsageError,
+} from "../runtime/cli.ts";
 import { withDropoutSeed } from "../nets/layers.ts";
 import { edmLoss } from "./edm_loss.ts";
 
@@ -351,6 +347,16 @@ export class TeacherTrainer {
     this.#sampler = new InfiniteSampler(ds.size, config.seed);
   }
 
+  /** Images per iteration. */
+  get batch(): number {
+    return this.config.batch;
+  }
+
+  /** The network snapshots and the export hold: the EMA network. */
+  snapshotNetwork(): EDMPrecond {
+    return this.ema;
+  }
+
   /** Runs one iteration (see the module doc) and reports it. */
   async step(): Promise<TeacherStepStats> {
     const c = this.config;
@@ -403,14 +409,7 @@ export class TeacherTrainer {
             return tf.mul(loss, b / B) as tf.Scalar;
           }, vars),
       );
-      for (const [k, g] of Object.entries(grads)) {
-        const prev = acc[k];
-        acc[k] = prev ? tf.add(prev, g) : g;
-        if (prev) {
-          prev.dispose();
-          g.dispose();
-        }
-      }
+      accumulateGradients(acc, grads);
       const next = tf.add(lossAcc, value);
       lossAcc.dispose();
       value.dispose();
@@ -585,7 +584,32 @@ export interface SavedTeacherState {
   loss: number;
 }
 
-const STATE_RE = /^training-state-\d{6,}(?:\.\d{3})?\.safetensors$/;
+/** The metadata entries of a teacher state besides `format`, `run` and `counters`. */
+function teacherStateMetadata(state: TeacherState): Record<string, string> {
+  return { sampler: JSON.stringify(state.sampler), seed: String(state.config.seed) };
+}
+
+/** A {@linkcode TeacherState} from a state file's parts; `IoError` when incomplete. */
+function decodeTeacherState(file: StateFile<TeacherRunInfo>, path: string): TeacherState {
+  const run = file.run;
+  const sampler = stateJson<SamplerState>(path, file.metadata, "sampler");
+  if (run?.kind !== "edm-teacher" || !run.config || !run.network || !run.data || !sampler) {
+    throw new IoError(`${path}: incomplete teacher training-state metadata`);
+  }
+  return {
+    config: run.config,
+    network: run.network,
+    curNimg: file.counters.curNimg,
+    iteration: file.counters.iteration,
+    sampler,
+    tensors: file.tensors,
+  };
+}
+
+/** The loss counter of a state: the last tick's mean loss, null when unknown. */
+function lossCounter(loss: number | undefined): number | null {
+  return Number.isFinite(loss) ? loss! : null;
+}
 
 /**
  * Writes a teacher training state into `dir` atomically, then deletes every other
@@ -597,67 +621,31 @@ export async function writeTeacherState(
   run: TeacherRunInfo,
   extra: { elapsedSec?: number; loss?: number } = {},
 ): Promise<string> {
-  await Deno.mkdir(dir, { recursive: true });
-  const name = stateFileName(state.curNimg);
-  const path = join(dir, name);
-  await writeSafetensors(path, state.tensors, {
-    format: TEACHER_STATE_FORMAT,
-    run: JSON.stringify(run),
-    counters: JSON.stringify({
+  return await writeStateFile(dir, TEACHER_STATE_FORMAT, {
+    tensors: state.tensors,
+    run,
+    counters: {
       curNimg: state.curNimg,
       iteration: state.iteration,
       elapsedSec: extra.elapsedSec ?? 0,
-      loss: Number.isFinite(extra.loss) ? extra.loss : null,
-    }),
-    sampler: JSON.stringify(state.sampler),
-    seed: String(state.config.seed),
+      loss: lossCounter(extra.loss),
+    },
+    metadata: teacherStateMetadata(state),
   });
-  for await (const e of Deno.readDir(dir)) {
-    if (e.isFile && e.name !== name && STATE_RE.test(e.name)) {
-      await Deno.remove(join(dir, e.name)).catch(() => {});
-    }
-  }
-  return path;
 }
 
 /** Reads a state written by {@linkcode writeTeacherState}; `IoError` on anything else. */
 export async function readTeacherState(path: string): Promise<SavedTeacherState> {
-  const { tensors, metadata } = await readSafetensors(path);
-  if (metadata.format !== TEACHER_STATE_FORMAT) {
-    throw new IoError(
-      `${path}: not a teacher training state (format '${metadata.format ?? "none"}')`,
-    );
-  }
-  const parse = <T>(key: string): T => {
-    try {
-      return JSON.parse(metadata[key]) as T;
-    } catch {
-      throw new IoError(`${path}: metadata '${key}' is missing or not valid JSON`);
-    }
-  };
-  const run = parse<TeacherRunInfo>("run");
-  const counters = parse<
-    { curNimg: number; iteration: number; elapsedSec?: number; loss?: number | null }
-  >("counters");
-  const sampler = parse<SamplerState>("sampler");
-  if (
-    run?.kind !== "edm-teacher" || !run.config || !run.network || !run.data ||
-    !Number.isSafeInteger(counters?.curNimg) || !sampler
-  ) {
-    throw new IoError(`${path}: incomplete teacher training-state metadata`);
-  }
+  const file = await readStateFile<TeacherRunInfo>(
+    path,
+    TEACHER_STATE_FORMAT,
+    "a teacher training state",
+  );
   return {
-    state: {
-      config: run.config,
-      network: run.network,
-      curNimg: counters.curNimg,
-      iteration: counters.iteration,
-      sampler,
-      tensors: tensors as Map<string, HostTensor>,
-    },
-    run,
-    elapsedSec: counters.elapsedSec ?? 0,
-    loss: counters.loss ?? NaN,
+    state: decodeTeacherState(file, path),
+    run: file.run,
+    elapsedSec: file.counters.elapsedSec,
+    loss: typeof file.counters.loss === "number" ? file.counters.loss : NaN,
   };
 }
 
@@ -830,14 +818,7 @@ export async function trainTeacher(o: TeacherOptions): Promise<TeacherResult> {
   const tickKimg = positive("tick", o.tickKimg ?? TEACHER_CADENCE.tickKimg);
   const snapKimg = positive("snap", o.snapKimg ?? TEACHER_CADENCE.snapKimg);
   const dumpKimg = positive("dump", o.dumpKimg ?? TEACHER_CADENCE.dumpKimg);
-  if (
-    o.backend !== undefined && o.backend !== "auto" &&
-    !(BACKEND_NAMES as readonly string[]).includes(o.backend)
-  ) {
-    throw new UsageError(
-      `--backend must be one of ${BACKEND_NAMES.join(", ")}, auto; got '${o.backend}'`,
-    );
-  }
+  checkBackendName(o.backend);
   if (o.export !== undefined) {
     if (!o.export.toLowerCase().endsWith(".safetensors")) {
       throw new UsageError(`--export must name a .safetensors file, got '${o.export}'`);
@@ -870,59 +851,51 @@ export async function trainTeacher(o: TeacherOptions): Promise<TeacherResult> {
     snapKimg,
     dumpKimg,
   };
-  // One process at a time in the run folder (lib/io/lock.ts), taken before reading its state.
-  await using _lock = await lockRunFolder(o.out, { task: "teacher" });
-  const latest = await findLatestState(o.out);
-  if (o.resume && !latest) {
-    throw new UsageError(`--resume: ${o.out} holds no training state`);
-  }
-  let saved: SavedTeacherState | null = null;
-  if (latest) {
-    try {
-      saved = await readTeacherState(latest);
-    } catch (e) {
-      throw new UsageError(
-        `${o.out} holds a run that cannot be continued: ${(e as Error).message.split("\n")[0]}`,
-      );
-    }
-    const why = teacherRunIncompatibility(saved.run, run);
-    if (why) throw new UsageError(`${o.out} holds a run that cannot be continued: ${why}`);
-  }
-
-  // ---- set-up ----
-  const backend = await initBackend(o.backend);
+  // ---- set-up; then the shared driver (lib/train/driver.ts) locks, resumes and loops ----
+  const backend = await ensureBackend(o.backend);
   const trainer = new TeacherTrainer({ network: net.config, dataset, config });
   try {
-    if (saved) {
-      try {
-        trainer.load(saved.state);
-      } catch (e) {
-        throw new IoError(`${latest}: ${(e as Error).message}`);
-      }
-    }
     const say = (s: string) => {
       if (!o.quiet) console.error(s);
     };
-    say(describeBackend(backend));
-    say(
-      latest
-        ? `resuming the teacher from ${latest} at kimg ${trainer.curNimg / 1000}`
-        : `training a teacher in ${o.out}: ${net.preset ?? "custom network"} ` +
-          `(${trainer.net.numParameters().toLocaleString("en-US")} parameters) on ` +
-          `${dataset.name} (${dataset.size} images), batch ${config.batch}` +
-          (config.microBatch < config.batch
-            ? ` (${config.batch / config.microBatch} x ${config.microBatch})`
-            : "") +
-          `, lr ${config.lr}, ${kimg} kimg`,
-    );
-    await Deno.mkdir(o.out, { recursive: true });
-    await removeStaleTemporaries(o.out);
-    const result = await trainLoop(trainer, run, {
-      ...o,
-      resumed: latest !== null,
-      elapsedBefore: saved?.elapsedSec ?? 0,
-      lossBefore: saved?.loss ?? NaN,
+    const kind = teacherKind(trainer, {
+      out: o.out,
+      start: `training a teacher in ${o.out}: ${net.preset ?? "custom network"} ` +
+        `(${trainer.net.numParameters().toLocaleString("en-US")} parameters) on ` +
+        `${dataset.name} (${dataset.size} images), batch ${config.batch}` +
+        (config.microBatch < config.batch
+          ? ` (${config.batch / config.microBatch} x ${config.microBatch})`
+          : "") +
+        `, lr ${config.lr}, ${kimg} kimg`,
     });
+    const r = await runTraining({
+      intro: describeBackend(backend),
+      trainer,
+      kind,
+      run,
+      out: o.out,
+      durationKimg: kimg,
+      tickKimg,
+      snapKimg,
+      dumpKimg,
+      requireResume: o.resume,
+      unreadableIsUsage: true,
+      signal: o.signal,
+      quiet: o.quiet,
+      nonFiniteLimit: o.nonFiniteLimit,
+      onIteration: o.onIteration,
+    });
+    const savedLoss = r.resumedCounters?.loss;
+    const result: TeacherResult = {
+      curNimg: r.curNimg,
+      iterations: r.iterations,
+      interrupted: r.interrupted,
+      resumed: r.resumed,
+      statePath: r.statePath,
+      snapshotPath: r.snapshotPath,
+      exportPath: null,
+      loss: r.lastTick?.loss ?? (typeof savedLoss === "number" ? savedLoss : NaN),
+    };
     if (o.export && !result.interrupted) {
       await saveNetwork(trainer.ema, o.export, {
         command: o.command ?? "trainTeacher",
@@ -942,170 +915,79 @@ export async function trainTeacher(o: TeacherOptions): Promise<TeacherResult> {
   }
 }
 
-function formatDuration(sec: number): string {
-  if (!Number.isFinite(sec) || sec < 0) return "?";
-  const s = Math.round(sec);
-  const h = Math.floor(s / 3600);
-  const m = Math.floor((s % 3600) / 60);
-  return h > 0 ? `${h}h${String(m).padStart(2, "0")}m` : `${m}m${String(s % 60).padStart(2, "0")}s`;
+/** A tick of teacher training in `log.jsonl` (EDM's `Loss/loss` and the schedules). */
+export interface TeacherTickRecord {
+  tick: number;
+  kimg: number;
+  nimg: number;
+  iterations: number;
+  elapsedSec: number;
+  secPerTick: number;
+  secPerKimg: number;
+  imgPerSec: number;
+  /** Mean, min and max of the iterations' losses. */
+  loss: number;
+  lossMin: number;
+  lossMax: number;
+  /** The last iteration's learning rate and EMA β. */
+  lr: number;
+  emaBeta: number;
 }
 
-async function trainLoop(
+/** How teacher training is written, read and reported by the shared driver. */
+function teacherKind(
   t: TeacherTrainer,
-  run: TeacherRunInfo,
-  o: TeacherOptions & { resumed: boolean; elapsedBefore: number; lossBefore: number },
-): Promise<TeacherResult> {
-  const totalNimg = Math.round(run.kimg * 1000);
-  const tty = !o.quiet && Deno.stderr.isTerminal();
-  let lineOpen = false;
-  const endLine = () => {
-    if (lineOpen) Deno.stderr.writeSync(new TextEncoder().encode("\n"));
-    lineOpen = false;
-  };
-  const say = (s: string) => {
-    if (o.quiet) return;
-    endLine();
-    console.error(s);
-  };
-  const result: TeacherResult = {
-    curNimg: t.curNimg,
-    iterations: 0,
-    interrupted: false,
-    resumed: o.resumed,
-    statePath: null,
-    snapshotPath: null,
-    exportPath: null,
-    loss: o.lossBefore,
-  };
-  if (t.curNimg >= totalNimg) {
-    say(`nothing to do: ${t.curNimg / 1000} kimg already done (--kimg ${run.kimg})`);
-    return result;
-  }
-  const name = runName(o.out);
-  const start = performance.now();
-  const elapsed = () => o.elapsedBefore + (performance.now() - start) / 1000;
-  const status = (nimg: number, imgPerSec: number, loss: number, lr: number) =>
-    `kimg ${(nimg / 1000).toFixed(3)}/${(totalNimg / 1000).toFixed(3)} ${
-      imgPerSec.toFixed(1)
-    } img/s ` +
-    `ETA ${formatDuration((totalNimg - nimg) / imgPerSec)} | loss ${loss.toFixed(4)} lr ${
-      lr.toExponential(2)
-    }`;
-  let lastDump = t.curNimg;
-  let lastSnap = t.curNimg;
-  let tick = 0;
-  let tickStartNimg = t.curNimg;
-  let tickStartTime = performance.now();
-  let tickStats: TeacherStepStats[] = [];
-  let speed = NaN;
-  const guard = new NonFiniteGuard(
-    o.nonFiniteLimit ?? DEFAULT_NON_FINITE_LIMIT,
-    "teacher training",
-  );
-  while (t.curNimg < totalNimg) {
-    const s = await t.step();
-    result.iterations++;
-    tickStats.push(s);
-    o.onIteration?.(s);
-    try {
-      guard.observe({ loss: s.loss }, t.curNimg);
-    } catch (e) {
-      endLine();
-      if (!(e instanceof NonFiniteTrainingError)) throw e;
-      throw new NonFiniteTrainingError(
-        `${e.message}; ${
-          result.statePath ? `last good state: ${result.statePath}` : "the folder's state is kept"
-        }`,
-      );
-    }
-    const ips = t.config.batch / s.seconds;
-    speed = Number.isFinite(speed) ? 0.8 * speed + 0.2 * ips : ips;
-    if (tty) {
-      Deno.stderr.writeSync(
-        new TextEncoder().encode(`\r\x1b[2K${status(s.nimg, speed, s.loss, s.lr)}`),
-      );
-      lineOpen = true;
-    }
-    // Let signal handlers run (a SIGINT listener is a macrotask).
-    await new Promise((resolve) => setTimeout(resolve, 0));
-    const done = t.curNimg >= totalNimg;
-    const interrupted = o.signal?.aborted ?? false;
-    if (done || interrupted || tick === 0 || t.curNimg >= tickStartNimg + run.tickKimg * 1000) {
-      const now = performance.now();
-      const n = tickStats.length;
-      const images = n * t.config.batch;
-      const secPerTick = (now - tickStartTime) / 1000;
-      const last = tickStats[n - 1];
-      const record = {
-        tick,
+  o: { out: string; start: string },
+): TrainingKind<TeacherStepStats, TeacherState, TeacherRunInfo, TeacherTickRecord> {
+  // The mean loss of the latest tick: in state counters and snapshot metadata.
+  let loss = NaN;
+  const detail = (x: { loss: number; lr: number }) =>
+    `loss ${x.loss.toFixed(4)} lr ${x.lr.toExponential(2)}`;
+  return {
+    task: "teacher",
+    what: "teacher training",
+    format: TEACHER_STATE_FORMAT,
+    formatWhat: "a teacher training state",
+    stateMetadata: teacherStateMetadata,
+    decodeState: decodeTeacherState,
+    counters: () => ({ loss: lossCounter(loss) }),
+    incompatibility: teacherRunIncompatibility,
+    health: (s) => ({ loss: s.loss }),
+    seconds: (s) => s.seconds,
+    tickRecord: (stats, info) => {
+      const n = stats.length;
+      const images = n * info.batch;
+      const last = stats[n - 1];
+      return {
+        tick: info.tick,
         kimg: t.curNimg / 1000,
         nimg: t.curNimg,
         iterations: n,
-        elapsedSec: elapsed(),
-        secPerTick,
-        secPerKimg: secPerTick / (images / 1000),
-        imgPerSec: images / secPerTick,
-        loss: tickStats.reduce((a, x) => a + x.loss, 0) / n,
-        lossMin: Math.min(...tickStats.map((x) => x.loss)),
-        lossMax: Math.max(...tickStats.map((x) => x.loss)),
+        elapsedSec: info.elapsedSec,
+        secPerTick: info.secPerTick,
+        secPerKimg: info.secPerTick / (images / 1000),
+        imgPerSec: images / info.secPerTick,
+        loss: stats.reduce((a, x) => a + x.loss, 0) / n,
+        lossMin: Math.min(...stats.map((x) => x.loss)),
+        lossMax: Math.max(...stats.map((x) => x.loss)),
         lr: last.lr,
         emaBeta: last.emaBeta,
-        memory: { numTensors: tf.memory().numTensors },
       };
-      result.loss = record.loss;
-      await appendLog(o.out, record);
-      if (!o.quiet && !tty) {
-        console.error(
-          `tick ${tick} ${status(t.curNimg, record.imgPerSec, record.loss, record.lr)}`,
-        );
-      }
-      tick++;
-      tickStartNimg = t.curNimg;
-      tickStartTime = now;
-      tickStats = [];
-    }
-    // Nothing is written while non-finite iterations last: the folder keeps its last good state.
-    const writes = guard.writes({ done, interrupted });
-    if (writes === "interrupt") {
-      say(`interrupted during non-finite iterations: the last good state is kept`);
-      result.interrupted = true;
-      break;
-    }
-    if (writes === "skip") continue;
-    if (done || t.curNimg >= lastSnap + run.snapKimg * 1000) {
-      const path = join(o.out, snapshotFileName(t.curNimg));
-      await saveNetwork(t.ema, path, {
-        kimg: String(t.curNimg / 1000),
-        run: name,
-        method: "edm-teacher",
-        seed: String(t.config.seed),
-        loss: String(result.loss),
-      });
-      result.snapshotPath = path;
-      lastSnap = t.curNimg;
-    }
-    if (done || interrupted || t.curNimg >= lastDump + run.dumpKimg * 1000) {
-      result.statePath = await writeTeacherState(o.out, await t.state(), run, {
-        elapsedSec: elapsed(),
-        loss: result.loss,
-      });
-      lastDump = t.curNimg;
-      if (interrupted) {
-        say(`interrupted: state written to ${result.statePath}`);
-        result.interrupted = true;
-        break;
-      }
-    }
-  }
-  endLine();
-  result.curNimg = t.curNimg;
-  if (!result.interrupted) {
-    say(
-      `done: ${t.curNimg / 1000} kimg (${kimgLabel(t.curNimg)}), loss ${result.loss.toFixed(4)}; ` +
-        `state ${result.statePath}`,
-    );
-  }
-  return result;
+    },
+    onTick: (r) => loss = r.loss,
+    detail,
+    snapshotMetadata: () => ({
+      method: "edm-teacher",
+      seed: String(t.config.seed),
+      loss: String(loss),
+    }),
+    startMessage: (latest, curNimg) =>
+      latest ? `resuming the teacher from ${latest} at kimg ${curNimg / 1000}` : o.start,
+    doneMessage: (curNimg, statePath) =>
+      `done: ${curNimg / 1000} kimg (${kimgLabel(curNimg)}), loss ${loss.toFixed(4)}; ` +
+      `state ${statePath}`,
+    lengthFlag: "--kimg",
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1243,22 +1125,6 @@ export async function teacherTask(args: string[]): Promise<void> {
   }
   const { configFile, ...opts } = parseTeacherArgs(args);
   if (configFile) opts.network = await loadTeacherNetworkConfig(configFile);
-  const controller = new AbortController();
-  let interrupts = 0;
-  const onInterrupt = () => {
-    if (++interrupts > 1) Deno.exit(130);
-    console.error("\nSIGINT: finishing this iteration and writing a training state…");
-    controller.abort();
-  };
-  Deno.addSignalListener("SIGINT", onInterrupt);
-  try {
-    const result = await trainTeacher({
-      ...opts,
-      signal: controller.signal,
-      command: ["deno", "task", "teacher", ...args].map(shellWord).join(" "),
-    });
-    if (result.interrupted) Deno.exit(130);
-  } finally {
-    Deno.removeSignalListener("SIGINT", onInterrupt);
-  }
+  const command = ["deno", "task", "teacher", ...args].map(shellWord).join(" ");
+  await withInterrupt((signal) => trainTeacher({ ...opts, signal, command }));
 }

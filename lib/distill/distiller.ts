@@ -44,7 +44,10 @@ import { type EdmKwargs, type NetworkConfig, toEdmKwargs } from "../nets/config.
 import { createNetwork } from "../nets/network.ts";
 import { withDropoutSeed } from "../nets/layers.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
-import { Ema, EMA_RAMPUP_RATIO } from "./ema.ts";
+import { mixSeed, type RandomSource, seededRandom } from "../runtime/random.ts";
+import { Ema, EMA_RAMPUP_RATIO } from "../train/ema.ts";
+import { accumulateGradients, disposeGradients, sanitizeGradients } from "../train/gradients.ts";
+import { Adam } from "../train/optim.ts";
 import { DEFAULT_INIT_SIGMA, generate, generatorNoise, zeroAugmentLabels } from "./generator.ts";
 import {
   fakeScoreDiscriminatorLoss,
@@ -53,20 +56,16 @@ import {
   G_STEP_WARMUP_NIMG,
   GAN_WARMUP_NIMG,
   generatorObjective,
-  sanitizeGradients,
   sidaGeneratorAdversarialLoss,
   sidGeneratorLoss,
 } from "./losses.ts";
-import { Adam } from "./optim.ts";
 import {
   DEFAULT_ALPHA,
   DEFAULT_TMAX,
   EDM_P_MEAN,
   EDM_P_STD,
-  type RandomSource,
   sampleFakeSigma,
   sampleGeneratorSigma,
-  seededRandom,
   SIDA_SCRIPT_ALPHA,
 } from "./sigma.ts";
 
@@ -341,22 +340,6 @@ function sameArchitecture(a: NetworkConfig, b: NetworkConfig): boolean {
   return norm(a) === norm(b);
 }
 
-/** A uint32 from (seed, iteration, stream): murmur3 finaliser over the words. */
-export function mixSeed(...values: number[]): number {
-  let h = 0x9e3779b9;
-  for (const v of values) {
-    for (const word of [v >>> 0, Math.floor(v / 0x100000000) >>> 0]) {
-      h ^= word + 0x7f4a7c15;
-      h ^= h >>> 16;
-      h = Math.imul(h, 0x85ebca6b);
-      h ^= h >>> 13;
-      h = Math.imul(h, 0xc2b2ae35);
-      h ^= h >>> 16;
-    }
-  }
-  return h >>> 0;
-}
-
 function hostNormal(rng: RandomSource, shape: number[]): tf.Tensor {
   const n = shape.reduce((a, b) => a * b, 1);
   return tf.tensor(Float32Array.from(rng.normal(n)), shape, "float32");
@@ -378,27 +361,123 @@ function flipAugmentLabels(flags: boolean[], dim: number): tf.Tensor2D {
   return tf.tensor2d(v, [flags.length, dim], "float32");
 }
 
-function disposeMap(m: NamedTensorMap): void {
-  for (const t of Object.values(m)) t.dispose();
-}
-
-function accumulate(acc: NamedTensorMap, grads: NamedTensorMap): void {
-  for (const [k, g] of Object.entries(grads)) {
-    const prev = acc[k];
-    if (prev) {
-      acc[k] = tf.add(prev, g);
-      prev.dispose();
-      g.dispose();
-    } else {
-      acc[k] = g;
-    }
-  }
-}
-
 async function read(t: tf.Tensor): Promise<Float32Array> {
   const v = await t.data() as Float32Array;
   t.dispose();
   return v;
+}
+
+/**
+ * The warm-up gates of an iteration that starts at `curNimg` images (`sida_training_loop.py:410,
+ * 425`; paper arXiv 2410.14919 Sec. 4): G takes an optimizer step when `not use_gan or cur_nimg >
+ * gWarmupNimg` (reference: 100 000), and the adversarial term enters G's loss when `use_gan and
+ * cur_nimg > ganWarmupNimg` (reference: 200 000). A threshold of 0 opens its gate from the start.
+ */
+export function warmupGates(
+  c: Pick<DistillConfig, "method" | "gWarmupNimg" | "ganWarmupNimg">,
+  curNimg: number,
+): { gStep: boolean; ganActive: boolean } {
+  return {
+    gStep: c.method === "sid" || c.gWarmupNimg <= 0 || curNimg > c.gWarmupNimg,
+    ganActive: c.method === "sida" && (c.ganWarmupNimg <= 0 || curNimg > c.ganWarmupNimg),
+  };
+}
+
+/**
+ * Named scalars summed over accumulation rounds on the device (one read at the end of a phase,
+ * not one per round): each round's values are stacked in `keys` order and added.
+ */
+class DeviceSums<K extends string> {
+  #acc: tf.Tensor;
+  constructor(readonly keys: readonly K[]) {
+    this.#acc = tf.zeros([keys.length]);
+  }
+
+  /** A round's values as one kept tensor (call inside the round's tidy / variableGrads). */
+  keep(values: Record<K, tf.Tensor>): tf.Tensor {
+    return tf.keep(tf.stack(this.keys.map((k) => values[k])));
+  }
+
+  /** Adds a tensor from {@linkcode keep} (and disposes it). */
+  add(round: tf.Tensor): void {
+    const next = tf.add(this.#acc, round);
+    this.#acc.dispose();
+    round.dispose();
+    this.#acc = next;
+  }
+
+  /** The sums by name (the device tensor is disposed). */
+  async read(): Promise<Record<K, number>> {
+    const v = await read(this.#acc);
+    return Object.fromEntries(this.keys.map((k, i) => [k, v[i]])) as Record<K, number>;
+  }
+}
+
+const FAKE_PHASE_SUMS = ["lossFake", "lossD", "bceReal", "bceFake", "kept"] as const;
+type FakePhaseSum = typeof FAKE_PHASE_SUMS[number];
+const GENERATOR_PHASE_SUMS = ["lossG", "lossGGan", "bceG", "kept"] as const;
+type GeneratorPhaseSum = typeof GENERATOR_PHASE_SUMS[number];
+
+/**
+ * What the fake-score phase reports, summed over its rounds: `(ls/B)·Σ L_fake`, `(lsd/B)·Σ L_D`
+ * (0 in SiD), the discriminator's BCE on reals and fakes (sums of the rounds' means) and the
+ * samples kept by the NaN filter.
+ */
+export type FakeScorePhaseStats = Record<FakePhaseSum, number>;
+
+/**
+ * What the generator phase reports: its gates, `(lsg/B)·Σ L_SiD`, `(lsg_gan/B)·Σ L_GAN` and the
+ * sum of the rounds' mean BCE_G (0 in SiD), the kept samples, and w_n of every kept sample.
+ */
+export interface GeneratorPhaseStats extends Record<GeneratorPhaseSum, number> {
+  gStep: boolean;
+  ganActive: boolean;
+  weightFactors: number[];
+}
+
+/** One fake-score round's draws: data, labels, generator noise and output, σ, noise, flips. */
+interface FakeRoundDraws {
+  real: { images: tf.Tensor4D } | null;
+  labels: tf.Tensor2D | undefined;
+  eps: tf.Tensor4D;
+  xg: tf.Tensor4D;
+  sigma: tf.Tensor1D;
+  noise: tf.Tensor;
+  flipFake: boolean[] | null;
+  flipReal: boolean[] | null;
+}
+
+/** One fake-score round's network inputs. */
+interface FakeRoundInputs {
+  /** The (flipped) generated images, the denoising target. */
+  y: tf.Tensor4D;
+  /** y + σ·n. */
+  yNoisy: tf.Tensor4D;
+  /** Augmentation labels of the fakes (a fake net with an augmentation embedding). */
+  augFake?: tf.Tensor2D;
+  /** The (flipped) real images + σ·n (SiDA). */
+  realNoisy?: tf.Tensor4D;
+  /** Augmentation labels of the reals. */
+  augReal?: tf.Tensor2D;
+}
+
+/** A round's objective and its statistics (scalars, by name). */
+interface RoundResult<K extends string> {
+  objective: tf.Scalar;
+  stats: Record<K, tf.Tensor>;
+}
+
+/** One generator round's draws. */
+interface GeneratorRoundDraws {
+  labels: tf.Tensor2D | undefined;
+  eps: tf.Tensor4D;
+  sigma: tf.Tensor1D;
+  noise: tf.Tensor;
+}
+
+/** A generator round: objective, statistics and w_n (NaN for dropped samples). */
+interface GeneratorRound extends RoundResult<GeneratorPhaseSum> {
+  weightFactors: tf.Tensor;
 }
 
 /**
@@ -495,27 +574,35 @@ export class Distiller {
     this.#sampler = ds ? new InfiniteSampler(ds.size, config.seed) : null;
   }
 
+  /** Images per iteration (the global batch B). */
+  get batch(): number {
+    return this.config.batch;
+  }
+
+  /** The network snapshots hold: the EMA generator. */
+  snapshotNetwork(): EDMPrecond {
+    return this.Gema;
+  }
+
   /** Accumulation rounds R = batch / microBatch. */
   get rounds(): number {
     return this.config.batch / this.config.microBatch;
   }
 
   /**
-   * Whether G steps in an iteration that starts at `curNimg` (sida-spec §3.6, §4.1:
-   * `not use_gan or cur_nimg > 100 000`, the threshold configurable; 0 disables the gate).
+   * Whether G steps in an iteration that starts at `curNimg` ({@linkcode warmupGates}:
+   * `sida_training_loop.py:425`, `not use_gan or cur_nimg > 100 000`, configurable).
    */
   gStepEnabled(curNimg: number): boolean {
-    const c = this.config;
-    return c.method === "sid" || c.gWarmupNimg <= 0 || curNimg > c.gWarmupNimg;
+    return warmupGates(this.config, curNimg).gStep;
   }
 
   /**
-   * Whether the adversarial term is in G's loss (sida-spec §3.6: `use_gan and cur_nimg >
-   * 200 000`, configurable; 0 disables the gate).
+   * Whether the adversarial term is in G's loss ({@linkcode warmupGates}:
+   * `sida_training_loop.py:410`, `use_gan and cur_nimg > 200 000`, configurable).
    */
   ganTermActive(curNimg: number): boolean {
-    const c = this.config;
-    return c.method === "sida" && (c.ganWarmupNimg <= 0 || curNimg > c.ganWarmupNimg);
+    return warmupGates(this.config, curNimg).ganActive;
   }
 
   /** One-hot labels of the given dataset indices (host-built), or undefined when not needed. */
@@ -528,258 +615,53 @@ export class Distiller {
     return tf.tensor2d(v, [indices.length, dim], "float32");
   }
 
-  /** Runs one iteration (steps A, B, C of sida-spec §4.1) and reports it. */
+  /**
+   * Runs one iteration and reports it: the three phases of the reference loop
+   * (`sida_training_loop.py:340-440`), each a method below.
+   *
+   * | phase | here | reference |
+   * | --- | --- | --- |
+   * | fake-score (+ discriminator) update | {@linkcode Distiller.fakeScorePhase} | lines 342-384 |
+   * | generator update | {@linkcode Distiller.generatorPhase} | lines 386-427 |
+   * | EMA of G, `cur_nimg += batch` | {@linkcode Distiller.emaPhase} | lines 429-440 |
+   *
+   * Every host draw of the iteration comes from one stream seeded by (seed, iteration), in the
+   * order: per fake-score round (ε, σ, noise, flips), then per generator round (ε, σ, noise).
+   */
   async step(): Promise<IterationStats> {
-    const c = this.config;
-    const sida = c.method === "sida";
-    const b = c.microBatch;
-    const B = c.batch;
-    const R = this.rounds;
-    const [res, ch] = [this.teacher.imgResolution, this.teacher.imgChannels];
     const curNimg = this.curNimg;
-    const rng = seededRandom(mixSeed(c.seed, this.iteration));
+    const rng = seededRandom(mixSeed(this.config.seed, this.iteration));
     const t0 = performance.now();
-
-    // ---- (A) fake-score / discriminator update (sida-spec §4.1 A, §3.2, §3.4) ----
-    const fakeVars = this.fake.namedParameters().map(([, v]) => v);
-    const accFake: NamedTensorMap = {};
-    let statsAcc: tf.Tensor = tf.zeros([5]); // lossFake, lossD, bceReal, bceFake, kept
-    for (let r = 0; r < R; r++) {
-      const indices = this.#sampler ? this.#sampler.next(b) : null;
-      const real = sida && this.dataset ? makeBatch(this.dataset, indices!) : null;
-      real?.labels?.dispose(); // labels come from #labels (none for an unconditional teacher)
-      const labels = this.#labels(indices);
-      const eps = generatorNoise(this.G, b, rng);
-      // G in eval mode, no gradient (not under variableGrads): sida-spec §4.4.
-      const xg = generate(this.G, eps, { labels, initSigma: c.initSigma });
-      const sigma = sampleFakeSigma(b, rng, { pMean: c.pMean, pStd: c.pStd });
-      const noise = hostNormal(rng, [b, res, res, ch]);
-      // §4.5: an independent x-flip draw (p = ½) for the fakes and for the reals.
-      const flipF = c.augment ? Array.from(rng.uniform(b), (u) => u < 0.5) : null;
-      const flipR = c.augment && sida ? Array.from(rng.uniform(b), (u) => u < 0.5) : null;
-      const aDim = this.fake.augmentDim;
-      const inputs = tf.tidy(() => {
-        const s4 = tf.reshape(sigma, [b, 1, 1, 1]);
-        const n = tf.mul(noise, s4);
-        const y = flipF ? flipImages(xg, flipF) : tf.clone(xg);
-        const aF = aDim > 0 ? (flipF ? flipAugmentLabels(flipF, aDim) : tf.zeros([b, aDim])) : null;
-        const out: tf.Tensor[] = [y, tf.add(y, n), ...(aF ? [aF] : [])];
-        if (real) {
-          const xr = flipR ? flipImages(real.images, flipR) : real.images;
-          const aR = aDim > 0
-            ? (flipR ? flipAugmentLabels(flipR, aDim) : tf.zeros([b, aDim]))
-            : null;
-          out.push(tf.add(xr, n), ...(aR ? [aR] : []));
-        }
-        return out;
-      });
-      const y = inputs[0] as tf.Tensor4D;
-      const yNoisy = inputs[1] as tf.Tensor4D;
-      const aF = aDim > 0 ? inputs[2] as tf.Tensor2D : undefined;
-      const realNoisy = real ? inputs[aDim > 0 ? 3 : 2] as tf.Tensor4D : undefined;
-      const aR = real && aDim > 0 ? inputs[4] as tf.Tensor2D : undefined;
-      const held: { extra?: tf.Tensor } = {};
-      // Dropout masks seeded by (seed, iteration, round, step A).
-      const { value, grads } = withDropoutSeed(
-        mixSeed(c.seed, this.iteration, r, 3),
-        () =>
-          tf.variableGrads(() => {
-            let j: tf.Scalar;
-            if (sida) {
-              // Fake net in train mode (dropout on), fakes with 'encoder_decoder', reals with
-              // 'encoder', same σ, noise and label (sida-spec §3.4 steps 2-3).
-              const o = this.fake.denoise(yNoisy, sigma, {
-                labels,
-                augmentLabels: aF,
-                returnFlag: "encoder_decoder",
-                training: true,
-              });
-              const logitsReal = this.fake.denoise(realNoisy!, sigma, {
-                labels,
-                augmentLabels: aR,
-                returnFlag: "encoder",
-                training: true,
-              });
-              const l = fakeScoreDiscriminatorLoss({
-                x: y,
-                denoised: o.denoised,
-                logitsFake: o.logits,
-                logitsReal,
-                sigma,
-              });
-              j = fakeStepObjective({
-                fake: l.fake.loss,
-                disc: l.disc.loss,
-                ls: c.ls,
-                lsd: c.lsd,
-                batchTotal: B,
-              });
-              held.extra = tf.keep(tf.stack([
-                tf.mul(l.fake.loss, c.ls / B),
-                tf.mul(l.disc.loss, c.lsd / B),
-                l.disc.bceReal,
-                l.disc.bceFake,
-                tf.sum(tf.cast(l.keep, "float32")),
-              ]));
-            } else {
-              const d = this.fake.denoise(yNoisy, sigma, {
-                labels,
-                augmentLabels: aF,
-                training: true,
-              });
-              const l = fakeScoreLoss({ x: y, denoised: d, sigma });
-              j = fakeStepObjective({ fake: l.loss, ls: c.ls, batchTotal: B });
-              held.extra = tf.keep(tf.stack([
-                tf.mul(l.loss, c.ls / B),
-                tf.scalar(0),
-                tf.scalar(0),
-                tf.scalar(0),
-                tf.sum(tf.cast(l.keep, "float32")),
-              ]));
-            }
-            return j;
-          }, fakeVars),
-      );
-      value.dispose();
-      accumulate(accFake, grads);
-      const next = tf.add(statsAcc, held.extra!);
-      statsAcc.dispose();
-      held.extra!.dispose();
-      statsAcc = next;
-      tf.dispose([eps, xg, sigma, noise, ...inputs]);
-      if (real) real.images.dispose();
-      labels?.dispose();
-    }
-    // §4.1: nan_to_num, then (SiDA, EDM path) clip every element to [−1, 1]; one Adam step.
-    const cleanFake = sanitizeGradients(accFake, {
-      clipValue: c.fakeGradClip === null ? undefined : c.fakeGradClip,
-    });
-    this.#optFake.step(cleanFake);
-    disposeMap(cleanFake);
-    const a = await read(statsAcc);
+    const fake = await this.fakeScorePhase(rng);
     const t1 = performance.now();
-
-    // ---- (B) generator update (sida-spec §4.1 B, §3.1, §3.5, §3.6) ----
-    const gStep = this.gStepEnabled(curNimg);
-    const ganActive = this.ganTermActive(curNimg);
-    const gVars = this.G.namedParameters().map(([, v]) => v);
-    const accG: NamedTensorMap = {};
-    let statsB: tf.Tensor = tf.zeros([4]); // lossG, lossGGan, bceG, kept
-    const wAll: tf.Tensor[] = [];
-    const chw = res * res * ch;
-    for (let r = 0; r < R; r++) {
-      const indices = this.#sampler ? this.#sampler.next(b) : null; // images discarded (§4.1)
-      const labels = this.#labels(indices);
-      const eps = generatorNoise(this.G, b, rng);
-      const sigma = sampleGeneratorSigma(b, rng, { tmax: c.tmax });
-      const noise = hostNormal(rng, [b, res, res, ch]);
-      const held: { extra?: tf.Tensor; w?: tf.Tensor } = {};
-      const objective = (): tf.Scalar => {
-        // G in train mode (dropout on); teacher and fake net in eval mode, frozen (§4.4).
-        const xg = generate(this.G, eps, { labels, initSigma: c.initSigma, training: true });
-        const xt = tf.add(xg, tf.mul(noise, tf.reshape(sigma, [b, 1, 1, 1]))) as tf.Tensor4D;
-        const yReal = this.teacher.denoise(xt, sigma, {
-          labels,
-          augmentLabels: zeroAugmentLabels(this.teacher, b),
-        });
-        const aFake = zeroAugmentLabels(this.fake, b);
-        let yFake: tf.Tensor4D;
-        let logits: tf.Tensor4D | undefined;
-        if (sida) {
-          const o = this.fake.denoise(xt, sigma, {
-            labels,
-            augmentLabels: aFake,
-            returnFlag: "encoder_decoder",
-          });
-          yFake = o.denoised;
-          logits = o.logits;
-        } else {
-          yFake = this.fake.denoise(xt, sigma, { labels, augmentLabels: aFake });
-        }
-        const sid = sidGeneratorLoss({ xg, yReal, yFake, alpha: c.alpha });
-        const gan = logits
-          ? sidaGeneratorAdversarialLoss({
-            logits,
-            weightFactor: sid.weightFactor,
-            chw,
-            keep: sid.keep,
-          })
-          : null;
-        const j = generatorObjective({
-          sid: sid.loss,
-          gan: gan?.loss,
-          lsg: c.lsg,
-          lsgGan: c.lsgGan,
-          batchTotal: B,
-          ganActive,
-        });
-        held.extra = tf.keep(tf.stack([
-          tf.mul(sid.loss, c.lsg / B),
-          gan ? tf.mul(gan.loss, c.lsgGan / B) : tf.scalar(0),
-          gan ? gan.bce : tf.scalar(0),
-          tf.sum(tf.cast(sid.keep, "float32")),
-        ]));
-        // w_n of the kept samples (dropped ones are marked NaN and skipped in the statistics).
-        held.w = tf.keep(tf.where(sid.keep, sid.weightFactor, tf.fill([b], NaN)));
-        return j;
-      };
-      // Dropout masks (G in train mode) seeded by (seed, iteration, round, step B).
-      const seeded = <T>(fn: () => T) => withDropoutSeed(mixSeed(c.seed, this.iteration, r, 4), fn);
-      if (gStep) {
-        const { value, grads } = seeded(() => tf.variableGrads(objective, gVars));
-        value.dispose();
-        accumulate(accG, grads);
-      } else {
-        // Gate closed: the loss is computed (and reported) but no gradient is needed.
-        seeded(() => tf.tidy(objective)).dispose();
-      }
-      const next = tf.add(statsB, held.extra!);
-      statsB.dispose();
-      held.extra!.dispose();
-      statsB = next;
-      wAll.push(held.w!);
-      tf.dispose([eps, sigma, noise, ...(labels ? [labels] : [])]);
-    }
-    if (gStep) {
-      // §4.1: nan_to_num on G's gradients (no clipping for G), then the Adam step.
-      const cleanG = sanitizeGradients(accG);
-      this.#optG.step(cleanG);
-      disposeMap(cleanG);
-    } else {
-      disposeMap(accG);
-    }
-    const bStats = await read(statsB);
-    const wValues = Array.from(await read(tf.concat(wAll))).filter((v) => !Number.isNaN(v));
-    tf.dispose(wAll);
+    const gen = await this.generatorPhase(rng, curNimg);
     const t2 = performance.now();
-
-    // ---- (C) EMA (sida-spec §4.1 C); cur_nimg += batch ----
-    const emaBeta = this.#ema.update(curNimg);
-    this.curNimg += B;
-    this.iteration += 1;
+    const emaBeta = this.emaPhase(curNimg);
     const t3 = performance.now();
-    const wMean = wValues.length ? wValues.reduce((s, v) => s + v, 0) / wValues.length : NaN;
+    const sida = this.config.method === "sida";
+    const R = this.rounds;
+    const w = gen.weightFactors;
     return {
       iteration: this.iteration - 1,
       curNimg,
       nimg: this.curNimg,
-      gStep,
-      ganActive,
+      gStep: gen.gStep,
+      ganActive: gen.ganActive,
       emaBeta,
-      lossFake: a[0],
-      lossD: sida ? a[1] : null,
-      bceReal: sida ? a[2] / R : null,
-      bceFake: sida ? a[3] / R : null,
-      lossG: bStats[0],
-      lossGGan: sida ? bStats[1] : null,
-      bceG: sida ? bStats[2] / R : null,
+      lossFake: fake.lossFake,
+      lossD: sida ? fake.lossD : null,
+      bceReal: sida ? fake.bceReal / R : null,
+      bceFake: sida ? fake.bceFake / R : null,
+      lossG: gen.lossG,
+      lossGGan: sida ? gen.lossGGan : null,
+      bceG: sida ? gen.bceG / R : null,
       weightFactor: {
-        mean: wMean,
-        min: wValues.length ? Math.min(...wValues) : NaN,
-        max: wValues.length ? Math.max(...wValues) : NaN,
+        mean: w.length ? w.reduce((acc, v) => acc + v, 0) / w.length : NaN,
+        min: w.length ? Math.min(...w) : NaN,
+        max: w.length ? Math.max(...w) : NaN,
       },
-      keptFake: a[4],
-      keptG: bStats[3],
+      keptFake: fake.kept,
+      keptG: gen.kept,
       timings: {
         stepA: (t1 - t0) / 1000,
         stepB: (t2 - t1) / 1000,
@@ -787,6 +669,309 @@ export class Distiller {
         total: (t3 - t0) / 1000,
       },
     };
+  }
+
+  /**
+   * Phase 1, the fake score network f_ψ (and, in SiDA, the discriminator that shares its encoder)
+   * takes one Adam step (`sida_training_loop.py:342-384`; paper arXiv 2410.14919 Eq. 8 for
+   * L_fake, Eq. 10 for L_D). f_ψ is in train mode, G in eval mode without gradient. Over
+   * R = batch / microBatch rounds: real images from the data (SiDA), x_g = G(σ_init·z),
+   * independent x-flips of fakes and reals (`--augment`), the round objective
+   * `(ls/B)·Σ L_fake (+ (lsd/B)·Σ L_D)`, gradients summed; then nan_to_num, the ±1 value clip
+   * (SiDA), one Adam step.
+   */
+  async fakeScorePhase(rng: RandomSource): Promise<FakeScorePhaseStats> {
+    const c = this.config;
+    const sida = c.method === "sida";
+    const fakeVars = this.fake.namedParameters().map(([, v]) => v);
+    const grads: NamedTensorMap = {};
+    const sums = new DeviceSums(FAKE_PHASE_SUMS);
+    for (let r = 0; r < this.rounds; r++) {
+      const draws = this.#drawFakeRound(rng);
+      const inputs = this.#fakeRoundInputs(draws);
+      let kept: tf.Tensor | undefined;
+      // Dropout masks seeded by (seed, iteration, round, phase 1).
+      const { value, grads: g } = withDropoutSeed(
+        mixSeed(c.seed, this.iteration, r, 3),
+        () =>
+          tf.variableGrads(() => {
+            const round = sida
+              ? this.#fakeDiscriminatorRound(inputs, draws)
+              : this.#fakeScoreRound(inputs, draws);
+            kept = sums.keep(round.stats);
+            return round.objective;
+          }, fakeVars),
+      );
+      value.dispose();
+      accumulateGradients(grads, g);
+      sums.add(kept!);
+      tf.dispose([draws.eps, draws.xg, draws.sigma, draws.noise, ...Object.values(inputs)]);
+      if (draws.real) draws.real.images.dispose();
+      draws.labels?.dispose();
+    }
+    // nan_to_num, then (SiDA, EDM path) clip every element to [−1, 1]; one Adam step
+    // (sida_training_loop.py:376-383).
+    const clean = sanitizeGradients(grads, {
+      clipValue: c.fakeGradClip === null ? undefined : c.fakeGradClip,
+    });
+    this.#optFake.step(clean);
+    disposeGradients(clean);
+    return await sums.read();
+  }
+
+  /** One fake-score round's host draws, in the reference order (`sida_training_loop.py:348-353`). */
+  #drawFakeRound(rng: RandomSource): FakeRoundDraws {
+    const c = this.config;
+    const b = c.microBatch;
+    const sida = c.method === "sida";
+    const [res, ch] = [this.teacher.imgResolution, this.teacher.imgChannels];
+    const indices = this.#sampler ? this.#sampler.next(b) : null;
+    const real = sida && this.dataset ? makeBatch(this.dataset, indices!) : null;
+    real?.labels?.dispose(); // labels come from #labels (none for an unconditional teacher)
+    const labels = this.#labels(indices);
+    const eps = generatorNoise(this.G, b, rng);
+    // G in eval mode, no gradient (not under variableGrads).
+    const xg = generate(this.G, eps, { labels, initSigma: c.initSigma });
+    const sigma = sampleFakeSigma(b, rng, { pMean: c.pMean, pStd: c.pStd });
+    const noise = hostNormal(rng, [b, res, res, ch]);
+    // An independent x-flip draw (p = ½) for the fakes and for the reals.
+    const flipFake = c.augment ? Array.from(rng.uniform(b), (u) => u < 0.5) : null;
+    const flipReal = c.augment && sida ? Array.from(rng.uniform(b), (u) => u < 0.5) : null;
+    return { real, labels, eps, xg, sigma, noise, flipFake, flipReal };
+  }
+
+  /**
+   * The fake-score round's network inputs: y = x_g (flipped), y + σ·n, and the real images + σ·n
+   * (SiDA), with their augmentation labels when the fake net has an augmentation embedding.
+   */
+  #fakeRoundInputs(d: FakeRoundDraws): FakeRoundInputs {
+    const b = this.config.microBatch;
+    const aDim = this.fake.augmentDim;
+    return tf.tidy(() => {
+      const s4 = tf.reshape(d.sigma, [b, 1, 1, 1]);
+      const n = tf.mul(d.noise, s4);
+      const y = (d.flipFake ? flipImages(d.xg, d.flipFake) : tf.clone(d.xg)) as tf.Tensor4D;
+      const out: FakeRoundInputs = { y, yNoisy: tf.add(y, n) as tf.Tensor4D };
+      if (aDim > 0) {
+        out.augFake = d.flipFake ? flipAugmentLabels(d.flipFake, aDim) : tf.zeros([b, aDim]);
+      }
+      if (d.real) {
+        const xr = d.flipReal ? flipImages(d.real.images, d.flipReal) : d.real.images;
+        out.realNoisy = tf.add(xr, n) as tf.Tensor4D;
+        if (aDim > 0) {
+          out.augReal = d.flipReal ? flipAugmentLabels(d.flipReal, aDim) : tf.zeros([b, aDim]);
+        }
+      }
+      return out as unknown as tf.TensorContainerObject;
+    }) as unknown as FakeRoundInputs;
+  }
+
+  /** Plain SiD's fake-score round: `(ls/B)·Σ L_fake` (paper Eq. 8). */
+  #fakeScoreRound(x: FakeRoundInputs, d: FakeRoundDraws): RoundResult<FakePhaseSum> {
+    const c = this.config;
+    const denoised = this.fake.denoise(x.yNoisy, d.sigma, {
+      labels: d.labels,
+      augmentLabels: x.augFake,
+      training: true,
+    });
+    const l = fakeScoreLoss({ x: x.y, denoised, sigma: d.sigma });
+    return {
+      objective: fakeStepObjective({ fake: l.loss, ls: c.ls, batchTotal: c.batch }),
+      stats: {
+        lossFake: tf.mul(l.loss, c.ls / c.batch),
+        lossD: tf.scalar(0),
+        bceReal: tf.scalar(0),
+        bceFake: tf.scalar(0),
+        kept: tf.sum(tf.cast(l.keep, "float32")),
+      },
+    };
+  }
+
+  /**
+   * SiDA's fake-score + discriminator round (`sida_loss.py` `fakescore_discriminator_share_encoder
+   * _loss`): the fake net in train mode on the noisy fakes with `encoder_decoder` (denoised
+   * images and logits) and on the noisy reals with `encoder` (logits), same σ, noise and labels;
+   * `(ls/B)·Σ L_fake + (lsd/B)·Σ L_D` (paper Eq. 8 and Eq. 10).
+   */
+  #fakeDiscriminatorRound(x: FakeRoundInputs, d: FakeRoundDraws): RoundResult<FakePhaseSum> {
+    const c = this.config;
+    const o = this.fake.denoise(x.yNoisy, d.sigma, {
+      labels: d.labels,
+      augmentLabels: x.augFake,
+      returnFlag: "encoder_decoder",
+      training: true,
+    });
+    const logitsReal = this.fake.denoise(x.realNoisy!, d.sigma, {
+      labels: d.labels,
+      augmentLabels: x.augReal,
+      returnFlag: "encoder",
+      training: true,
+    });
+    const l = fakeScoreDiscriminatorLoss({
+      x: x.y,
+      denoised: o.denoised,
+      logitsFake: o.logits,
+      logitsReal,
+      sigma: d.sigma,
+    });
+    return {
+      objective: fakeStepObjective({
+        fake: l.fake.loss,
+        disc: l.disc.loss,
+        ls: c.ls,
+        lsd: c.lsd,
+        batchTotal: c.batch,
+      }),
+      stats: {
+        lossFake: tf.mul(l.fake.loss, c.ls / c.batch),
+        lossD: tf.mul(l.disc.loss, c.lsd / c.batch),
+        bceReal: l.disc.bceReal,
+        bceFake: l.disc.bceFake,
+        kept: tf.sum(tf.cast(l.keep, "float32")),
+      },
+    };
+  }
+
+  /**
+   * Phase 2, the generator G_θ (`sida_training_loop.py:386-427`; paper arXiv 2410.14919 Eq. 7
+   * for the SiD loss with α, Eq. 11 for the adversarial term, Eq. 12 for their ½/½ mix). G in
+   * train mode; the teacher and the fake net in eval mode, frozen, with gradients flowing
+   * through them into x_g. Over R rounds: `(lsg/B)·Σ L_SiD`, mixed ½/½ with `(lsg_gan/B)·Σ
+   * L_GAN` once the GAN warm-up has passed; gradients summed, nan_to_num, and an Adam step only
+   * when the generator warm-up gate is open ({@linkcode warmupGates}).
+   */
+  async generatorPhase(rng: RandomSource, curNimg: number): Promise<GeneratorPhaseStats> {
+    const c = this.config;
+    const { gStep, ganActive } = warmupGates(c, curNimg);
+    const gVars = this.G.namedParameters().map(([, v]) => v);
+    const grads: NamedTensorMap = {};
+    const sums = new DeviceSums(GENERATOR_PHASE_SUMS);
+    const wAll: tf.Tensor[] = [];
+    for (let r = 0; r < this.rounds; r++) {
+      const draws = this.#drawGeneratorRound(rng);
+      const held: { stats?: tf.Tensor; w?: tf.Tensor } = {};
+      const objective = (): tf.Scalar => {
+        const round = this.#generatorRound(draws, ganActive);
+        held.stats = sums.keep(round.stats);
+        held.w = tf.keep(round.weightFactors);
+        return round.objective;
+      };
+      // Dropout masks (G in train mode) seeded by (seed, iteration, round, phase 2).
+      const seeded = <T>(fn: () => T) => withDropoutSeed(mixSeed(c.seed, this.iteration, r, 4), fn);
+      if (gStep) {
+        const { value, grads: g } = seeded(() => tf.variableGrads(objective, gVars));
+        value.dispose();
+        accumulateGradients(grads, g);
+      } else {
+        // Gate closed: the loss is computed (and reported) but no gradient is needed.
+        seeded(() => tf.tidy(objective)).dispose();
+      }
+      sums.add(held.stats!);
+      wAll.push(held.w!);
+      tf.dispose([draws.eps, draws.sigma, draws.noise, ...(draws.labels ? [draws.labels] : [])]);
+    }
+    if (gStep) {
+      // nan_to_num on G's gradients (no clipping for G), then the Adam step
+      // (sida_training_loop.py:422-426).
+      const clean = sanitizeGradients(grads);
+      this.#optG.step(clean);
+      disposeGradients(clean);
+    } else {
+      disposeGradients(grads);
+    }
+    const stats = await sums.read();
+    const weightFactors = Array.from(await read(tf.concat(wAll))).filter((v) => !Number.isNaN(v));
+    tf.dispose(wAll);
+    return { ...stats, gStep, ganActive, weightFactors };
+  }
+
+  /**
+   * One generator round's host draws (`sida_training_loop.py:391-395`: the data's images are
+   * drawn and discarded, only their labels are used).
+   */
+  #drawGeneratorRound(rng: RandomSource): GeneratorRoundDraws {
+    const c = this.config;
+    const b = c.microBatch;
+    const [res, ch] = [this.teacher.imgResolution, this.teacher.imgChannels];
+    const indices = this.#sampler ? this.#sampler.next(b) : null;
+    const labels = this.#labels(indices);
+    const eps = generatorNoise(this.G, b, rng);
+    const sigma = sampleGeneratorSigma(b, rng, { tmax: c.tmax });
+    const noise = hostNormal(rng, [b, res, res, ch]);
+    return { labels, eps, sigma, noise };
+  }
+
+  /**
+   * The generator round's objective (`sida_loss.py` `generator_loss` /
+   * `generator_share_encoder_loss`): x_g = G(σ_init·z) in train mode, x_t = x_g + σ_t·n, the
+   * teacher's and the fake net's denoised images (and, SiDA, the fake net's logits), the SiD
+   * loss, the adversarial loss, their combination.
+   */
+  #generatorRound(d: GeneratorRoundDraws, ganActive: boolean): GeneratorRound {
+    const c = this.config;
+    const b = c.microBatch;
+    const sida = c.method === "sida";
+    const [res, ch] = [this.teacher.imgResolution, this.teacher.imgChannels];
+    const { labels, sigma } = d;
+    const xg = generate(this.G, d.eps, { labels, initSigma: c.initSigma, training: true });
+    const xt = tf.add(xg, tf.mul(d.noise, tf.reshape(sigma, [b, 1, 1, 1]))) as tf.Tensor4D;
+    const yReal = this.teacher.denoise(xt, sigma, {
+      labels,
+      augmentLabels: zeroAugmentLabels(this.teacher, b),
+    });
+    const aFake = zeroAugmentLabels(this.fake, b);
+    let yFake: tf.Tensor4D;
+    let logits: tf.Tensor4D | undefined;
+    if (sida) {
+      const o = this.fake.denoise(xt, sigma, {
+        labels,
+        augmentLabels: aFake,
+        returnFlag: "encoder_decoder",
+      });
+      yFake = o.denoised;
+      logits = o.logits;
+    } else {
+      yFake = this.fake.denoise(xt, sigma, { labels, augmentLabels: aFake });
+    }
+    const sid = sidGeneratorLoss({ xg, yReal, yFake, alpha: c.alpha });
+    const gan = logits
+      ? sidaGeneratorAdversarialLoss({
+        logits,
+        weightFactor: sid.weightFactor,
+        chw: res * res * ch,
+        keep: sid.keep,
+      })
+      : null;
+    return {
+      objective: generatorObjective({
+        sid: sid.loss,
+        gan: gan?.loss,
+        lsg: c.lsg,
+        lsgGan: c.lsgGan,
+        batchTotal: c.batch,
+        ganActive,
+      }),
+      stats: {
+        lossG: tf.mul(sid.loss, c.lsg / c.batch),
+        lossGGan: gan ? tf.mul(gan.loss, c.lsgGan / c.batch) : tf.scalar(0),
+        bceG: gan ? gan.bce : tf.scalar(0),
+        kept: tf.sum(tf.cast(sid.keep, "float32")),
+      },
+      // w_n of the kept samples (dropped ones are marked NaN and skipped in the statistics).
+      weightFactors: tf.where(sid.keep, sid.weightFactor, tf.fill([b], NaN)),
+    };
+  }
+
+  /**
+   * Phase 3, the EMA of G (`sida_training_loop.py:429-437`): β from the half-life and its
+   * ramp-up at the images seen before this iteration; then `cur_nimg += batch` (line 440).
+   * Returns β.
+   */
+  emaPhase(curNimg: number): number {
+    const beta = this.#ema.update(curNimg);
+    this.curNimg += this.config.batch;
+    this.iteration += 1;
+    return beta;
   }
 
   /** Everything needed to resume: networks, optimizer states, counters, sampler, config. */

@@ -23,7 +23,7 @@
  */
 import { tf } from "../deps.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
-import { type RandomSource, seededRandom } from "./sigma.ts";
+import { type RandomSource, seededRandom } from "../runtime/random.ts";
 
 /** σ_init, the generator's fixed input noise level (sida-spec §1.2, `--init_sigma 2.5`). */
 export const DEFAULT_INIT_SIGMA = 2.5;

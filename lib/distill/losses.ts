@@ -33,9 +33,7 @@
  * @module
  */
 import { tf } from "../deps.ts";
-import type { NamedTensorMap } from "../deps.ts";
 import { edmLossWeight, SIGMA_DATA } from "./sigma.ts";
-import { nanToNum as fusedNanToNum } from "../runtime/native/fused.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Gradient helpers
@@ -62,59 +60,6 @@ const stopGradientOp = tf.customGrad((...args) => {
  */
 export function stopGradient<T extends tf.Tensor>(x: T): T {
   return stopGradientOp(x) as T;
-}
-
-/** Options of {@linkcode nanToNum}; the defaults are the loop's (`sida_training_loop.py:377-378`). */
-export interface NanToNumOptions {
-  /** Replacement for NaN. Default 0. */
-  nan?: number;
-  /** Replacement for +∞. Default 1e5. */
-  posinf?: number;
-  /** Replacement for −∞. Default −1e5. */
-  neginf?: number;
-}
-
-/**
- * `torch.nan_to_num(g, nan=0, posinf=1e5, neginf=-1e5)` as applied to every gradient after the
- * accumulation rounds (sida-spec §4.1): NaN → 0, +∞ → 1e5, −∞ → −1e5, other values unchanged.
- */
-export function nanToNum(x: tf.Tensor, options: NanToNumOptions = {}): tf.Tensor {
-  const nan = options.nan ?? 0;
-  const posinf = options.posinf ?? 1e5;
-  const neginf = options.neginf ?? -1e5;
-  return fusedNanToNum(x, nan, posinf, neginf);
-}
-
-/**
- * `torch.nn.utils.clip_grad_value_(params, c)`: clips every element to [−c, c]. Applied with
- * c = 1 to the fake-network gradients on the EDM SiDA path only (sida-spec §4.1, §4.2,
- * `sida_training_loop.py:380-381`).
- */
-export function clipValues(x: tf.Tensor, clip = 1): tf.Tensor {
-  if (!(clip >= 0)) throw new RangeError(`clip must be ≥ 0, got ${clip}`);
-  return tf.clipByValue(x, -clip, clip);
-}
-
-/**
- * The post-processing of a gradient map before an optimizer step (sida-spec §4.1):
- * g ← nan_to_num(g, 0, 1e5, −1e5), then, if `clipValue` is given, g ← clip(g, −c, c).
- * The input tensors are disposed unless `dispose: false`.
- *
- * Use `clipValue: 1` for the fake network of the EDM SiDA path; none for G, plain SiD or EDM2.
- */
-export function sanitizeGradients(
-  grads: NamedTensorMap,
-  options: { clipValue?: number; dispose?: boolean } = {},
-): NamedTensorMap {
-  const out: NamedTensorMap = {};
-  for (const [name, g] of Object.entries(grads)) {
-    out[name] = tf.tidy(() => {
-      const clean = nanToNum(g);
-      return options.clipValue === undefined ? clean : clipValues(clean, options.clipValue);
-    });
-    if (options.dispose ?? true) g.dispose();
-  }
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -476,23 +421,6 @@ export const G_STEP_WARMUP_NIMG = 100_000;
 /** No adversarial term in the generator loss while cur_nimg ≤ this (sida-spec §3.6). */
 export const GAN_WARMUP_NIMG = 200_000;
 
-/**
- * Whether the generator optimizer steps this iteration (sida-spec §3.6, §4.1,
- * `sida_training_loop.py:425`): `!useGan || curNimg > 100 000`, with `curNimg` the images seen
- * *before* this iteration's increment.
- */
-export function generatorStepEnabled(curNimg: number, useGan: boolean): boolean {
-  return !useGan || curNimg > G_STEP_WARMUP_NIMG;
-}
-
-/**
- * Whether the adversarial term enters the generator loss (sida-spec §3.6,
- * `sida_training_loop.py:410`): `useGan && curNimg > 200 000` (before the increment).
- */
-export function ganTermEnabled(curNimg: number, useGan = true): boolean {
-  return useGan && curNimg > GAN_WARMUP_NIMG;
-}
-
 /** Inputs of {@linkcode generatorObjective}. */
 export interface GeneratorObjectiveInputs {
   /** Σ_n L_SiD,n: `loss` of {@linkcode sidGeneratorLoss}. */
@@ -505,7 +433,7 @@ export interface GeneratorObjectiveInputs {
   lsgGan?: number;
   /** B: per-device samples per iteration (`batch_gpu_total` = micro-batch × rounds). */
   batchTotal: number;
-  /** The GAN gate, {@linkcode ganTermEnabled}. */
+  /** The GAN gate (`warmupGates` of `distiller.ts`). */
   ganActive: boolean;
 }
 

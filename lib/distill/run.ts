@@ -1,35 +1,21 @@
 /**
- * Run folders of a distillation: training states, EMA-generator snapshots, the tick log and the
- * progress line.
+ * Distillation run folders: what a SiD / SiDA / SiD²A training state holds (the driver of
+ * `lib/train/driver.ts` writes and reads it, `lib/train/run_folder.ts` names the files), when a
+ * saved run can be continued, and the `log.jsonl` record of a tick.
  *
- * A run folder holds
- *
- * - `training-state-<kimg>.safetensors`: every tensor of a {@linkcode DistillerState} (prefixes
- *   `G.`, `G_ema.`, `fake.`, `optG.`, `optFake.`) and in `__metadata__`: `format`
- *   (`sida-training-state/1`), `run` (the full {@linkcode RunInfo} as JSON: method, every
- *   hyper-parameter, teacher and data identity, cadence), `counters` (`{curNimg, iteration,
- *   elapsedSec}`), `sampler` (the data sampler's position), `seed`, `networks` (EDM kwargs of G and
- *   the fake net). Written atomically; only the latest is kept, and an older one is deleted only
- *   once the new one is in place (the reference keeps the latest too, sida-spec §4.6).
- * - `network-snapshot-<kimg>.safetensors`: the EMA generator (`saveNetwork`, loadable with
- *   `loadNetwork`), with `kimg`, `alpha`, `run` and `method` in its metadata.
- * - `log.jsonl`: one JSON object per tick (losses, w_n, timings, images/s).
- *
- * `<kimg>` is the image count in thousands, zero-padded to 6 digits as in the reference
- * (`{cur_nimg//1000:06d}`), with a 3-digit fraction when the count is not a whole kimg
- * (`000000.064`), so small runs never reuse a name.
+ * A training state holds every tensor of a {@linkcode DistillerState} (prefixes `G.`, `G_ema.`,
+ * `fake.`, `optG.`, `optFake.`) and in `__metadata__`: `format` (`sida-training-state/1`), `run`
+ * (the full {@linkcode RunInfo} as JSON: method, every hyper-parameter, teacher and data identity,
+ * cadence), `counters` (`{curNimg, iteration, elapsedSec}`), `sampler` (the data sampler's
+ * position), `seed`, `networks` (EDM kwargs of G and the fake net). Snapshots hold the EMA
+ * generator with `kimg`, `alpha`, `run` and `method` in their metadata.
  *
  * @module
  */
-import { basename, join } from "node:path";
 import type { SamplerState } from "../data/sampler.ts";
-import { appendTextNamed, mkdirNamed, PARTIAL_FILE_RE } from "../io/atomic.ts";
 import { IoError } from "../io/host_tensor.ts";
-import type { HostTensor } from "../io/host_tensor.ts";
-import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 import type { EdmKwargs } from "../nets/config.ts";
-import { saveNetwork } from "../nets/network.ts";
-import type { EDMPrecond } from "../nets/precond.ts";
+import { readStateFile, type StateFile, stateJson, writeStateFile } from "../train/run_folder.ts";
 import {
   configDifference,
   type DistillConfig,
@@ -68,54 +54,31 @@ export interface RunInfo {
   dumpKimg: number;
 }
 
-/** `<kimg>` of file names: `000012`, or `000000.064` for a count that is not a whole kimg. */
-export function kimgLabel(nimg: number): string {
-  const whole = String(Math.floor(nimg / 1000)).padStart(6, "0");
-  const frac = nimg % 1000;
-  return frac === 0 ? whole : `${whole}.${String(frac).padStart(3, "0")}`;
+/** The metadata entries of a distillation state besides `format`, `run` and `counters`. */
+export function distillStateMetadata(state: DistillerState): Record<string, string> {
+  return {
+    sampler: JSON.stringify(state.sampler),
+    seed: String(state.config.seed),
+    networks: JSON.stringify(state.networks),
+  };
 }
 
-/** The file name of the training state at `nimg` images. */
-export function stateFileName(nimg: number): string {
-  return `training-state-${kimgLabel(nimg)}.safetensors`;
-}
-
-/** The file name of the EMA-generator snapshot at `nimg` images. */
-export function snapshotFileName(nimg: number): string {
-  return `network-snapshot-${kimgLabel(nimg)}.safetensors`;
-}
-
-const STATE_RE = /^training-state-(\d{6,})(?:\.(\d{3}))?\.safetensors$/;
-
-function nimgOfStateName(name: string): number | null {
-  const m = STATE_RE.exec(name);
-  return m ? Number(m[1]) * 1000 + Number(m[2] ?? 0) : null;
-}
-
-async function listDir(dir: string): Promise<string[]> {
-  const names: string[] = [];
-  try {
-    for await (const e of Deno.readDir(dir)) if (e.isFile) names.push(e.name);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return [];
-    throw new IoError(`${dir}: cannot list (${(e as Error).message})`);
-  }
-  return names;
-}
-
-/** The path of the folder's training state with the most images, or null if it has none. */
-export async function findLatestState(dir: string): Promise<string | null> {
-  let best: { name: string; nimg: number } | null = null;
-  for (const name of await listDir(dir)) {
-    const nimg = nimgOfStateName(name);
-    if (nimg !== null && (!best || nimg > best.nimg)) best = { name, nimg };
-  }
-  return best ? join(dir, best.name) : null;
+/** A {@linkcode DistillerState} from a state file's parts. */
+export function decodeDistillState(file: StateFile<RunInfo>, path: string): DistillerState {
+  if (!file.run?.distill) throw new IoError(`${path}: incomplete training-state metadata`);
+  return {
+    config: file.run.distill,
+    curNimg: file.counters.curNimg,
+    iteration: file.counters.iteration,
+    sampler: stateJson<SamplerState | null>(path, file.metadata, "sampler"),
+    networks: stateJson<{ G: EdmKwargs; fake: EdmKwargs }>(path, file.metadata, "networks"),
+    tensors: file.tensors,
+  };
 }
 
 /**
- * Writes a training state into `dir` atomically (temporary file, then rename), then deletes every
- * other `training-state-*.safetensors` of the folder. Returns the new file's path.
+ * Writes a distillation training state into `dir` atomically, then deletes every other
+ * `training-state-*.safetensors` of the folder. Returns the new file's path.
  */
 export async function writeTrainingState(
   dir: string,
@@ -123,27 +86,16 @@ export async function writeTrainingState(
   run: RunInfo,
   extra: { elapsedSec?: number } = {},
 ): Promise<string> {
-  await mkdirNamed(dir);
-  const name = stateFileName(state.curNimg);
-  const path = join(dir, name);
-  await writeSafetensors(path, state.tensors, {
-    format: TRAINING_STATE_FORMAT,
-    run: JSON.stringify(run),
-    counters: JSON.stringify({
+  return await writeStateFile(dir, TRAINING_STATE_FORMAT, {
+    tensors: state.tensors,
+    run,
+    counters: {
       curNimg: state.curNimg,
       iteration: state.iteration,
       elapsedSec: extra.elapsedSec ?? 0,
-    }),
-    sampler: JSON.stringify(state.sampler),
-    seed: String(state.config.seed),
-    networks: JSON.stringify(state.networks),
+    },
+    metadata: distillStateMetadata(state),
   });
-  for (const other of await listDir(dir)) {
-    if (other !== name && STATE_RE.test(other)) {
-      await Deno.remove(join(dir, other)).catch(() => {});
-    }
-  }
-  return path;
 }
 
 /** What {@linkcode readTrainingState} returns. */
@@ -158,35 +110,11 @@ export interface SavedTrainingState {
 
 /** Reads a training state written by {@linkcode writeTrainingState}; `IoError` on a bad file. */
 export async function readTrainingState(path: string): Promise<SavedTrainingState> {
-  const { tensors, metadata } = await readSafetensors(path);
-  if (metadata.format !== TRAINING_STATE_FORMAT) {
-    throw new IoError(`${path}: not a training state (format '${metadata.format ?? "none"}')`);
-  }
-  const parse = <T>(key: string): T => {
-    try {
-      return JSON.parse(metadata[key]) as T;
-    } catch {
-      throw new IoError(`${path}: metadata '${key}' is missing or not valid JSON`);
-    }
-  };
-  const run = parse<RunInfo>("run");
-  const counters = parse<{ curNimg: number; iteration: number; elapsedSec?: number }>("counters");
-  const sampler = parse<SamplerState | null>("sampler");
-  const networks = parse<{ G: EdmKwargs; fake: EdmKwargs }>("networks");
-  if (!run?.distill || !Number.isSafeInteger(counters?.curNimg)) {
-    throw new IoError(`${path}: incomplete training-state metadata`);
-  }
+  const file = await readStateFile<RunInfo>(path, TRAINING_STATE_FORMAT);
   return {
-    state: {
-      config: run.distill,
-      curNimg: counters.curNimg,
-      iteration: counters.iteration,
-      sampler,
-      networks,
-      tensors: tensors as Map<string, HostTensor>,
-    },
-    run,
-    elapsedSec: counters.elapsedSec ?? 0,
+    state: decodeDistillState(file, path),
+    run: file.run,
+    elapsedSec: file.counters.elapsedSec,
   };
 }
 
@@ -217,63 +145,6 @@ export function runIncompatibility(saved: RunInfo, current: RunInfo): string | n
     }`;
   }
   return null;
-}
-
-/**
- * A fingerprint of a network's weights (64-bit, hex): two 32-bit multiplicative hashes over the
- * float32 bits of every tensor in state-dict order, plus the tensor names and shapes. Identical
- * weights give the same fingerprint on every backend.
- */
-export async function networkFingerprint(net: EDMPrecond): Promise<string> {
-  let h1 = 0x811c9dc5;
-  let h2 = 0x01000193;
-  const mixString = (s: string) => {
-    for (let i = 0; i < s.length; i++) {
-      h1 = Math.imul(h1 ^ s.charCodeAt(i), 0x01000193);
-      h2 = Math.imul(h2 ^ s.charCodeAt(i), 0x5bd1e995);
-    }
-  };
-  for (const [name, e] of net.namedTensors()) {
-    mixString(`${name}[${e.variable.shape}]`);
-    const data = await e.variable.data() as Float32Array;
-    const words = new Uint32Array(data.buffer, data.byteOffset, data.length);
-    for (let i = 0; i < words.length; i++) {
-      h1 = Math.imul(h1 ^ words[i], 0x01000193);
-      h2 = Math.imul((h2 ^ words[i]) + (h2 >>> 15), 0x5bd1e995);
-    }
-  }
-  const hex = (v: number) => (v >>> 0).toString(16).padStart(8, "0");
-  return hex(h1) + hex(h2);
-}
-
-/** Writes the EMA generator as `network-snapshot-<kimg>.safetensors` and returns its path. */
-export async function writeSnapshot(
-  dir: string,
-  Gema: EDMPrecond,
-  nimg: number,
-  meta: { alpha: number; run: string; method: string },
-): Promise<string> {
-  const path = join(dir, snapshotFileName(nimg));
-  await saveNetwork(Gema, path, {
-    kimg: String(nimg / 1000),
-    alpha: String(meta.alpha),
-    run: meta.run,
-    method: meta.method,
-  });
-  return path;
-}
-
-/**
- * Removes temporary files left by an interrupted atomic write (`.<name>.<16 hex>.partial`,
- * `writeFileAtomic`) in `dir`. Call only while holding the folder's lock (`lib/io/lock.ts`, which
- * does this itself when it takes the lock).
- */
-export async function removeStaleTemporaries(dir: string): Promise<void> {
-  for (const name of await listDir(dir)) {
-    if (PARTIAL_FILE_RE.test(name)) {
-      await Deno.remove(join(dir, name)).catch(() => {});
-    }
-  }
 }
 
 /** One line of `log.jsonl`: the means of a tick's iterations. */
@@ -345,75 +216,4 @@ export function tickRecord(
       iteration: mean((s) => s.timings.total),
     },
   };
-}
-
-/** Appends one JSON object per line to `log.jsonl` (an error names the file). */
-export async function appendLog(dir: string, record: object): Promise<void> {
-  await appendTextNamed(join(dir, "log.jsonl"), JSON.stringify(record) + "\n");
-}
-
-function formatDuration(sec: number): string {
-  if (!Number.isFinite(sec) || sec < 0) return "?";
-  const s = Math.round(sec);
-  const h = Math.floor(s / 3600);
-  const m = Math.floor((s % 3600) / 60);
-  return h > 0 ? `${h}h${String(m).padStart(2, "0")}m` : `${m}m${String(s % 60).padStart(2, "0")}s`;
-}
-
-/**
- * The progress line on stderr: kimg done / total, images/s, ETA and the latest losses. On a
- * terminal the line is rewritten in place (`\r`); otherwise one line is printed per tick.
- * (`npm:cli-progress` is not used: it draws nothing useful without a TTY, and this is all we need.)
- */
-export class Progress {
-  readonly #tty: boolean;
-  readonly #totalNimg: number;
-  #open = false;
-
-  constructor(totalNimg: number, tty = Deno.stderr.isTerminal()) {
-    this.#tty = tty;
-    this.#totalNimg = totalNimg;
-  }
-
-  #line(nimg: number, imgPerSec: number, s: IterationStats | TickRecord): string {
-    const eta = (this.#totalNimg - nimg) / imgPerSec;
-    const gan = s.lossGGan === null ? "" : ` G_gan ${s.lossGGan.toFixed(3)}`;
-    const d = s.lossD === null ? "" : ` D ${s.lossD.toFixed(3)}`;
-    return `kimg ${(nimg / 1000).toFixed(3)}/${(this.#totalNimg / 1000).toFixed(3)} ` +
-      `${imgPerSec.toFixed(1)} img/s ETA ${formatDuration(eta)} | fake ${
-        s.lossFake.toFixed(3)
-      }${d}` +
-      ` G ${s.lossG.toFixed(3)}${gan}`;
-  }
-
-  /** After every iteration (only drawn on a terminal). */
-  iteration(s: IterationStats, imgPerSec: number): void {
-    if (!this.#tty) return;
-    const text = this.#line(s.nimg, imgPerSec, s);
-    Deno.stderr.writeSync(new TextEncoder().encode(`\r\x1b[2K${text}`));
-    this.#open = true;
-  }
-
-  /** At the end of every tick (one line when not on a terminal). */
-  tick(r: TickRecord): void {
-    if (this.#tty) return;
-    console.error(`tick ${r.tick} ${this.#line(r.nimg, r.imgPerSec, r)}`);
-  }
-
-  /** Prints a message on its own line (ending an in-place line first). */
-  message(text: string): void {
-    this.finish();
-    console.error(text);
-  }
-
-  /** Ends an in-place line. */
-  finish(): void {
-    if (this.#open) Deno.stderr.writeSync(new TextEncoder().encode("\n"));
-    this.#open = false;
-  }
-}
-
-/** The run's name: the folder's base name. */
-export function runName(dir: string): string {
-  return basename(dir.replace(/\/+$/, "")) || dir;
 }

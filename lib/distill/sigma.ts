@@ -14,7 +14,8 @@
  *
  * @example
  * ```ts
- * import { sampleFakeSigma, sampleGeneratorSigma, seededRandom } from "./sigma.ts";
+ * import { seededRandom } from "../runtime/random.ts";
+ * import { sampleFakeSigma, sampleGeneratorSigma } from "./sigma.ts";
  * const rng = seededRandom(1);
  * const sFake = sampleFakeSigma(8, rng);            // [8], log-normal (P_mean −1.2, P_std 1.2)
  * const sGen = sampleGeneratorSigma(8, rng);        // [8], in [0.002, 24.41] for tmax = 800
@@ -23,6 +24,7 @@
  * @module
  */
 import { tf } from "../deps.ts";
+import type { RandomSource } from "../runtime/random.ts";
 
 /** σ_d, the data standard deviation of EDM preconditioning and of λ(σ) (sida-spec notation table). */
 export const SIGMA_DATA = 0.5;
@@ -53,53 +55,6 @@ export const DEFAULT_TMAX = 800;
 export const DEFAULT_ALPHA = 1.2;
 /** α used by every SiDA script and by the EDM2 trainer's default (sida-spec §2.3, §6.2, §6.3). */
 export const SIDA_SCRIPT_ALPHA = 1.0;
-
-/** A source of random numbers, drawn on the host. */
-export interface RandomSource {
-  /** `n` draws from U[0, 1). */
-  uniform(n: number): Float64Array;
-  /** `n` draws from N(0, 1). */
-  normal(n: number): Float64Array;
-}
-
-/**
- * A seeded {@linkcode RandomSource}: mulberry32 (32-bit state) for uniforms in [0, 1) with 2^-32
- * resolution, Box–Muller for normals. Deterministic for a given seed on every platform.
- *
- * @example
- * ```ts
- * import { seededRandom } from "./sigma.ts";
- * const a = seededRandom(7).normal(3), b = seededRandom(7).normal(3); // equal
- * ```
- */
-export function seededRandom(seed: number): RandomSource {
-  let state = (Math.trunc(seed) ^ 0x6d2b79f5) >>> 0;
-  const next = (): number => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return {
-    uniform(n: number): Float64Array {
-      const out = new Float64Array(n);
-      for (let i = 0; i < n; i++) out[i] = next();
-      return out;
-    },
-    normal(n: number): Float64Array {
-      const out = new Float64Array(n);
-      for (let i = 0; i < n; i += 2) {
-        const u1 = 1 - next(); // (0, 1]: log is finite
-        const u2 = next();
-        const r = Math.sqrt(-2 * Math.log(u1));
-        out[i] = r * Math.cos(2 * Math.PI * u2);
-        if (i + 1 < n) out[i + 1] = r * Math.sin(2 * Math.PI * u2);
-      }
-      return out;
-    },
-  };
-}
 
 /** Options of {@linkcode sampleFakeSigma}. */
 export interface FakeSigmaOptions {

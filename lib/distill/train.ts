@@ -15,14 +15,14 @@
  */
 import { loadImageZip, mnistDataset } from "../data/dataset.ts";
 import type { ImageDataset } from "../data/dataset.ts";
-import { tf } from "../deps.ts";
 import { IoError } from "../io/host_tensor.ts";
 import { toEdmKwargs } from "../nets/config.ts";
 import { loadNetwork } from "../nets/network.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
-import { BACKEND_NAMES, describeBackend, initBackend } from "../runtime/backend.ts";
-import { numberFlag, parseFlags, UsageError } from "../runtime/cli.ts";
-import { lockRunFolder } from "../io/lock.ts";
+import { BACKEND_NAMES, describeBackend } from "../runtime/backend.ts";
+import { ensureBackend, numberFlag, parseFlags, UsageError } from "../runtime/cli.ts";
+import { runTraining, type TrainingKind, withInterrupt } from "../train/driver.ts";
+import { networkFingerprint } from "../train/run_folder.ts";
 import {
   type DistillConfig,
   Distiller,
@@ -30,21 +30,16 @@ import {
   type IterationStats,
   resolveDistillConfig,
 } from "./distiller.ts";
-import { DEFAULT_NON_FINITE_LIMIT, NonFiniteGuard, NonFiniteTrainingError } from "./guard.ts";
+import type { DistillerState } from "./distiller.ts";
 import { DISTILL_PRESET_NAMES, distillPreset, guessPreset } from "./presets.ts";
 import {
-  appendLog,
-  findLatestState,
-  networkFingerprint,
-  Progress,
-  readTrainingState,
-  removeStaleTemporaries,
+  decodeDistillState,
+  distillStateMetadata,
   runIncompatibility,
   type RunInfo,
-  runName,
+  type TickRecord,
   tickRecord,
-  writeSnapshot,
-  writeTrainingState,
+  TRAINING_STATE_FORMAT,
 } from "./run.ts";
 
 /** Options of {@linkcode runDistillation}. */
@@ -150,7 +145,7 @@ export async function runDistillation(opts: DistillationOptions): Promise<Distil
   if (opts.method === "sida" && !opts.data) {
     throw new UsageError("SiDA needs real data: give --data (a dataset zip or mnist)");
   }
-  const backend = await initBackend(opts.backend);
+  const backend = await ensureBackend(opts.backend);
   const teacher = await loadNet(opts.teacher, "teacher");
   let initNet: EDMPrecond | undefined;
   let distiller: Distiller | undefined;
@@ -235,45 +230,29 @@ export async function runDistillation(opts: DistillationOptions): Promise<Distil
       snapKimg,
       dumpKimg,
     };
-    // One process at a time in the run folder (lib/io/lock.ts), taken before reading its state.
-    await using _lock = await lockRunFolder(opts.out, { task: opts.method });
-    const latest = await findLatestState(opts.out);
-    let elapsedBefore = 0;
-    if (latest) {
-      const saved = await readTrainingState(latest);
-      const why = runIncompatibility(saved.run, run);
-      if (why) {
-        throw new UsageError(`${opts.out} holds a run that cannot be continued: ${why}`);
-      }
-      try {
-        distiller.load(saved.state);
-      } catch (e) {
-        throw new IoError(`${latest}: ${(e as Error).message}`);
-      }
-      elapsedBefore = saved.elapsedSec;
-    }
-
-    // ---- training ----
-    const say = (s: string) => {
-      if (!opts.quiet) console.error(s);
-    };
-    say(describeBackend(backend));
-    say(
-      latest
-        ? `resuming ${kind} from ${latest} at kimg ${distiller.curNimg / 1000}`
-        : `starting ${kind} in ${opts.out}: preset ${presetName}, batch ${config.batch} ` +
-          `(${distiller.rounds} x ${config.microBatch}), ${durationKimg} kimg`,
-    );
-    await Deno.mkdir(opts.out, { recursive: true });
-    await removeStaleTemporaries(opts.out);
-    return await trainLoop(distiller, run, {
+    const d = distiller;
+    const r = await runTraining({
+      intro: describeBackend(backend),
+      trainer: d,
+      kind: distillKind(d, run, opts.out, presetName),
+      run,
       out: opts.out,
-      resumed: latest !== null,
-      elapsedBefore,
+      durationKimg,
+      tickKimg,
+      snapKimg,
+      dumpKimg,
       signal: opts.signal,
-      quiet: opts.quiet ?? false,
+      quiet: opts.quiet,
       nonFiniteLimit: opts.nonFiniteLimit,
     });
+    return {
+      curNimg: r.curNimg,
+      iterations: r.iterations,
+      interrupted: r.interrupted,
+      resumed: r.resumed,
+      statePath: r.statePath,
+      snapshotPath: r.snapshotPath,
+    };
   } finally {
     initNet?.dispose();
     distiller?.dispose();
@@ -281,129 +260,44 @@ export async function runDistillation(opts: DistillationOptions): Promise<Distil
   }
 }
 
-async function trainLoop(
+/** How a distillation is written, read and reported by the shared driver. */
+function distillKind(
   d: Distiller,
   run: RunInfo,
-  o: {
-    out: string;
-    resumed: boolean;
-    elapsedBefore: number;
-    signal?: AbortSignal;
-    quiet: boolean;
-    nonFiniteLimit?: number;
-  },
-): Promise<DistillationResult> {
-  const totalNimg = Math.round(run.durationKimg * 1000);
-  const name = runName(o.out);
-  const progress = new Progress(totalNimg);
-  const say = (s: string) => {
-    if (!o.quiet) progress.message(s);
+  out: string,
+  presetName: string,
+): TrainingKind<IterationStats, DistillerState, RunInfo, TickRecord> {
+  const c = d.config;
+  return {
+    task: c.method,
+    what: "distillation",
+    format: TRAINING_STATE_FORMAT,
+    stateMetadata: distillStateMetadata,
+    decodeState: decodeDistillState,
+    incompatibility: runIncompatibility,
+    health: (s) => ({
+      lossFake: s.lossFake,
+      lossD: s.lossD,
+      lossG: s.lossG,
+      lossGGan: s.lossGGan,
+      keptFake: s.keptFake,
+      keptG: s.keptG,
+    }),
+    seconds: (s) => s.timings.total,
+    tickRecord,
+    detail: (s) => {
+      const gan = s.lossGGan === null ? "" : ` G_gan ${s.lossGGan.toFixed(3)}`;
+      const disc = s.lossD === null ? "" : ` D ${s.lossD.toFixed(3)}`;
+      return `fake ${s.lossFake.toFixed(3)}${disc} G ${s.lossG.toFixed(3)}${gan}`;
+    },
+    snapshotMetadata: () => ({ alpha: String(c.alpha), method: run.kind }),
+    startMessage: (latest, curNimg) =>
+      latest
+        ? `resuming ${run.kind} from ${latest} at kimg ${curNimg / 1000}`
+        : `starting ${run.kind} in ${out}: preset ${presetName}, batch ${c.batch} ` +
+          `(${d.rounds} x ${c.microBatch}), ${run.durationKimg} kimg`,
+    lengthFlag: "--duration",
   };
-  const result: DistillationResult = {
-    curNimg: d.curNimg,
-    iterations: 0,
-    interrupted: false,
-    resumed: o.resumed,
-    statePath: null,
-    snapshotPath: null,
-  };
-  if (d.curNimg >= totalNimg) {
-    say(`nothing to do: ${d.curNimg / 1000} kimg already done (--duration ${run.durationKimg})`);
-    return result;
-  }
-  const start = performance.now();
-  const elapsed = () => o.elapsedBefore + (performance.now() - start) / 1000;
-  let lastDump = d.curNimg;
-  let lastSnap = d.curNimg;
-  let tick = 0;
-  let tickStartNimg = d.curNimg;
-  let tickStartTime = performance.now();
-  let tickStats: IterationStats[] = [];
-  let speed = NaN;
-  const dump = async () => {
-    result.statePath = await writeTrainingState(o.out, await d.state(), run, {
-      elapsedSec: elapsed(),
-    });
-    lastDump = d.curNimg;
-  };
-  const guard = new NonFiniteGuard(o.nonFiniteLimit ?? DEFAULT_NON_FINITE_LIMIT, "distillation");
-  while (d.curNimg < totalNimg) {
-    const stats = await d.step();
-    result.iterations++;
-    tickStats.push(stats);
-    try {
-      guard.observe({
-        lossFake: stats.lossFake,
-        lossD: stats.lossD,
-        lossG: stats.lossG,
-        lossGGan: stats.lossGGan,
-        keptFake: stats.keptFake,
-        keptG: stats.keptG,
-      }, d.curNimg);
-    } catch (e) {
-      if (!(e instanceof NonFiniteTrainingError)) throw e;
-      const last = result.statePath ?? await findLatestState(o.out);
-      throw new NonFiniteTrainingError(
-        `${e.message}; ${last ? `last good state: ${last}` : "no state had been written yet"}`,
-      );
-    }
-    const ips = d.config.batch / stats.timings.total;
-    speed = Number.isFinite(speed) ? 0.8 * speed + 0.2 * ips : ips;
-    if (!o.quiet) progress.iteration(stats, speed);
-    // Let signal handlers run: on the cpu backend an iteration may never leave the microtask
-    // queue, and a SIGINT listener is a macrotask.
-    await new Promise((resolve) => setTimeout(resolve, 0));
-    const done = d.curNimg >= totalNimg;
-    const interrupted = o.signal?.aborted ?? false;
-    // A tick ends after the first iteration, then every tickKimg (sida-spec §4.6).
-    if (
-      done || interrupted || tick === 0 || d.curNimg >= tickStartNimg + run.tickKimg * 1000
-    ) {
-      const now = performance.now();
-      const record = tickRecord(tickStats, {
-        tick,
-        elapsedSec: elapsed(),
-        secPerTick: (now - tickStartTime) / 1000,
-        batch: d.config.batch,
-      });
-      await appendLog(o.out, { ...record, memory: { numTensors: tf.memory().numTensors } });
-      if (!o.quiet) progress.tick(record);
-      tick++;
-      tickStartNimg = d.curNimg;
-      tickStartTime = now;
-      tickStats = [];
-    }
-    // Nothing is written while non-finite iterations last: the folder keeps its last good state.
-    const writes = guard.writes({ done, interrupted });
-    if (writes === "interrupt") {
-      say(`interrupted during non-finite iterations: the last good state is kept`);
-      result.interrupted = true;
-      break;
-    }
-    if (writes === "skip") continue;
-    if (done || d.curNimg >= lastSnap + run.snapKimg * 1000) {
-      result.snapshotPath = await writeSnapshot(o.out, d.Gema, d.curNimg, {
-        alpha: d.config.alpha,
-        run: name,
-        method: run.kind,
-      });
-      lastSnap = d.curNimg;
-    }
-    if (done || interrupted || d.curNimg >= lastDump + run.dumpKimg * 1000) {
-      await dump();
-      if (interrupted) {
-        say(`interrupted: state written to ${result.statePath}`);
-        result.interrupted = true;
-        break;
-      }
-    }
-  }
-  progress.finish();
-  result.curNimg = d.curNimg;
-  if (!result.interrupted) {
-    say(`done: ${d.curNimg / 1000} kimg; state ${result.statePath}`);
-  }
-  return result;
 }
 
 /** Flags of `deno task sid` / `deno task sida` (names follow `sida_train.py`; units in kimg). */
@@ -519,18 +413,5 @@ export async function distillationTask(method: DistillMethod, args: string[]): P
     return;
   }
   const opts = parseDistillArgs(method, args);
-  const controller = new AbortController();
-  let interrupts = 0;
-  const onInterrupt = () => {
-    if (++interrupts > 1) Deno.exit(130);
-    console.error("\nSIGINT: finishing this iteration and writing a training state…");
-    controller.abort();
-  };
-  Deno.addSignalListener("SIGINT", onInterrupt);
-  try {
-    const result = await runDistillation({ ...opts, signal: controller.signal });
-    if (result.interrupted) Deno.exit(130);
-  } finally {
-    Deno.removeSignalListener("SIGINT", onInterrupt);
-  }
+  await withInterrupt((signal) => runDistillation({ ...opts, signal }));
 }

@@ -43,7 +43,7 @@ import {
   type TorchFileFormat,
 } from "../io/torch_file.ts";
 import { ConfigError, EDM_PRECOND_ARGS, fromEdmKwargs, type NetworkConfig } from "./config.ts";
-import { networkMetadata } from "./network.ts";
+import { networkMetadata } from "./metadata.ts";
 import { EDMPrecond } from "./precond.ts";
 
 /** Options of {@linkcode importNetwork}. */

@@ -20,17 +20,15 @@ import {
   type NetworkConfig,
   type NetworkConfigInput,
   resolveConfig,
-  toEdmKwargs,
 } from "./config.ts";
 import { EDMPrecond } from "./precond.ts";
 import { checkFiniteWeights, IoError } from "../io/host_tensor.ts";
 import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 import { importNetwork } from "./import.ts";
+import { networkMetadata } from "./metadata.ts";
 
 export { preset } from "./config.ts";
-
-/** The format tag written into the metadata of saved networks. */
-export const NETWORK_FORMAT = "sida-network/1";
+export { NETWORK_FORMAT, networkMetadata } from "./metadata.ts";
 
 /**
  * Builds a network from a configuration (complete, or partial with defaults filled in).
@@ -43,15 +41,6 @@ export function createNetwork(
   options: { init?: "random" | "zeros"; seed?: number } = {},
 ): EDMPrecond {
   return new EDMPrecond(resolveConfig(config as NetworkConfigInput), options);
-}
-
-/** The safetensors metadata that describes a network's architecture. */
-export function networkMetadata(net: EDMPrecond): Record<string, string> {
-  return {
-    format: NETWORK_FORMAT,
-    class: "EDMPrecond",
-    config: JSON.stringify(toEdmKwargs(net.config)),
-  };
 }
 
 /**

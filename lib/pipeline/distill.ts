@@ -37,7 +37,7 @@ import { configFromMetadata, loadNetwork } from "../nets/network.ts";
 import type { DistillConfig } from "../distill/distiller.ts";
 import { resolveDistillConfig } from "../distill/distiller.ts";
 import { DISTILL_PRESET_NAMES, distillPreset, guessPreset } from "../distill/presets.ts";
-import { findLatestState, kimgLabel, snapshotFileName } from "../distill/run.ts";
+import { findLatestState, kimgLabel, snapshotFileName } from "../train/run_folder.ts";
 import { runDistillation } from "../distill/train.ts";
 import { DEFAULT_MNIST_FEATURES, DEFAULT_MNIST_REF_STATS } from "../metrics/mnist_features.ts";
 import { loadRefStats, saveRefStats } from "../metrics/ref_stats.ts";

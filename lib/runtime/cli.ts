@@ -16,7 +16,13 @@
  */
 import { parseArgs } from "node:util";
 import { printable } from "../io/host_tensor.ts";
-import { BACKEND_NAMES, type BackendInfo, describeBackend, initBackend } from "./backend.ts";
+import {
+  BACKEND_NAMES,
+  type BackendInfo,
+  currentBackend,
+  describeBackend,
+  initBackend,
+} from "./backend.ts";
 
 /** An error that a task reports as one line, without a stack trace (bad flags, bad input). */
 export class UsageError extends Error {
@@ -133,8 +139,13 @@ export function numberFlag(
   return n;
 }
 
-/** Starts the backend named by `--backend` (or the automatic choice) and prints the choice once. */
-export async function startBackend(name?: string): Promise<BackendInfo> {
+/**
+ * Checks a `--backend` value (`webgpu`, `native`, `cpu`, `auto` or absent); the one place a
+ * backend name is validated. Returns it.
+ *
+ * @throws UsageError for any other name.
+ */
+export function checkBackendName(name?: string): string | undefined {
   if (
     name !== undefined && name !== "auto" && !(BACKEND_NAMES as readonly string[]).includes(name)
   ) {
@@ -142,7 +153,24 @@ export async function startBackend(name?: string): Promise<BackendInfo> {
       `--backend must be one of ${BACKEND_NAMES.join(", ")}, auto; got '${name}'`,
     );
   }
-  const info = await initBackend(name);
+  return name;
+}
+
+/**
+ * The backend of this process: started on the first call (`initBackend`), and on a later call
+ * the one already running, unless a different backend is named explicitly. So a task that runs
+ * several stages (the distillation chain) names and starts its backend once.
+ */
+export async function ensureBackend(name?: string): Promise<BackendInfo> {
+  checkBackendName(name);
+  const cur = currentBackend();
+  if (cur && (name === undefined || name === "auto" || name === cur.name)) return cur;
+  return await initBackend(name);
+}
+
+/** Starts the backend named by `--backend` (or the automatic choice) and prints the choice once. */
+export async function startBackend(name?: string): Promise<BackendInfo> {
+  const info = await ensureBackend(name);
   console.error(describeBackend(info));
   return info;
 }
