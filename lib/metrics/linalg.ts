@@ -16,6 +16,7 @@
  *
  * @module
  */
+import { pinLibrary } from "../runtime/native/pin_library.ts";
 
 /** Which implementation to use: `auto` (LAPACK if it loads, else TypeScript), `js` or `lapack`. */
 export type LinalgImpl = "auto" | "js" | "lapack";
@@ -118,6 +119,9 @@ export function lapackLibrary(): { name: string } | null {
   for (const name of forced ? [forced] : LIBRARY_NAMES) {
     try {
       const lib = Deno.dlopen(name, LAPACK_SYMBOLS);
+      // Loaded once per process, not once per Worker (see pin_library.ts): OpenBLAS' destructor
+      // must not run while another isolate's thread still uses the library.
+      pinLibrary(name);
       lapack = { lib, name };
       break;
     } catch {
