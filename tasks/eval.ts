@@ -1,7 +1,7 @@
 /**
  * `deno task eval`: generates images with a one-step generator (or a teacher with the EDM
  * sampler), runs a feature detector, and reports FID / IS / precision-recall
- * (`sida-spec.md` §7). Prints a table, writes `metrics.json` and `samples.png` into `--out`.
+ * (docs/distillation.md §7.1). Prints a table, writes `metrics.json` and `samples.png` into `--out`.
  *
  * Detectors: `mnist` (our MNIST feature network, `data/mnist-features.safetensors`; default for
  * 32×32 grey generators, with the shipped `data/mnist-ref-stats.npz` and the MNIST digits as the
@@ -19,14 +19,10 @@ import { writeFileAtomic } from "../lib/io/atomic.ts";
 import { lockRunFolder } from "../lib/io/lock.ts";
 import { loadNetwork } from "../lib/nets/network.ts";
 import type { Detector } from "../lib/metrics/detector.ts";
-import { computeMetrics, datasetFeatures, DetectorAccumulator } from "../lib/metrics/evaluate.ts";
-import { generateBatches, SIGMA_INIT, writeImageGrid } from "../lib/metrics/generate.ts";
-import {
-  DEFAULT_MNIST_FEATURES,
-  DEFAULT_MNIST_REF_STATS,
-  MnistFeatureNet,
-} from "../lib/metrics/mnist_features.ts";
-import { InceptionV3 } from "../lib/metrics/inception.ts";
+import { datasetFeatures } from "../lib/metrics/evaluate.ts";
+import { SIGMA_INIT, writeImageGrid } from "../lib/metrics/generate.ts";
+import { DEFAULT_MNIST_FEATURES, DEFAULT_MNIST_REF_STATS } from "../lib/metrics/mnist_features.ts";
+import { evaluateNetwork, loadDetector } from "../lib/pipeline/evaluate.ts";
 import { loadRefStats } from "../lib/metrics/ref_stats.ts";
 import type { Stats } from "../lib/metrics/stats.ts";
 import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
@@ -111,9 +107,7 @@ await runMain(async () => {
         `the mnist detector needs 32×32 images, the generator makes ${res}×${res}`,
       );
     }
-    detector = await MnistFeatureNet.load(
-      (flags.detector as string | undefined) ?? DEFAULT_MNIST_FEATURES,
-    );
+    detector = await loadDetector("mnist", (flags.detector as string) ?? DEFAULT_MNIST_FEATURES);
   } else if (features === "inception") {
     const path = (flags.detector as string | undefined) ?? Deno.env.get("SIDA_INCEPTION");
     if (!path) {
@@ -121,7 +115,7 @@ await runMain(async () => {
         "--features inception needs --detector inception-2015-12-05.pt (or SIDA_INCEPTION)",
       );
     }
-    detector = await InceptionV3.load(path);
+    detector = await loadDetector("inception", path);
   } else {
     throw new UsageError(`--features must be mnist or inception, got '${features}'`);
   }
@@ -160,33 +154,22 @@ await runMain(async () => {
     );
   }
 
-  // Generate and detect.
-  const gen = new DetectorAccumulator(detector, {
-    captureFeatures: metrics.has("pr"),
-    captureProbs: metrics.has("is"),
-  });
-  const gridPixels = new Uint8Array(Math.min(gridCount, num) * res * res * ch);
+  // Generate, detect, compute (the evaluation the chain's eval stage uses too).
   const t0 = performance.now();
-  for await (const b of generateBatches(net, { num, seed, batch, sampler, steps, sigmaInit })) {
-    if (b.start * res * res * ch < gridPixels.length) {
-      gridPixels.set(
-        b.pixels.subarray(
-          0,
-          Math.min(b.pixels.length, gridPixels.length - b.start * res * res * ch),
-        ),
-        b.start * res * res * ch,
-      );
-    }
-    await gen.addImages(b.pixels, b.n, res, ch);
-    progress("generated", b.start + b.n, num, t0);
-  }
-  const genSeconds = (performance.now() - t0) / 1000;
-  const results = await computeMetrics(
-    gen,
+  const evaluation = (await evaluateNetwork(net, detector, {
+    num,
+    seed,
+    batch,
+    sampler,
+    steps,
+    sigmaInit,
     metrics,
-    { stats: refStats, realFeatures },
-    detector.numClasses,
-  );
+    ref: { stats: refStats, realFeatures },
+    gridCount,
+    onProgress: (done, total) => progress("generated", done, total, t0),
+  }))!;
+  const { results, grid: gridPixels } = evaluation;
+  const genSeconds = evaluation.generateSeconds;
 
   // Report.
   const rows: [string, string][] = [];

@@ -463,6 +463,51 @@ Deno.test("distill chain: the teacher's shipped FID from metadata or a sidecar; 
   assertEquals(await lossPlotSvg([{ stage: "SiD", offsetKimg: 0, records: [{ kimg: 1 }] }]), null);
 });
 
+Deno.test("distill chain: every distillation flag reaches its stage's saved config (--sida-alpha, --lsg-gan)", async () => {
+  const f = await setup();
+  const out = join(f.dir, "flags");
+  const args = [
+    ...["--teacher", f.teacher, "--data", f.data, "--out", out, "--preset", "mnist"],
+    ...["--stages", "import,sid,sida", "--sid-kimg", "0.004", "--sida-kimg", "0.004"],
+    ...["--batch", "4", "--micro-batch", "2", "--seed", "1", "--dropout", "0"],
+    ...["--sida-alpha", "1.2", "--lsg-gan", "0.02", "--sid-lsg", "90", "--tmax", "700"],
+    ...["--sida-gan-warmup-kimg", "0", "--g-beta1", "0.5", "--sid-augment", "0"],
+    ...["--backend", TEST_BACKEND, "--quiet"],
+  ];
+  const opts = parseDistillChainArgs(args);
+  assertEquals(opts.overrides, {
+    tmax: 700,
+    gBeta1: 0.5,
+    batch: 4,
+    microBatch: 2,
+    dropout: 0,
+    seed: 1,
+  }, "both stages");
+  assertEquals(opts.stageOverrides?.sid, { lsg: 90, augment: false }, "sid stage");
+  assertEquals(opts.stageOverrides?.sida, { lsgGan: 0.02, alpha: 1.2, ganWarmupNimg: 0 }, "sida");
+  const r = await runDistillChain(opts);
+  assertEquals(r.stages, { import: "ran", sid: "ran", sida: "ran", eval: "not selected" });
+  // The chain's settings file and each stage's training state (run.distill) hold the flags.
+  const chain = JSON.parse(await Deno.readTextFile(join(out, "chain.json")));
+  for (const stage of ["sid", "sida"] as const) {
+    const state = await readSafetensors((await findLatestState(join(out, stage)))!);
+    const saved = JSON.parse(state.metadata.run).distill;
+    assertEquals(saved, chain[stage].config, `${stage}: training state = chain.json`);
+    assertEquals(saved.tmax, 700, `${stage} tmax`);
+    assertEquals(saved.gBeta1, 0.5, `${stage} gBeta1`);
+  }
+  assertEquals(chain.sida.config.alpha, 1.2);
+  assertEquals(chain.sida.config.lsgGan, 0.02);
+  assertEquals(chain.sida.config.lsg, 100);
+  assertEquals(chain.sida.config.ganWarmupNimg, 0);
+  assertEquals(chain.sid.config.alpha, 1.2); // the mnist preset's SiD α, not a flag
+  assertEquals(chain.sid.config.lsgGan, 0.01); // SiDA-only flags leave SiD alone
+  assertEquals(chain.sid.config.lsg, 90);
+  // SiD has no adversarial term: its task refuses the SiDA-only flags, a stage prefix too.
+  assert.throws(() => parseDistillChainArgs([...args, "--sid-lsg-gan", "1"]), /sid-lsg-gan/);
+  assert.throws(() => parseDistillChainArgs([...args, "--sida-alpha", "x"]), /--sida-alpha/);
+});
+
 Deno.test("distill chain tests: remove the temporary folder", async () => {
   if (!fixture) return;
   await Deno.remove((await fixture).dir, { recursive: true });

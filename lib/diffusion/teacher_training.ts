@@ -52,6 +52,7 @@ import { tf } from "../deps.ts";
 import type { NamedTensorMap } from "../deps.ts";
 import { type ImageDataset, loadImageZip, mnistDataset } from "../data/dataset.ts";
 import { InfiniteSampler, makeBatch, type SamplerState } from "../data/sampler.ts";
+import { dataMismatch, networkShape } from "../data/fit.ts";
 import { mixSeed, seededRandom } from "../runtime/random.ts";
 import { Ema, emaBeta } from "../train/ema.ts";
 import { accumulateGradients, sanitizeGradients } from "../train/gradients.ts";
@@ -325,7 +326,7 @@ export class TeacherTrainer {
     const config = resolveTeacherConfig(init.config);
     const netConfig = resolveConfig(init.network as NetworkConfigInput);
     const ds = init.dataset;
-    const problem = dataMismatch(ds, netConfig);
+    const problem = teacherDataMismatch(ds, netConfig);
     if (problem) throw new RangeError(problem);
     this.config = config;
     this.dataset = ds;
@@ -530,17 +531,12 @@ export function teacherConfigDifference(
 }
 
 /** Why `ds` cannot train a network of `config` (one line), or null. */
-function dataMismatch(ds: ImageDataset, config: NetworkConfig, what = "the data"): string | null {
-  if (ds.resolution !== config.imgResolution || ds.channels !== config.imgChannels) {
-    return `${what} hold ${ds.resolution}x${ds.resolution}x${ds.channels} images, the network ` +
-      `needs ${config.imgResolution}x${config.imgResolution}x${config.imgChannels}`;
-  }
-  if (config.labelDim > 0 && ds.labelDim !== config.labelDim) {
-    return ds.labelDim === 0
-      ? `the network is conditional (${config.labelDim} classes) but ${what} have no labels`
-      : `${what} have ${ds.labelDim} classes, the network ${config.labelDim}`;
-  }
-  return null;
+function teacherDataMismatch(
+  ds: ImageDataset,
+  config: NetworkConfig,
+  what = "the data",
+): string | null {
+  return dataMismatch(ds, networkShape(config), { what, whose: "the network" });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -831,7 +827,7 @@ export async function trainTeacher(o: TeacherOptions): Promise<TeacherResult> {
   const net = networkOf(o);
   const dataSource = typeof o.data === "string" ? o.data : o.data ? o.data.name : "mnist";
   const dataset = typeof o.data === "object" ? o.data : await loadData(o.data ?? "mnist");
-  const mismatch = dataMismatch(dataset, net.config, `data ${dataSource}`);
+  const mismatch = teacherDataMismatch(dataset, net.config, `data ${dataSource}`);
   if (mismatch) throw new UsageError(mismatch);
   const run: TeacherRunInfo = {
     kind: "edm-teacher",

@@ -1,6 +1,9 @@
 /**
- * One training iteration of SiD / SiDA / SiD²A, exactly in the order of sida-spec §4.1
- * (`sida_training_loop.py:340-437`, Appendix A):
+ * One training iteration of SiD / SiDA / SiD²A, exactly in the order of docs/distillation.md §4.1
+ * (mingyuanzhou/SiD `sida_training/sida_training_loop.py:340-440`), as three named phases
+ * ({@linkcode Distiller.fakeScorePhase}, {@linkcode Distiller.generatorPhase},
+ * {@linkcode Distiller.emaPhase}). Bare section numbers (§) below are those of
+ * `docs/distillation.md`:
  *
  * - **A** fake-score (+ discriminator, SiDA) update: fake net in train mode, G in eval mode
  *   without gradient, real batch from the data, x-flip augmentation of fakes and reals
@@ -12,7 +15,7 @@
  * - **C** EMA of G with half-life and ramp-up; `curNimg += batch`.
  *
  * SiD²A is SiDA whose G (and G_ema) start from a pre-distilled SiD generator while the fake net
- * still starts from the teacher (sida-spec §1.3).
+ * still starts from the teacher (docs/distillation.md §1.3).
  *
  * Randomness: every draw (generator noise, σ, diffusion noise, flips) comes from a host RNG seeded
  * by (seed, iteration), the dropout masks from streams seeded by (seed, iteration, round, step)
@@ -39,6 +42,7 @@ import { tf } from "../deps.ts";
 import type { NamedTensorMap } from "../deps.ts";
 import type { ImageDataset } from "../data/dataset.ts";
 import { InfiniteSampler, makeBatch, type SamplerState } from "../data/sampler.ts";
+import { augmentMismatch, dataMismatch, networkShape } from "../data/fit.ts";
 import type { HostTensor } from "../io/host_tensor.ts";
 import { type EdmKwargs, type NetworkConfig, toEdmKwargs } from "../nets/config.ts";
 import { createNetwork } from "../nets/network.ts";
@@ -69,65 +73,65 @@ import {
   SIDA_SCRIPT_ALPHA,
 } from "./sigma.ts";
 
-/** `sid` (plain SiD, no GAN, sida-spec §3.7) or `sida` (SiDA / SiD²A, sida-spec §3.4-3.6). */
+/** `sid` (plain SiD, no GAN, docs/distillation.md §3.7) or `sida` (SiDA / SiD²A, docs/distillation.md §3.4-3.6). */
 export type DistillMethod = "sid" | "sida";
 
 /** Every hyper-parameter of a distillation (the algorithm; run cadence lives in `train.ts`). */
 export interface DistillConfig {
   /** `sid` or `sida` (`--use_gan`); SiD²A is `sida` with an initial generator. */
   method: DistillMethod;
-  /** α of the SiD loss (sida-spec §2.3): 1.2 for SiD, 1.0 in the SiDA scripts. */
+  /** α of the SiD loss (docs/distillation.md §2.3): 1.2 for SiD, 1.0 in the SiDA scripts. */
   alpha: number;
-  /** Truncation of the generator σ schedule (sida-spec §2.2): 800 in every script. */
+  /** Truncation of the generator σ schedule (docs/distillation.md §2.2): 800 in every script. */
   tmax: number;
-  /** σ_init (sida-spec §1.2): 2.5. */
+  /** σ_init (docs/distillation.md §1.2): 2.5. */
   initSigma: number;
-  /** Fake-net learning rate `--lr` (sida-spec §4.2). */
+  /** Fake-net learning rate `--lr` (docs/distillation.md §4.2). */
   lr: number;
-  /** Generator learning rate `--glr` (sida-spec §4.2). */
+  /** Generator learning rate `--glr` (docs/distillation.md §4.2). */
   glr: number;
-  /** Generator Adam β1 `--g_beta1` (sida-spec §4.2; 0 except FFHQ SiD, 0.9). */
+  /** Generator Adam β1 `--g_beta1` (docs/distillation.md §4.2; 0 except FFHQ SiD, 0.9). */
   gBeta1: number;
-  /** Adam eps (sida-spec §4.2: 1e-8 in fp32; we always compute in fp32). */
+  /** Adam eps (docs/distillation.md §4.2: 1e-8 in fp32; we always compute in fp32). */
   adamEps: number;
   /** B, images per iteration (global batch). */
   batch: number;
-  /** b, images per accumulation round; R = batch / microBatch (sida-spec §4.1). */
+  /** b, images per accumulation round; R = batch / microBatch (docs/distillation.md §4.1). */
   microBatch: number;
-  /** Fake-score loss scale `--ls` (sida-spec §3.2): 1. */
+  /** Fake-score loss scale `--ls` (docs/distillation.md §3.2): 1. */
   ls: number;
-  /** SiD generator loss scale `--lsg` (sida-spec §3.1): 100. */
+  /** SiD generator loss scale `--lsg` (docs/distillation.md §3.1): 100. */
   lsg: number;
-  /** Discriminator loss scale `--lsd` (sida-spec §3.4): 1 (EDM). */
+  /** Discriminator loss scale `--lsd` (docs/distillation.md §3.4): 1 (EDM). */
   lsd: number;
-  /** Adversarial generator loss scale `--lsg_gan` (sida-spec §3.5): 0.01. */
+  /** Adversarial generator loss scale `--lsg_gan` (docs/distillation.md §3.5): 0.01. */
   lsgGan: number;
-  /** EMA half-life in kimg (sida-spec §4.1 step C; reference `--ema` is in Mimg). */
+  /** EMA half-life in kimg (docs/distillation.md §4.1 step C; reference `--ema` is in Mimg). */
   emaKimg: number;
-  /** EMA ramp-up ratio (sida-spec §4.1: 0.05), `null` for none. */
+  /** EMA ramp-up ratio (docs/distillation.md §4.1: 0.05), `null` for none. */
   emaRampup: number | null;
   /**
-   * No generator step while curNimg ≤ this (SiDA only; sida-spec §3.6: 100 000). 0 disables the
+   * No generator step while curNimg ≤ this (SiDA only; docs/distillation.md §3.6: 100 000). 0 disables the
    * gate.
    */
   gWarmupNimg: number;
-  /** No adversarial term while curNimg ≤ this (sida-spec §3.6: 200 000). 0 disables the gate. */
+  /** No adversarial term while curNimg ≤ this (docs/distillation.md §3.6: 200 000). 0 disables the gate. */
   ganWarmupNimg: number;
   /**
-   * Step-A augmentation of fakes and reals (sida-spec §4.5): each image is x-flipped with
+   * Step-A augmentation of fakes and reals (docs/distillation.md §4.5): each image is x-flipped with
    * probability ½, independently, and the flip flag goes into the first entry of the 9-dim
    * augmentation label (EDM `AugmentPipe` label order: xflip, yflip, scale, rotate(2),
    * aniso(2), translate(2)). The other geometric augmentations are not implemented. Needs a fake
    * net with `augmentDim > 0`.
    */
   augment: boolean;
-  /** Elementwise clip of the fake-net gradient (sida-spec §4.2: 1 on the SiDA path), or null. */
+  /** Elementwise clip of the fake-net gradient (docs/distillation.md §4.2: 1 on the SiDA path), or null. */
   fakeGradClip: number | null;
-  /** Log-normal P_mean of the fake/D σ (sida-spec §2.1: −1.2 on the EDM path). */
+  /** Log-normal P_mean of the fake/D σ (docs/distillation.md §2.1: −1.2 on the EDM path). */
   pMean: number;
-  /** Log-normal P_std of the fake/D σ (sida-spec §2.1: 1.2). */
+  /** Log-normal P_std of the fake/D σ (docs/distillation.md §2.1: 1.2). */
   pStd: number;
-  /** Dropout of G and the fake net, or null for the teacher's (sida-spec §4.4). */
+  /** Dropout of G and the fake net, or null for the teacher's (docs/distillation.md §4.4). */
   dropout: number | null;
   /** Seed of every random draw and of the data order. */
   seed: number;
@@ -135,7 +139,7 @@ export interface DistillConfig {
 
 /**
  * A complete {@linkcode DistillConfig} for `method`, with the reference defaults
- * (sida-spec §2-4) and `overrides` on top.
+ * (docs/distillation.md §2-4) and `overrides` on top.
  */
 export function resolveDistillConfig(
   overrides: Partial<DistillConfig> & { method?: DistillMethod } = {},
@@ -162,7 +166,7 @@ export function resolveDistillConfig(
     lsgGan: 0.01,
     emaKimg: 500, // §6: --ema 0.5 (Mimg)
     emaRampup: EMA_RAMPUP_RATIO, // §4.1
-    gWarmupNimg: sida ? G_STEP_WARMUP_NIMG : 0, // §3.6, §9 trap 10
+    gWarmupNimg: sida ? G_STEP_WARMUP_NIMG : 0, // §3.6, §9 pitfall 10
     ganWarmupNimg: sida ? GAN_WARMUP_NIMG : 0,
     augment: false,
     fakeGradClip: sida ? 1 : null, // §4.2
@@ -281,7 +285,7 @@ export interface IterationStats {
   lossGGan: number | null;
   /** Mean generator BCE_G over the rounds (SiDA), else null. */
   bceG: number | null;
-  /** Statistics of w_n (sida-spec §2.2) over the batch's kept samples. */
+  /** Statistics of w_n (docs/distillation.md §2.2) over the batch's kept samples. */
   weightFactor: { mean: number; min: number; max: number };
   /** Samples kept by the NaN filters in step A and step B (B each when nothing is dropped). */
   keptFake: number;
@@ -317,11 +321,11 @@ export interface DistillerInit {
   config?: Partial<DistillConfig> & { method?: DistillMethod };
   /**
    * Training data: real images for SiDA's discriminator and the labels of every network call
-   * (sida-spec §4.5). Required for SiDA and for a conditional teacher.
+   * (docs/distillation.md §4.5). Required for SiDA and for a conditional teacher.
    */
   dataset?: ImageDataset;
   /**
-   * SiD²A: a pre-distilled SiD generator that G and G_ema start from (sida-spec §1.3); same
+   * SiD²A: a pre-distilled SiD generator that G and G_ema start from (docs/distillation.md §1.3); same
    * architecture as the teacher. The fake net still starts from the teacher.
    */
   initGenerator?: EDMPrecond;
@@ -369,7 +373,7 @@ async function read(t: tf.Tensor): Promise<Float32Array> {
 
 /**
  * The warm-up gates of an iteration that starts at `curNimg` images (`sida_training_loop.py:410,
- * 425`; paper arXiv 2410.14919 Sec. 4): G takes an optimizer step when `not use_gan or cur_nimg >
+ * 425`; docs/distillation.md §3.6): G takes an optimizer step when `not use_gan or cur_nimg >
  * gWarmupNimg` (reference: 100 000), and the adversarial term enters G's loss when `use_gan and
  * cur_nimg > ganWarmupNimg` (reference: 200 000). A threshold of 0 opens its gate from the start.
  */
@@ -508,7 +512,7 @@ export class Distiller {
 
   /**
    * Builds G, G_ema and the fake net from the teacher (or G and G_ema from `initGenerator` for
-   * SiD²A; sida-spec §1.3) and fresh optimizers.
+   * SiD²A; docs/distillation.md §1.3) and fresh optimizers.
    *
    * @throws RangeError on a bad configuration, data that do not fit the teacher, SiDA without
    *   data, or an initial generator of another architecture.
@@ -520,30 +524,16 @@ export class Distiller {
     this.teacher = teacher;
     teacher.eval();
     const ds = init.dataset;
-    if (ds) {
-      if (ds.resolution !== teacher.imgResolution || ds.channels !== teacher.imgChannels) {
-        throw new RangeError(
-          `data are ${ds.resolution}x${ds.resolution}x${ds.channels} images but the teacher ` +
-            `expects ${teacher.imgResolution}x${teacher.imgResolution}x${teacher.imgChannels}`,
-        );
-      }
-      if (teacher.labelDim > 0 && ds.labelDim !== teacher.labelDim) {
-        throw new RangeError(
-          ds.labelDim === 0
-            ? `the teacher is conditional (${teacher.labelDim} classes) but the data have no labels`
-            : `the data have ${ds.labelDim} classes but the teacher has ${teacher.labelDim}`,
-        );
-      }
-    } else if (config.method === "sida") {
-      throw new RangeError("SiDA needs real training data (dataset)");
-    } else if (teacher.labelDim > 0) {
-      throw new RangeError(`the teacher is conditional: labelled data are needed for its labels`);
-    }
-    if (config.augment && teacher.augmentDim === 0) {
-      throw new RangeError(
-        "augmentation needs a teacher with an augmentation embedding (augment_dim 9)",
-      );
-    }
+    const problem = ds
+      ? dataMismatch(ds, networkShape(teacher))
+      : config.method === "sida"
+      ? "SiDA needs real training data (dataset)"
+      : teacher.labelDim > 0
+      ? "the teacher is conditional: labelled data are needed for its labels"
+      : null;
+    if (problem) throw new RangeError(problem);
+    const noAugment = augmentMismatch(config.augment, teacher.augmentDim);
+    if (noAugment) throw new RangeError(noAugment);
     if (init.initGenerator && !sameArchitecture(init.initGenerator.config, teacher.config)) {
       throw new RangeError("the initial generator's architecture differs from the teacher's");
     }
@@ -673,8 +663,8 @@ export class Distiller {
 
   /**
    * Phase 1, the fake score network f_ψ (and, in SiDA, the discriminator that shares its encoder)
-   * takes one Adam step (`sida_training_loop.py:342-384`; paper arXiv 2410.14919 Eq. 8 for
-   * L_fake, Eq. 10 for L_D). f_ψ is in train mode, G in eval mode without gradient. Over
+   * takes one Adam step (`sida_training_loop.py:342-384`; docs/distillation.md §3.2 for
+   * L_fake, §3.4 for L_D). f_ψ is in train mode, G in eval mode without gradient. Over
    * R = batch / microBatch rounds: real images from the data (SiDA), x_g = G(σ_init·z),
    * independent x-flips of fakes and reals (`--augment`), the round objective
    * `(ls/B)·Σ L_fake (+ (lsd/B)·Σ L_D)`, gradients summed; then nan_to_num, the ±1 value clip
@@ -766,7 +756,7 @@ export class Distiller {
     }) as unknown as FakeRoundInputs;
   }
 
-  /** Plain SiD's fake-score round: `(ls/B)·Σ L_fake` (paper Eq. 8). */
+  /** Plain SiD's fake-score round: `(ls/B)·Σ L_fake` (docs/distillation.md §3.2, §3.7). */
   #fakeScoreRound(x: FakeRoundInputs, d: FakeRoundDraws): RoundResult<FakePhaseSum> {
     const c = this.config;
     const denoised = this.fake.denoise(x.yNoisy, d.sigma, {
@@ -791,7 +781,7 @@ export class Distiller {
    * SiDA's fake-score + discriminator round (`sida_loss.py` `fakescore_discriminator_share_encoder
    * _loss`): the fake net in train mode on the noisy fakes with `encoder_decoder` (denoised
    * images and logits) and on the noisy reals with `encoder` (logits), same σ, noise and labels;
-   * `(ls/B)·Σ L_fake + (lsd/B)·Σ L_D` (paper Eq. 8 and Eq. 10).
+   * `(ls/B)·Σ L_fake + (lsd/B)·Σ L_D` (docs/distillation.md §3.4).
    */
   #fakeDiscriminatorRound(x: FakeRoundInputs, d: FakeRoundDraws): RoundResult<FakePhaseSum> {
     const c = this.config;
@@ -833,8 +823,8 @@ export class Distiller {
   }
 
   /**
-   * Phase 2, the generator G_θ (`sida_training_loop.py:386-427`; paper arXiv 2410.14919 Eq. 7
-   * for the SiD loss with α, Eq. 11 for the adversarial term, Eq. 12 for their ½/½ mix). G in
+   * Phase 2, the generator G_θ (`sida_training_loop.py:386-427`; docs/distillation.md §3.1
+   * for the SiD loss with α, §3.5 for the adversarial term, §3.6 for their ½/½ mix). G in
    * train mode; the teacher and the fake net in eval mode, frozen, with gradients flowing
    * through them into x_g. Over R rounds: `(lsg/B)·Σ L_SiD`, mixed ½/½ with `(lsg_gan/B)·Σ
    * L_GAN` once the GAN warm-up has passed; gradients summed, nan_to_num, and an Adam step only

@@ -33,6 +33,13 @@ import {
 import type { DistillerState } from "./distiller.ts";
 import { DISTILL_PRESET_NAMES, distillPreset, guessPreset } from "./presets.ts";
 import {
+  checkPresetName,
+  distillFlagNames,
+  distillFlagUsage,
+  distillOverrides,
+} from "./settings.ts";
+import { augmentMismatch, dataMismatch, networkShape } from "../data/fit.ts";
+import {
   decodeDistillState,
   distillStateMetadata,
   runIncompatibility,
@@ -58,6 +65,11 @@ export interface DistillationOptions {
   preset?: string;
   /** Hyper-parameters over the preset's. */
   overrides?: Partial<DistillConfig>;
+  /**
+   * A resolved configuration, taken as given instead of the preset's with `overrides` (the chain
+   * resolves its stages' once, in its plan).
+   */
+  config?: DistillConfig;
   /** Cadence over the preset's (kimg). */
   durationKimg?: number;
   tickKimg?: number;
@@ -130,13 +142,7 @@ export async function runDistillation(opts: DistillationOptions): Promise<Distil
   if (opts.method === "sid" && opts.init) {
     throw new UsageError("--init (SiD²A) applies to sida only");
   }
-  if (
-    opts.preset !== undefined && !(DISTILL_PRESET_NAMES as readonly string[]).includes(opts.preset)
-  ) {
-    throw new UsageError(
-      `unknown preset '${opts.preset}' (expected one of: ${DISTILL_PRESET_NAMES.join(", ")})`,
-    );
-  }
+  checkPresetName(opts.preset);
   if (!opts.out) throw new UsageError("--out (the run folder) is required");
   if (!opts.teacher) throw new UsageError("--teacher is required");
   await requireFile(opts.teacher, "teacher file");
@@ -157,11 +163,17 @@ export async function runDistillation(opts: DistillationOptions): Promise<Distil
       );
     }
     const preset = distillPreset(presetName, opts.method, { sid2a: kind === "sid2a" });
+    // The one place a task's hyper-parameters are resolved and validated (the chain resolves its
+    // stages' in its plan and passes them as `config`, taken as given).
     let config: DistillConfig;
     try {
-      config = resolveDistillConfig({ ...preset.config, ...opts.overrides, method: opts.method });
+      config = opts.config ??
+        resolveDistillConfig({ ...preset.config, ...opts.overrides, method: opts.method });
     } catch (e) {
       throw new UsageError((e as Error).message);
+    }
+    if (config.method !== opts.method) {
+      throw new UsageError(`a ${config.method} configuration given to a ${opts.method} run`);
     }
     const durationKimg = positiveKimg("duration", opts.durationKimg ?? preset.durationKimg);
     const tickKimg = positiveKimg("tick", opts.tickKimg ?? preset.tickKimg);
@@ -173,28 +185,10 @@ export async function runDistillation(opts: DistillationOptions): Promise<Distil
       );
     }
     const dataset = opts.data ? await loadData(opts.data) : undefined;
-    if (dataset) {
-      if (
-        dataset.resolution !== teacher.imgResolution || dataset.channels !== teacher.imgChannels
-      ) {
-        throw new UsageError(
-          `data ${opts.data} hold ${dataset.resolution}x${dataset.resolution}x${dataset.channels} ` +
-            `images, the teacher needs ${teacher.imgResolution}x${teacher.imgResolution}x${teacher.imgChannels}`,
-        );
-      }
-      if (teacher.labelDim > 0 && dataset.labelDim !== teacher.labelDim) {
-        throw new UsageError(
-          dataset.labelDim === 0
-            ? `the teacher is conditional (${teacher.labelDim} classes) but ${opts.data} has no labels`
-            : `${opts.data} has ${dataset.labelDim} classes, the teacher ${teacher.labelDim}`,
-        );
-      }
-    }
-    if (config.augment && teacher.augmentDim === 0) {
-      throw new UsageError(
-        "augmentation needs a teacher with an augmentation embedding (augment_dim 9); use --augment 0",
-      );
-    }
+    const problem = (dataset &&
+      dataMismatch(dataset, networkShape(teacher), { what: `data ${opts.data}` })) ||
+      augmentMismatch(config.augment, teacher.augmentDim);
+    if (problem) throw new UsageError(problem);
     if (opts.init) initNet = await loadNet(opts.init, "initial generator");
     try {
       distiller = new Distiller({ teacher, config, dataset, initGenerator: initNet });
@@ -300,64 +294,31 @@ function distillKind(
   };
 }
 
-/** Flags of `deno task sid` / `deno task sida` (names follow `sida_train.py`; units in kimg). */
-const NUMBER_FLAGS: Record<
-  string,
-  { key: keyof DistillConfig; integer?: boolean; scale?: number }
-> = {
-  alpha: { key: "alpha" },
-  tmax: { key: "tmax" },
-  "init-sigma": { key: "initSigma" },
-  lr: { key: "lr" },
-  glr: { key: "glr" },
-  "g-beta1": { key: "gBeta1" },
-  batch: { key: "batch", integer: true },
-  "micro-batch": { key: "microBatch", integer: true },
-  ls: { key: "ls" },
-  lsg: { key: "lsg" },
-  lsd: { key: "lsd" },
-  "lsg-gan": { key: "lsgGan" },
-  ema: { key: "emaKimg" },
-  seed: { key: "seed", integer: true },
-  dropout: { key: "dropout" },
-  "g-warmup-kimg": { key: "gWarmupNimg", scale: 1000 },
-  "gan-warmup-kimg": { key: "ganWarmupNimg", scale: 1000 },
-};
-
-/** Flags that only SiDA has (a SiD run rejects them as unknown). */
-const SIDA_ONLY = ["lsd", "lsg-gan", "g-warmup-kimg", "gan-warmup-kimg", "init"];
-
 /** The usage line of a distillation task. */
 export function distillUsage(method: DistillMethod): string {
   const sida = method === "sida";
   return `usage: deno task ${method} --teacher FILE --out DIR [--data ZIP|mnist]` +
     (sida ? " [--init SID_GENERATOR (SiD²A)]" : "") +
     ` [--preset ${DISTILL_PRESET_NAMES.join("|")}] [--duration KIMG] [--tick KIMG] [--snap KIMG]` +
-    ` [--dump KIMG] [--batch N] [--micro-batch N] [--alpha A] [--tmax T] [--init-sigma S]` +
-    ` [--lr LR] [--glr LR] [--g-beta1 B] [--ls S] [--lsg S]` +
-    (sida ? " [--lsd S] [--lsg-gan S] [--g-warmup-kimg K] [--gan-warmup-kimg K]" : "") +
-    ` [--ema KIMG] [--dropout P] [--augment 0|1] [--seed N] [--backend ${
+    ` [--dump KIMG] ${distillFlagUsage(method)} [--backend ${
       [...BACKEND_NAMES, "auto"].join("|")
     }]`;
 }
 
 /**
  * Parses a distillation task's command line into {@linkcode DistillationOptions} (without
- * `signal`). Every number is checked here; a bad one is a one-line {@linkcode UsageError}.
+ * `signal`): the hyper-parameter flags of the shared table (`lib/distill/settings.ts`), the
+ * files, the cadence. Every number is read here; a bad one is a one-line {@linkcode UsageError}.
  */
 export function parseDistillArgs(method: DistillMethod, args: string[]): DistillationOptions {
   const usage = distillUsage(method);
-  const numeric = Object.keys(NUMBER_FLAGS).filter((k) =>
-    method === "sida" || !SIDA_ONLY.includes(k)
-  );
   const f = parseFlags(args, {
     string: [
-      ...numeric,
+      ...distillFlagNames(method),
       "duration",
       "tick",
       "snap",
       "dump",
-      "augment",
       "data",
       "teacher",
       "out",
@@ -369,19 +330,6 @@ export function parseDistillArgs(method: DistillMethod, args: string[]): Distill
   if (f.positionals.length) {
     throw new UsageError(`unexpected argument '${f.positionals[0]}' (${usage})`);
   }
-  const overrides: Partial<DistillConfig> = {};
-  for (const flag of numeric) {
-    if (f[flag] === undefined) continue;
-    const spec = NUMBER_FLAGS[flag];
-    const v = numberFlag(flag, f[flag], NaN, { integer: spec.integer, min: 0 });
-    (overrides as Record<string, number>)[spec.key] = v * (spec.scale ?? 1);
-  }
-  if (f.augment !== undefined) {
-    if (f.augment !== "0" && f.augment !== "1") {
-      throw new UsageError(`--augment must be 0 or 1, got '${f.augment}'`);
-    }
-    overrides.augment = f.augment === "1";
-  }
   const kimg = (name: string) =>
     f[name] === undefined ? undefined : numberFlag(name, f[name], NaN, { min: 0 });
   const str = (name: string) => typeof f[name] === "string" ? f[name] as string : undefined;
@@ -392,7 +340,7 @@ export function parseDistillArgs(method: DistillMethod, args: string[]): Distill
     init: str("init"),
     out: str("out") ?? "",
     preset: str("preset"),
-    overrides,
+    overrides: distillOverrides(f, method),
     durationKimg: kimg("duration"),
     tickKimg: kimg("tick"),
     snapKimg: kimg("snap"),

@@ -37,6 +37,14 @@ import { configFromMetadata, loadNetwork } from "../nets/network.ts";
 import type { DistillConfig } from "../distill/distiller.ts";
 import { resolveDistillConfig } from "../distill/distiller.ts";
 import { DISTILL_PRESET_NAMES, distillPreset, guessPreset } from "../distill/presets.ts";
+import {
+  checkPresetName,
+  distillFlagNames,
+  distillFlagUsage,
+  distillOverrides,
+} from "../distill/settings.ts";
+import { augmentMismatch, dataMismatch } from "../data/fit.ts";
+import { withInterrupt } from "../train/driver.ts";
 import { findLatestState, kimgLabel, snapshotFileName } from "../train/run_folder.ts";
 import { runDistillation } from "../distill/train.ts";
 import { DEFAULT_MNIST_FEATURES, DEFAULT_MNIST_REF_STATS } from "../metrics/mnist_features.ts";
@@ -44,8 +52,14 @@ import { loadRefStats, saveRefStats } from "../metrics/ref_stats.ts";
 import { datasetFeatures } from "../metrics/evaluate.ts";
 import type { Detector } from "../metrics/detector.ts";
 import type { Stats } from "../metrics/stats.ts";
-import { BACKEND_NAMES, currentBackend, initBackend } from "../runtime/backend.ts";
-import { numberFlag, parseFlags, UsageError } from "../runtime/cli.ts";
+import { BACKEND_NAMES, currentBackend } from "../runtime/backend.ts";
+import {
+  checkBackendName,
+  ensureBackend,
+  numberFlag,
+  parseFlags,
+  UsageError,
+} from "../runtime/cli.ts";
 import {
   type EvalSettings,
   evaluateGenerator,
@@ -130,6 +144,8 @@ export interface DistillChainOptions {
   dumpKimg?: number;
   /** Hyper-parameters over the preset's, for both stages. */
   overrides?: Partial<DistillConfig>;
+  /** Hyper-parameters of one stage, over `overrides` (`--sid-alpha`, `--sida-lsg-gan`, …). */
+  stageOverrides?: { sid?: Partial<DistillConfig>; sida?: Partial<DistillConfig> };
   /** SiD²A warm-ups (kimg); default the preset's, scaled down to the stage length. */
   gWarmupKimg?: number;
   ganWarmupKimg?: number;
@@ -427,21 +443,8 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
     stages.add(s as StageName);
   }
   if (!stages.size) throw new UsageError(`--stages is empty (${STAGE_NAMES.join(", ")})`);
-  if (
-    o.preset !== undefined && !(DISTILL_PRESET_NAMES as readonly string[]).includes(o.preset)
-  ) {
-    throw new UsageError(
-      `unknown preset '${o.preset}' (expected one of: ${DISTILL_PRESET_NAMES.join(", ")})`,
-    );
-  }
-  if (
-    o.backend !== undefined && o.backend !== "auto" &&
-    !(BACKEND_NAMES as readonly string[]).includes(o.backend)
-  ) {
-    throw new UsageError(
-      `--backend must be one of ${BACKEND_NAMES.join(", ")}, auto; got '${o.backend}'`,
-    );
-  }
+  checkPresetName(o.preset);
+  checkBackendName(o.backend);
   positive("budget", o.budget);
   positive("sid-kimg", o.sidKimg);
   positive("sida-kimg", o.sidaKimg);
@@ -473,8 +476,9 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
         : `teacher file '${teacherSource}' not found`,
     );
   }
+  // The backend is named and started once for the whole chain (the stages find it running).
   try {
-    await initBackend(o.backend);
+    await ensureBackend(o.backend);
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
@@ -498,19 +502,8 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
     const ds = await loadImageZip(data, { maxImages: 1 });
     shape = { resolution: ds.resolution, channels: ds.channels, labelDim: ds.labelDim };
   }
-  if (shape.resolution !== teacher.resolution || shape.channels !== teacher.channels) {
-    throw new UsageError(
-      `data ${data} hold ${shape.resolution}x${shape.resolution}x${shape.channels} images, ` +
-        `the teacher needs ${teacher.resolution}x${teacher.resolution}x${teacher.channels}`,
-    );
-  }
-  if (teacher.labelDim > 0 && shape.labelDim !== teacher.labelDim) {
-    throw new UsageError(
-      shape.labelDim === 0
-        ? `the teacher is conditional (${teacher.labelDim} classes) but ${data} has no labels`
-        : `${data} has ${shape.labelDim} classes, the teacher ${teacher.labelDim}`,
-    );
-  }
+  const mismatch = dataMismatch(shape, teacher, { what: `data ${data}` });
+  if (mismatch) throw new UsageError(mismatch);
 
   // ---- the stages' settings ----
   const budget = o.budget ?? 1;
@@ -520,14 +513,14 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
     const kimg = roundKimg(
       ((stage === "sid" ? o.sidKimg : o.sidaKimg) ?? defaults[stage]) * budget,
     );
-    const overrides: Partial<DistillConfig> = { ...o.overrides };
+    const overrides: Partial<DistillConfig> = { ...o.overrides, ...o.stageOverrides?.[stage] };
     if (stage === "sida") {
       // The preset's warm-ups are for its full length: shorter stages scale them down.
       const scale = Math.min(1, kimg / p.durationKimg);
-      overrides.gWarmupNimg = o.gWarmupKimg !== undefined
+      overrides.gWarmupNimg ??= o.gWarmupKimg !== undefined
         ? Math.round(o.gWarmupKimg * 1000)
         : Math.round((p.config.gWarmupNimg ?? 0) * scale);
-      overrides.ganWarmupNimg = o.ganWarmupKimg !== undefined
+      overrides.ganWarmupNimg ??= o.ganWarmupKimg !== undefined
         ? Math.round(o.ganWarmupKimg * 1000)
         : Math.round((p.config.ganWarmupNimg ?? 0) * scale);
     }
@@ -537,11 +530,8 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
     } catch (e) {
       throw new UsageError((e as Error).message);
     }
-    if (config.augment && teacher.augmentDim === 0) {
-      throw new UsageError(
-        "augmentation needs a teacher with an augmentation embedding (augment_dim 9)",
-      );
-    }
+    const noAugment = augmentMismatch(config.augment, teacher.augmentDim);
+    if (noAugment) throw new UsageError(noAugment);
     return {
       kimg,
       tickKimg: o.tickKimg ?? Math.min(p.tickKimg, kimg / 20),
@@ -762,7 +752,7 @@ export async function runDistillChain(o: DistillChainOptions = {}): Promise<Dist
       init,
       out: join(out, stage),
       preset: settings.preset,
-      overrides: sp.config,
+      config: sp.config,
       durationKimg: sp.kimg,
       tickKimg: sp.tickKimg,
       snapKimg: sp.snapKimg,
@@ -1119,13 +1109,18 @@ export function distillChainUsage(): string {
   return "usage: deno task distill [--teacher FILE.pkl|.pt|.safetensors] [--data ZIP|mnist] " +
     `[--ref STATS.npz|DATASET.zip] [--preset ${DISTILL_PRESET_NAMES.join("|")}] [--out DIR] ` +
     `[--stages ${STAGE_NAMES.join(",")}] [--budget FACTOR] [--num N] [--eval-teacher] ` +
-    "[--sid-kimg K] [--sida-kimg K] [--tick K] [--snap K] [--dump K] [--batch N] " +
-    "[--micro-batch N] [--lr LR] [--glr LR] [--seed N] [--dropout P] [--g-warmup-kimg K] " +
-    "[--gan-warmup-kimg K] [--features mnist|inception] [--detector FILE] [--eval-batch N] " +
+    "[--sid-kimg K] [--sida-kimg K] [--tick K] [--snap K] [--dump K] " +
+    `${distillFlagUsage("sida")} ` +
+    "(each also per stage: --sid-FLAG, --sida-FLAG; --lsd, --lsg-gan and the warm-ups apply " +
+    "to the sida stage) [--features mnist|inception] [--detector FILE] [--eval-batch N] " +
     `[--eval-seed N] [--quiet] [--backend ${[...BACKEND_NAMES, "auto"].join("|")}]`;
 }
 
-/** Parses the command line of `deno task distill`; every bad value is a one-line UsageError. */
+/**
+ * Parses the command line of `deno task distill`; every bad value is a one-line UsageError.
+ * The distillation flags are the table of `lib/distill/settings.ts` (the flags of `deno task
+ * sid` / `sida`): plain for both stages where they apply, `sid-` / `sida-` prefixed for one.
+ */
 export function parseDistillChainArgs(args: string[]): DistillChainOptions {
   const usage = distillChainUsage();
   const f = parseFlags(args, {
@@ -1143,14 +1138,9 @@ export function parseDistillChainArgs(args: string[]): DistillChainOptions {
       "tick",
       "snap",
       "dump",
-      "batch",
-      "micro-batch",
-      "lr",
-      "glr",
-      "seed",
-      "dropout",
-      "g-warmup-kimg",
-      "gan-warmup-kimg",
+      ...distillFlagNames("sida"),
+      ...distillFlagNames("sid", "sid-"),
+      ...distillFlagNames("sida", "sida-"),
       "features",
       "detector",
       "eval-batch",
@@ -1168,8 +1158,6 @@ export function parseDistillChainArgs(args: string[]): DistillChainOptions {
     if (!(v > 0)) throw new UsageError(`--${k} must be > 0, got ${v}`);
     return v;
   };
-  const nonneg = (k: string) =>
-    f[k] === undefined ? undefined : numberFlag(k, f[k], NaN, { min: 0 });
   const int = (k: string, min: number) =>
     f[k] === undefined ? undefined : numberFlag(k, f[k], NaN, { integer: true, min });
   let stages: string[] | undefined;
@@ -1183,31 +1171,17 @@ export function parseDistillChainArgs(args: string[]): DistillChainOptions {
     if (!stages.length) throw new UsageError(`--stages is empty (${STAGE_NAMES.join(", ")})`);
   }
   const preset = str("preset");
-  if (preset !== undefined && !(DISTILL_PRESET_NAMES as readonly string[]).includes(preset)) {
-    throw new UsageError(
-      `unknown preset '${preset}' (expected one of: ${DISTILL_PRESET_NAMES.join(", ")})`,
-    );
-  }
+  checkPresetName(preset);
   const features = str("features");
   if (features !== undefined && features !== "mnist" && features !== "inception") {
     throw new UsageError(`--features must be mnist or inception, got '${features}'`);
   }
-  const overrides: Partial<DistillConfig> = {};
-  const batch = int("batch", 1);
-  if (batch !== undefined) overrides.batch = batch;
-  const micro = int("micro-batch", 1);
-  if (micro !== undefined) overrides.microBatch = micro;
-  const lr = nonneg("lr");
-  if (lr !== undefined) overrides.lr = lr;
-  const glr = nonneg("glr");
-  if (glr !== undefined) overrides.glr = glr;
-  const seed = int("seed", 0);
-  if (seed !== undefined) overrides.seed = seed;
-  const dropout = nonneg("dropout");
-  if (dropout !== undefined) {
-    if (dropout >= 1) throw new UsageError(`--dropout must be in [0, 1), got ${dropout}`);
-    overrides.dropout = dropout;
-  }
+  // Plain flags: both stages, except the SiDA-only ones, which are the sida stage's.
+  const both = distillOverrides(f, "sid");
+  const plainSida = distillOverrides(f, "sida");
+  const sidaOnly = Object.fromEntries(
+    Object.entries(plainSida).filter(([k]) => !(k in both)),
+  ) as Partial<DistillConfig>;
   const num = int("num", 2);
   return {
     teacher: str("teacher"),
@@ -1218,16 +1192,18 @@ export function parseDistillChainArgs(args: string[]): DistillChainOptions {
     stages,
     evalTeacher: f["eval-teacher"] === true,
     num,
-    backend: str("backend"),
+    backend: checkBackendName(str("backend")),
     budget: pos("budget"),
     sidKimg: pos("sid-kimg"),
     sidaKimg: pos("sida-kimg"),
     tickKimg: pos("tick"),
     snapKimg: pos("snap"),
     dumpKimg: pos("dump"),
-    overrides,
-    gWarmupKimg: nonneg("g-warmup-kimg"),
-    ganWarmupKimg: nonneg("gan-warmup-kimg"),
+    overrides: both,
+    stageOverrides: {
+      sid: distillOverrides(f, "sid", "sid-"),
+      sida: { ...sidaOnly, ...distillOverrides(f, "sida", "sida-") },
+    },
     features: features as FeatureKind | undefined,
     detector: str("detector"),
     evalBatch: int("eval-batch", 1),
@@ -1247,18 +1223,10 @@ export async function distillChainTask(args: string[]): Promise<void> {
     return;
   }
   const opts = parseDistillChainArgs(args);
-  const controller = new AbortController();
-  let interrupts = 0;
-  const onInterrupt = () => {
-    if (++interrupts > 1) Deno.exit(130);
-    console.error("\nSIGINT: finishing this step and writing a training state…");
-    controller.abort();
-  };
-  Deno.addSignalListener("SIGINT", onInterrupt);
-  try {
+  await withInterrupt(async (signal) => {
     const t0 = performance.now();
-    const r = await runDistillChain({ ...opts, signal: controller.signal });
-    if (r.interrupted) Deno.exit(130);
+    const r = await runDistillChain({ ...opts, signal });
+    if (r.interrupted) return r;
     const summary = STAGE_NAMES.map((s) => `${s} ${r.stages[s]}`).join(", ");
     console.log(`${summary}; ${((performance.now() - t0) / 60000).toFixed(1)} min`);
     for (const s of r.report?.stages ?? []) {
@@ -1269,7 +1237,6 @@ export async function distillChainTask(args: string[]): Promise<void> {
       );
     }
     console.log(`report: ${join(r.out, "report.md")}`);
-  } finally {
-    Deno.removeSignalListener("SIGINT", onInterrupt);
-  }
+    return r;
+  }, "finishing this step and writing a training state");
 }
