@@ -1,6 +1,6 @@
 /**
- * Distillation speed: seconds per SiDA iteration (steps A + B + C of sida-spec §4.1, both warm-up
- * gates open) and one-step generator images/s, for
+ * Distillation speed: seconds per SiDA iteration (the three phases of docs/distillation.md §4.1,
+ * both warm-up gates open) and one-step generator images/s, for
  *
  * - `mnist`: the `mnist` network (random weights), batch 64 in 2 rounds of 32 (the mnist preset);
  * - `cifar10`: CIFAR-10 DDPM++ cond (56M, random weights, augment_dim 9), batch 8 in one round,

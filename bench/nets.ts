@@ -28,7 +28,7 @@ interface Row {
   note?: string;
 }
 
-/** Forward GFLOP per image of the conv and dense layers, for the skip heuristic (sida-spec figures). */
+/** Forward GFLOP per image of the conv and dense layers, for the skip heuristic. */
 const GFLOP_PER_IMAGE: Record<string, number> = {
   "cifar10-ddpmpp-cond": 42,
   "cifar10-ddpmpp-uncond": 42,

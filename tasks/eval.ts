@@ -1,7 +1,8 @@
 /**
  * `deno task eval`: generates images with a one-step generator (or a teacher with the EDM
  * sampler), runs a feature detector, and reports FID / IS / precision-recall
- * (docs/distillation.md §7.1). Prints a table, writes `metrics.json` and `samples.png` into `--out`.
+ * (docs/distillation.md §7.1). Prints a table, writes `metrics.json` and `samples.png` into
+ * `--out`.
  *
  * Detectors: `mnist` (our MNIST feature network, `data/mnist-features.safetensors`; default for
  * 32×32 grey generators, with the shipped `data/mnist-ref-stats.npz` and the MNIST digits as the

@@ -1,6 +1,7 @@
 /**
  * `deno task sid --teacher FILE --data ZIP|mnist --out DIR [--preset NAME] [flags]`: plain SiD
- * distillation (no GAN, sida-spec §3.7). `--help` lists the flags; see `lib/distill/train.ts`.
+ * distillation (no GAN, docs/distillation.md §3.7). `--help` lists the flags; see
+ * `lib/distill/train.ts`.
  *
  * @module
  */

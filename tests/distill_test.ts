@@ -134,7 +134,7 @@ Deno.test("Distiller: warm-up gates, what changes, frozen teacher, flat memory",
     const s = await d.step();
     assertEquals(s.curNimg, 4 * i);
     assertEquals(s.nimg, 4 * (i + 1));
-    // Gates (sida-spec §3.6, strict ">" on the count before the iteration): G steps once
+    // Gates (docs/distillation.md §3.6, strict ">" on the count before the iteration): G steps once
     // curNimg > 4, the GAN term enters once curNimg > 8.
     assertEquals(s.gStep, s.curNimg > 4, `gStep at ${s.curNimg}`);
     assertEquals(s.ganActive, s.curNimg > 8, `ganActive at ${s.curNimg}`);
@@ -171,7 +171,8 @@ Deno.test("Distiller: warm-up gates, what changes, frozen teacher, flat memory",
   assertEquals(counts[0], counts[1]);
   sid.dispose();
 
-  // SiD²A: G and G_ema from the SiD generator, the fake net from the teacher (sida-spec §1.3).
+  // SiD²A: G and G_ema from the SiD generator, the fake net from the teacher (docs/distillation.md
+  // §1.3).
   const sidG = createNetwork(TINY, { seed: 9 });
   const d2 = new Distiller({ teacher, dataset, config: TEST_CONFIG, initGenerator: sidG });
   assert(sameArrays(await params(d2.G), await params(sidG)));

@@ -1,7 +1,8 @@
 /**
  * SiD / SiDA losses, noise-level samplers, gradient post-processing, Adam and EMA, against
  * reference values from tests/fixtures/losses (made by make_loss_fixtures.py from the reference
- * loss code, numpy and torch.optim.Adam; see the README there).
+ * loss code, numpy and torch.optim.Adam; see the README there). Section numbers (§) in test
+ * names are those of docs/distillation.md.
  */
 import assert from "node:assert/strict";
 import { tf } from "../lib/deps.ts";

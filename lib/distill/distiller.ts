@@ -73,7 +73,10 @@ import {
   SIDA_SCRIPT_ALPHA,
 } from "./sigma.ts";
 
-/** `sid` (plain SiD, no GAN, docs/distillation.md §3.7) or `sida` (SiDA / SiD²A, docs/distillation.md §3.4-3.6). */
+/**
+ * `sid` (plain SiD, no GAN, docs/distillation.md §3.7) or `sida` (SiDA / SiD²A,
+ * docs/distillation.md §3.4-3.6).
+ */
 export type DistillMethod = "sid" | "sida";
 
 /** Every hyper-parameter of a distillation (the algorithm; run cadence lives in `train.ts`). */
@@ -111,21 +114,29 @@ export interface DistillConfig {
   /** EMA ramp-up ratio (docs/distillation.md §4.1: 0.05), `null` for none. */
   emaRampup: number | null;
   /**
-   * No generator step while curNimg ≤ this (SiDA only; docs/distillation.md §3.6: 100 000). 0 disables the
+   * No generator step while curNimg ≤ this (SiDA only; docs/distillation.md §3.6: 100 000). 0
+   * disables the
    * gate.
    */
   gWarmupNimg: number;
-  /** No adversarial term while curNimg ≤ this (docs/distillation.md §3.6: 200 000). 0 disables the gate. */
+  /**
+   * No adversarial term while curNimg ≤ this (docs/distillation.md §3.6: 200 000). 0 disables the
+   * gate.
+   */
   ganWarmupNimg: number;
   /**
-   * Step-A augmentation of fakes and reals (docs/distillation.md §4.5): each image is x-flipped with
+   * Step-A augmentation of fakes and reals (docs/distillation.md §4.5): each image is x-flipped
+   * with
    * probability ½, independently, and the flip flag goes into the first entry of the 9-dim
    * augmentation label (EDM `AugmentPipe` label order: xflip, yflip, scale, rotate(2),
    * aniso(2), translate(2)). The other geometric augmentations are not implemented. Needs a fake
    * net with `augmentDim > 0`.
    */
   augment: boolean;
-  /** Elementwise clip of the fake-net gradient (docs/distillation.md §4.2: 1 on the SiDA path), or null. */
+  /**
+   * Elementwise clip of the fake-net gradient (docs/distillation.md §4.2: 1 on the SiDA path), or
+   * null.
+   */
   fakeGradClip: number | null;
   /** Log-normal P_mean of the fake/D σ (docs/distillation.md §2.1: −1.2 on the EDM path). */
   pMean: number;
@@ -325,7 +336,8 @@ export interface DistillerInit {
    */
   dataset?: ImageDataset;
   /**
-   * SiD²A: a pre-distilled SiD generator that G and G_ema start from (docs/distillation.md §1.3); same
+   * SiD²A: a pre-distilled SiD generator that G and G_ema start from (docs/distillation.md §1.3);
+   * same
    * architecture as the teacher. The fake net still starts from the teacher.
    */
   initGenerator?: EDMPrecond;

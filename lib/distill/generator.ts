@@ -1,12 +1,15 @@
 /**
- * The one-step generator of SiD / SiDA / SiD²A (sida-spec §1.2): the denoiser evaluated at the
+ * The one-step generator of SiD / SiDA / SiD²A (docs/distillation.md §1.2): the denoiser evaluated
+ * at the
  * fixed noise level σ_init on pure noise of standard deviation σ_init,
  *
  *   z = σ_init·ε,  ε ~ N(0, I),   x_g = G_θ(z; σ_init, c, a = 0)
  *     = c_skip(σ_init)·z + c_out(σ_init)·F_θ(c_in(σ_init)·z; c_noise(σ_init), c, 0),
  *
- * with σ_init = 2.5 in every released script (sida-spec §1.2, §9 trap 1). The augmentation label
- * is a zero vector whenever the network has an augmentation embedding (sida-spec §1.2, §9 trap 13).
+ * with σ_init = 2.5 in every released script (docs/distillation.md §1.2, §9 pitfall 1). The
+ * augmentation label
+ * is a zero vector whenever the network has an augmentation embedding (docs/distillation.md §1.2,
+ * §9 pitfall 13).
  * The same function draws samples during training (step A without gradient, step B with) and for
  * evaluation (`G_ema`, eval mode).
  *
@@ -25,16 +28,23 @@ import { tf } from "../deps.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
 import { type RandomSource, seededRandom } from "../runtime/random.ts";
 
-/** σ_init, the generator's fixed input noise level (sida-spec §1.2, `--init_sigma 2.5`). */
+/**
+ * σ_init, the generator's fixed input noise level (docs/distillation.md §1.2, `--init_sigma 2.5`).
+ */
 export const DEFAULT_INIT_SIGMA = 2.5;
 
 /** Options of {@linkcode generate}. */
 export interface GenerateOptions {
-  /** One-hot class labels `[N, labelDim]` (a real sample's label in training, sida-spec §1.2). */
+  /**
+   * One-hot class labels `[N, labelDim]` (a real sample's label in training, docs/distillation.md
+   * §1.2).
+   */
   labels?: tf.Tensor2D;
-  /** σ_init. Default 2.5 (sida-spec §1.2). */
+  /** σ_init. Default 2.5 (docs/distillation.md §1.2). */
   initSigma?: number;
-  /** Training mode (dropout on): only for G's own update (sida-spec §4.4). Default false. */
+  /**
+   * Training mode (dropout on): only for G's own update (docs/distillation.md §4.4). Default false.
+   */
   training?: boolean;
 }
 
@@ -51,14 +61,14 @@ export function generatorNoise(G: EDMPrecond, n: number, rng: RandomSource): tf.
 
 /**
  * Zero augmentation labels `[n, augmentDim]` when the network has an augmentation embedding, else
- * undefined (sida-spec §1.2: G, and every network call of the G step, gets `a = 0`).
+ * undefined (docs/distillation.md §1.2: G, and every network call of the G step, gets `a = 0`).
  */
 export function zeroAugmentLabels(net: EDMPrecond, n: number): tf.Tensor2D | undefined {
   return net.augmentDim > 0 ? tf.zeros([n, net.augmentDim]) as tf.Tensor2D : undefined;
 }
 
 /**
- * One-step generation (sida-spec §1.2): x_g = G(σ_init·ε; σ_init, labels, a = 0).
+ * One-step generation (docs/distillation.md §1.2): x_g = G(σ_init·ε; σ_init, labels, a = 0).
  *
  * @param G the generator (or its EMA copy), an EDM-preconditioned network.
  * @param noise ε `[N, H, W, C]` (standard normal; it is multiplied by σ_init here), or

@@ -1,5 +1,6 @@
 /**
- * The SiD / SiDA / SiD²A losses as pure functions of tensors (sida-spec §3), the combination
+ * The SiD / SiDA / SiD²A losses as pure functions of tensors (docs/distillation.md §3), the
+ * combination
  * rules and warm-up gates of §3.6 / §4.1, per-sample NaN filtering and the gradient
  * post-processing of §4.1-4.2.
  *
@@ -10,7 +11,8 @@
  * and {@linkcode generatorObjective}, exactly as the reference loop does
  * (`sida_training_loop.py:363-366, 402-413`).
  *
- * NaN filtering (sida-spec §4.1 / §9 trap 14): the reference drops samples by boolean indexing.
+ * NaN filtering (docs/distillation.md §4.1 / §9 pitfall 14): the reference drops samples by boolean
+ * indexing.
  * Here a dropped sample is replaced by zeros with `tf.where` and excluded from every sum, mean and
  * count, which gives the same values and the same (zero) gradient to the dropped samples while
  * keeping shapes static, so the losses stay synchronous and can run under `tf.variableGrads`.
@@ -29,6 +31,9 @@
  *   sid: sid.loss, gan: gan.loss, lsg: 100, lsgGan: 0.01, batchTotal: 4, ganActive: true,
  * });
  * ```
+ *
+ * Section numbers (§) are those of `docs/distillation.md`; `file:line` citations are of
+ * mingyuanzhou/SiD, branch `sida`.
  *
  * @module
  */
@@ -66,7 +71,7 @@ export function stopGradient<T extends tf.Tensor>(x: T): T {
 // Per-sample NaN filtering
 
 /**
- * The per-sample NaN filter of the reference losses (sida-spec §4.1, §9 trap 14,
+ * The per-sample NaN filter of the reference losses (docs/distillation.md §4.1, §9 pitfall 14,
  * `sida_loss.py:48-51, 99-101`): keep_n = ¬ ⋁_t any(isnan(t_n)), over all non-batch axes of every
  * given tensor (same batch size N). Infinities are kept, as `torch.isnan` does. An extra `keep`
  * mask (`[N]` bool) is ANDed in.
@@ -176,7 +181,7 @@ export interface SidGeneratorLossInputs {
   yReal: tf.Tensor4D;
   /** f^ψ = fake-net D(x_g + σε; σ, c, a=0) in eval mode, `[N, H, W, C]`. */
   yFake: tf.Tensor4D;
-  /** α (sida-spec §2.3; 1.2 for SiD, 1 in the SiDA scripts). */
+  /** α (docs/distillation.md §2.3; 1.2 for SiD, 1 in the SiDA scripts). */
   alpha: number;
   /** Extra samples to drop (ANDed with the NaN filter). */
   keep?: tf.Tensor1D;
@@ -184,23 +189,26 @@ export interface SidGeneratorLossInputs {
 
 /** Result of {@linkcode sidGeneratorLoss}. */
 export interface SidGeneratorLossResult extends LossResult {
-  /** w_n `[N]`, detached (also divides the adversarial term, sida-spec §3.5). */
+  /** w_n `[N]`, detached (also divides the adversarial term, docs/distillation.md §3.5). */
   weightFactor: tf.Tensor1D;
 }
 
 /**
- * The SiD generator loss (sida-spec §3.1, §2.2; `sida_loss.py:48-67`, `training/sid_loss.py:39-55`):
+ * The SiD generator loss (docs/distillation.md §3.1, §2.2; `sida_loss.py:48-67`,
+ * `training/sid_loss.py:39-55`):
  *
  *   w_n   = max( mean_{h,w,c} |x_g,n − f^φ_n| , 1e-5 )                       (detached)
  *   L_n   = Σ_{h,w,c} (f^φ − f^ψ) ⊙ [ (f^φ − x_g) − α (f^φ − f^ψ) ] / w_n
  *   loss  = Σ_n L_n
  *
  * The reference loop then scales by lsg/B (see {@linkcode generatorObjective}). Only w_n is
- * detached: gradients flow into x_g directly and through f^φ, f^ψ (sida-spec §3.1, §9 trap 2).
+ * detached: gradients flow into x_g directly and through f^φ, f^ψ (docs/distillation.md §3.1, §9
+ * pitfall 2).
  * With f^φ, f^ψ held fixed, ∂loss/∂x_g = −(f^φ − f^ψ)/w_n per pixel. The EDM weight λ(σ) is not
- * used here (sida-spec §2.2), so σ is not an input.
+ * used here (docs/distillation.md §2.2), so σ is not an input.
  *
- * NaN filter: samples with a NaN in x_g, f^φ or f^ψ are dropped (sida-spec §9 trap 14).
+ * NaN filter: samples with a NaN in x_g, f^φ or f^ψ are dropped (docs/distillation.md §9 pitfall
+ * 14).
  */
 export function sidGeneratorLoss(inputs: SidGeneratorLossInputs): SidGeneratorLossResult {
   const { alpha } = inputs;
@@ -209,7 +217,7 @@ export function sidGeneratorLoss(inputs: SidGeneratorLossInputs): SidGeneratorLo
     const x = zeroDropped(inputs.xg, keep);
     const r = zeroDropped(inputs.yReal, keep);
     const f = zeroDropped(inputs.yFake, keep);
-    // w_n: fp32, under no_grad, clipped at 1e-5 (sida-spec §2.2, `sida_loss.py:64-65`).
+    // w_n: fp32, under no_grad, clipped at 1e-5 (docs/distillation.md §2.2, `sida_loss.py:64-65`).
     const w = stopGradient(
       tf.maximum(tf.mean(tf.abs(tf.sub(x, r)), [1, 2, 3]), 1e-5),
     ) as tf.Tensor1D;
@@ -238,7 +246,7 @@ export interface FakeScoreLossInputs {
 }
 
 /**
- * The fake-score (denoising) loss (sida-spec §3.2; `training/sid_loss.py:58-74`,
+ * The fake-score (denoising) loss (docs/distillation.md §3.2; `training/sid_loss.py:58-74`,
  * `sida_loss.py:115`):
  *
  *   λ(σ) = (σ² + σ_d²)/(σ σ_d)²
@@ -295,7 +303,7 @@ export interface DiscriminatorLossResult extends LossResult {
 }
 
 /**
- * The SiDA discriminator loss (sida-spec §3.4 steps 6-7; `sida_loss.py:118-123`):
+ * The SiDA discriminator loss (docs/distillation.md §3.4 steps 6-7; `sida_loss.py:118-123`):
  *
  *   BCE_real = (1/(N'·h·w)) Σ_{n,i,j} softplus(−ℓ^r_{n,i,j})     (target 1, PyTorch mean)
  *   BCE_fake = (1/(N'·h·w)) Σ_{n,i,j} softplus( ℓ^f_{n,i,j})     (target 0)
@@ -303,8 +311,10 @@ export interface DiscriminatorLossResult extends LossResult {
  *   loss     = Σ_n L_D,n = (Σ_n λ_n) · (BCE_real + BCE_fake)/2    (the loop scales by lsd/B)
  *
  * The BCE means pool over the whole micro-batch and every spatial position (N' = kept samples),
- * so each sample's weight multiplies a batch-level scalar (sida-spec §9 trap 7). No clamping
- * (sida-spec §9 trap 8). NaN filter: samples with a NaN in ℓ^f or ℓ^r are dropped; pass the
+ * so each sample's weight multiplies a batch-level scalar (docs/distillation.md §9 pitfall 7). No
+ * clamping
+ * (docs/distillation.md §9 pitfall 8). NaN filter: samples with a NaN in ℓ^f or ℓ^r are dropped;
+ * pass the
  * images' mask through `keep` (or use {@linkcode fakeScoreDiscriminatorLoss}).
  */
 export function sidaDiscriminatorLoss(inputs: DiscriminatorLossInputs): DiscriminatorLossResult {
@@ -336,7 +346,8 @@ export interface FakeScoreDiscriminatorInputs {
 }
 
 /**
- * The joint fake-score + discriminator loss of one SiDA step-A micro-batch (sida-spec §3.4,
+ * The joint fake-score + discriminator loss of one SiDA step-A micro-batch (docs/distillation.md
+ * §3.4,
  * `sida_loss.py:77-126`): one NaN filter over x̃_g, D̂, ℓ^f and ℓ^r (step 4) shared by
  * {@linkcode fakeScoreLoss} (step 5) and {@linkcode sidaDiscriminatorLoss} (steps 6-7).
  */
@@ -364,7 +375,8 @@ export interface GeneratorAdversarialInputs {
   keep?: tf.Tensor1D;
   /**
    * Whether the BCE mean also excludes the dropped samples' logits (and NaN logits drop a sample).
-   * Default false: the EDM loss does not filter ℓ (sida-spec §3.5, `sida_loss.py:48-62`), so the
+   * Default false: the EDM loss does not filter ℓ (docs/distillation.md §3.5,
+   * `sida_loss.py:48-62`), so the
    * mean runs over all N·h·w logits; the EDM2 loss does filter (true).
    */
   filterLogits?: boolean;
@@ -376,11 +388,13 @@ export interface GeneratorAdversarialResult extends LossResult {
   bce: tf.Scalar;
 }
 
-/** The logit clamp of the generator-side BCE only (sida-spec §3.5, `sida_loss.py:72`). */
+/**
+ * The logit clamp of the generator-side BCE only (docs/distillation.md §3.5, `sida_loss.py:72`).
+ */
 export const GENERATOR_LOGIT_CLAMP = 10;
 
 /**
- * The SiDA generator adversarial term (sida-spec §3.5; `sida_loss.py:69-73`, loop
+ * The SiDA generator adversarial term (docs/distillation.md §3.5; `sida_loss.py:69-73`, loop
  * `sida_training_loop.py:402-405`):
  *
  *   BCE_G    = mean_{n,i,j} softplus( −clip(ℓ_{n,i,j}, −10, 10) )     (target 1, non-saturating)
@@ -416,9 +430,12 @@ export function sidaGeneratorAdversarialLoss(
 // ---------------------------------------------------------------------------------------------
 // Combination and warm-up gates
 
-/** No generator optimizer step while cur_nimg ≤ this, in SiDA (sida-spec §3.6, §9 trap 10). */
+/**
+ * No generator optimizer step while cur_nimg ≤ this, in SiDA (docs/distillation.md §3.6, §9 pitfall
+ * 10).
+ */
 export const G_STEP_WARMUP_NIMG = 100_000;
-/** No adversarial term in the generator loss while cur_nimg ≤ this (sida-spec §3.6). */
+/** No adversarial term in the generator loss while cur_nimg ≤ this (docs/distillation.md §3.6). */
 export const GAN_WARMUP_NIMG = 200_000;
 
 /** Inputs of {@linkcode generatorObjective}. */
@@ -438,7 +455,7 @@ export interface GeneratorObjectiveInputs {
 }
 
 /**
- * The generator objective of one accumulation round (sida-spec §3.6,
+ * The generator objective of one accumulation round (docs/distillation.md §3.6,
  * `sida_training_loop.py:404-413`):
  *
  *   ganActive:   J_B = ½·(lsg/B)·Σ_n L_SiD,n + ½·(lsg_gan/B)·Σ_n L_GAN,n
@@ -474,7 +491,8 @@ export interface FakeStepObjectiveInputs {
 }
 
 /**
- * The fake-network (step A) objective of one accumulation round (sida-spec §3.4 step 8, §3.7,
+ * The fake-network (step A) objective of one accumulation round (docs/distillation.md §3.4 step 8,
+ * §3.7,
  * `sida_training_loop.py:357-366`):
  *
  *   SiDA:       J_A = (ls/B)·Σ_n L_fake,n + (lsd/B)·Σ_n L_D,n

@@ -1,5 +1,6 @@
 /**
- * Distillation presets: the per-script hyper-parameters of sida-spec §6 for `sid` (plain SiD,
+ * Distillation presets: the per-script hyper-parameters of docs/distillation.md §6 for `sid` (plain
+ * SiD,
  * `run_sid.sh` / `run_sid_v1.sh`, §6.1), `sida` (`run_sida.sh`, §6.2) and SiD²A
  * (`run_sid_sida.sh`, §6.2: `sida` with `--init`), plus a small `mnist` configuration of our own.
  *
@@ -8,10 +9,14 @@
  * `--snap`/`--dump` count ticks; the presets convert (e.g. CIFAR `--tick 10 --snap 50 --dump 200`
  * → snap every 500 kimg, dump every 2000 kimg).
  *
- * Precision: the reference runs ImageNet/FFHQ/AFHQ in fp16 with Adam eps 1e-6 (sida-spec §4.2,
+ * Precision: the reference runs ImageNet/FFHQ/AFHQ in fp16 with Adam eps 1e-6 (docs/distillation.md
+ * §4.2,
  * §4.3); we always compute in fp32 and keep eps 1e-8.
  *
  * Micro-batch: the reference's per-GPU `--batch-gpu` b; on one device R = batch / b rounds.
+ *
+ * Section numbers (§) are those of `docs/distillation.md`; `file:line` citations are of
+ * mingyuanzhou/SiD, branch `sida`.
  *
  * @module
  */
@@ -58,21 +63,23 @@ interface Row {
   batch: number;
   microBatch: number;
   lr: number;
-  /** SiD α (main:run_sid.sh; sida-spec §6.1). */
+  /** SiD α (main:run_sid.sh; docs/distillation.md §6.1). */
   sidAlpha: number;
   gBeta1Sid: number;
   dropout: number;
   augment: boolean;
   emaKimg: number;
   tickKimg: number;
-  /** Durations in Mimg: SiD (main:run_sid.sh), SiDA, SiD²A (sida-spec §6.1, §6.2). */
+  /** Durations in Mimg: SiD (main:run_sid.sh), SiDA, SiD²A (docs/distillation.md §6.1, §6.2). */
   mimg: { sid: number; sida: number; sid2a: number };
 }
 
 /**
- * sida-spec §6.1 (SiD: `run_sid_v1.sh` batch/b/lr, `main:run_sid.sh` α, g_beta1 and durations)
+ * docs/distillation.md §6.1 (SiD: `run_sid_v1.sh` batch/b/lr, `main:run_sid.sh` α, g_beta1 and
+ * durations)
  * and §6.2 (SiDA / SiD²A: α = 1, lsd = 1, lsg_gan = 0.01). b is `run_sid_v1.sh`/`run_sida.sh`'s
- * `--batch-gpu`. AFHQ uses its own data in our runs (the scripts' FFHQ zip is a defect, §9.21).
+ * `--batch-gpu`. AFHQ uses its own data in our runs (the scripts' FFHQ zip is a defect, §9 pitfall
+ * 21).
  */
 const TABLE: Record<Exclude<DistillPresetName, "mnist">, Row> = {
   "cifar10-uncond": {

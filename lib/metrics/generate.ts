@@ -1,6 +1,7 @@
 /**
  * Drawing images from a one-step generator (or a teacher with the EDM sampler) for evaluation,
- * as SiD's metric code does (`sida-spec.md` §1.2, §7.1): z = σ_init·ε, labels uniform over the
+ * as SiD's metric code does (`docs/distillation.md` §1.2, §7.1): z = σ_init·ε, labels uniform over
+ * the
  * classes for a conditional net, x = G(z; σ_init, c) with zero augment labels, pixels
  * clamp(127.5·x + 128, 0, 255) → uint8. Also PNG grids of samples.
  *
@@ -12,7 +13,7 @@ import { edmSampler, toUint8Images } from "../diffusion/sampler.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
 import { mulberry32 as rng } from "../runtime/random.ts";
 
-/** σ_init of the SiD generators (`sida-spec.md` §1.2). */
+/** σ_init of the SiD generators (`docs/distillation.md` §1.2). */
 export const SIGMA_INIT = 2.5;
 
 /** Options of {@linkcode generateBatches}. */

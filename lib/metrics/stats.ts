@@ -1,5 +1,5 @@
 /**
- * Feature statistics and the sample-based generative metrics of `sida-spec.md` §7.1:
+ * Feature statistics and the sample-based generative metrics of `docs/distillation.md` §7.1:
  * streaming mean/covariance in float64 ({@linkcode FeatureStats}), the Fréchet distance
  * ({@linkcode fid}), the Inception Score ({@linkcode inceptionScore}) and improved
  * precision/recall ({@linkcode precisionRecall}).

@@ -1,6 +1,6 @@
 /**
  * Exponential moving average of the generator's parameters with EDM's half-life and ramp-up rule
- * (sida-spec §4.1 step C, §9 trap 18; `sida_training_loop.py:429-437`):
+ * (docs/distillation.md §4.1 step C, §9 pitfall 18; `sida_training_loop.py:429-437`):
  *
  *   h     = ema_halflife_kimg·1000                                  (images)
  *   h     = min(h, cur_nimg·ema_rampup_ratio)     when a ramp-up ratio is set (default 0.05)
@@ -22,7 +22,9 @@
  */
 import { tf } from "../deps.ts";
 
-/** Default EMA ramp-up ratio, the loop default, never overridden (sida-spec §4.1, §6.4). */
+/**
+ * Default EMA ramp-up ratio, the loop default, never overridden (docs/distillation.md §4.1, §6.4).
+ */
 export const EMA_RAMPUP_RATIO = 0.05;
 
 /** Options of {@linkcode emaBeta}. */
@@ -38,7 +40,8 @@ export interface EmaBetaOptions {
 }
 
 /**
- * The EMA decay of one iteration (sida-spec §4.1 step C, `sida_training_loop.py:430-433`):
+ * The EMA decay of one iteration (docs/distillation.md §4.1 step C,
+ * `sida_training_loop.py:430-433`):
  *
  *   h = min(halflife_kimg·1000, cur_nimg·rampup_ratio),  β = 0.5^(batch / max(h, 1e-8)).
  */
@@ -56,7 +59,7 @@ export interface HasParameters {
 }
 
 /**
- * One EMA update in place (sida-spec §4.1 step C; `p_ema.lerp_(p, 1−β)`):
+ * One EMA update in place (docs/distillation.md §4.1 step C; `p_ema.lerp_(p, 1−β)`):
  *
  *   θ_ema ← θ_ema + (1−β)·(θ − θ_ema)   for every trainable parameter (buffers are not averaged).
  *

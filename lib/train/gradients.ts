@@ -35,7 +35,8 @@ export interface NanToNumOptions {
 
 /**
  * `torch.nan_to_num(g, nan=0, posinf=1e5, neginf=-1e5)` as applied to every gradient after the
- * accumulation rounds (sida-spec §4.1): NaN → 0, +∞ → 1e5, −∞ → −1e5, other values unchanged.
+ * accumulation rounds (docs/distillation.md §4.1): NaN → 0, +∞ → 1e5, −∞ → −1e5, other values
+ * unchanged.
  */
 export function nanToNum(x: tf.Tensor, options: NanToNumOptions = {}): tf.Tensor {
   const nan = options.nan ?? 0;
@@ -46,7 +47,7 @@ export function nanToNum(x: tf.Tensor, options: NanToNumOptions = {}): tf.Tensor
 
 /**
  * `torch.nn.utils.clip_grad_value_(params, c)`: clips every element to [−c, c]. Applied with
- * c = 1 to the fake-network gradients on the EDM SiDA path only (sida-spec §4.1, §4.2,
+ * c = 1 to the fake-network gradients on the EDM SiDA path only (docs/distillation.md §4.1, §4.2,
  * `sida_training_loop.py:380-381`).
  */
 export function clipValues(x: tf.Tensor, clip = 1): tf.Tensor {
@@ -55,7 +56,7 @@ export function clipValues(x: tf.Tensor, clip = 1): tf.Tensor {
 }
 
 /**
- * The post-processing of a gradient map before an optimizer step (sida-spec §4.1):
+ * The post-processing of a gradient map before an optimizer step (docs/distillation.md §4.1):
  * g ← nan_to_num(g, 0, 1e5, −1e5), then, if `clipValue` is given, g ← clip(g, −c, c).
  * The input tensors are disposed unless `dispose: false`.
  *

@@ -1,5 +1,6 @@
 /**
- * Adam with `torch.optim.Adam` semantics (sida-spec §4.2: β = (0, 0.999) for the fake network,
+ * Adam with `torch.optim.Adam` semantics (docs/distillation.md §4.2: β = (0, 0.999) for the fake
+ * network,
  * (`--g_beta1` [default 0], 0.999) for G, eps 1e-8 (fp32) or 1e-6 (fp16), no weight decay, no
  * learning-rate schedule, no AMSGrad).
  *
@@ -34,11 +35,14 @@ import { toFloat32 } from "../io/host_tensor.ts";
 export interface AdamOptions {
   /** Learning rate (`--lr` for the fake net, `--glr` for G; 1e-5 in the CIFAR scripts). */
   lr: number;
-  /** β1. Default 0, the reference's value for both networks (sida-spec §4.2). */
+  /** β1. Default 0, the reference's value for both networks (docs/distillation.md §4.2). */
   beta1?: number;
-  /** β2. Default 0.999 (sida-spec §4.2). */
+  /** β2. Default 0.999 (docs/distillation.md §4.2). */
   beta2?: number;
-  /** eps, added outside the square root. Default 1e-8 (fp32; 1e-6 with fp16, sida-spec §4.2). */
+  /**
+   * eps, added outside the square root. Default 1e-8 (fp32; 1e-6 with fp16, docs/distillation.md
+   * §4.2).
+   */
   eps?: number;
 }
 
@@ -63,11 +67,11 @@ interface ParamState {
 export class Adam {
   /** Learning rate (may be changed between steps; the reference never does). */
   lr: number;
-  /** β1 (0 in the reference for the fake net and by default for G, sida-spec §4.2). */
+  /** β1 (0 in the reference for the fake net and by default for G, docs/distillation.md §4.2). */
   readonly beta1: number;
-  /** β2 (0.999, sida-spec §4.2). */
+  /** β2 (0.999, docs/distillation.md §4.2). */
   readonly beta2: number;
-  /** eps, added outside the square root (1e-8 fp32, 1e-6 fp16, sida-spec §4.2). */
+  /** eps, added outside the square root (1e-8 fp32, 1e-6 fp16, docs/distillation.md §4.2). */
   readonly eps: number;
   readonly #params: { name: string; variable: tf.Variable }[];
   readonly #state = new Map<number, ParamState>();
