@@ -191,6 +191,17 @@ export function resolveDistillConfig(
   return c;
 }
 
+/** The fields of a complete {@linkcode DistillConfig}. */
+const DISTILL_CONFIG_FIELDS = Object.keys(resolveDistillConfig({ method: "sid" })) as (
+  keyof DistillConfig
+)[];
+
+/** Whether `c` has every field of a {@linkcode DistillConfig} (as `resolveDistillConfig` gives). */
+export function isCompleteDistillConfig(c: unknown): c is DistillConfig {
+  return !!c && typeof c === "object" &&
+    DISTILL_CONFIG_FIELDS.every((k) => (c as Record<string, unknown>)[k] !== undefined);
+}
+
 /** Checks a configuration; throws a `RangeError` naming the first bad value. */
 export function validateDistillConfig(c: DistillConfig): void {
   const bad = (what: string): never => {
@@ -530,7 +541,15 @@ export class Distiller {
    *   data, or an initial generator of another architecture.
    */
   constructor(init: DistillerInit) {
-    const config = resolveDistillConfig(init.config);
+    // A complete configuration (runDistillation's, resolved once) is taken as given, only
+    // checked; a partial one gets the defaults here.
+    let config: DistillConfig;
+    if (isCompleteDistillConfig(init.config)) {
+      validateDistillConfig(init.config);
+      config = { ...init.config };
+    } else {
+      config = resolveDistillConfig(init.config);
+    }
     this.config = config;
     const teacher = init.teacher;
     this.teacher = teacher;
