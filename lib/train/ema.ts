@@ -21,6 +21,7 @@
  * @module
  */
 import { tf } from "../deps.ts";
+import { lerp } from "../runtime/webgpu/optim.ts";
 
 /**
  * Default EMA ramp-up ratio, the loop default, never overridden (docs/distillation.md §4.1, §6.4).
@@ -80,7 +81,7 @@ export function updateEma(ema: HasParameters, source: HasParameters, beta: numbe
   }
   for (const [name, v] of dst) {
     const s = src.get(name)!;
-    tf.tidy(() => v.assign(tf.add(v, tf.mul(tf.sub(s, v), 1 - beta))));
+    tf.tidy(() => v.assign(lerp(v, s, 1 - beta))); // one dispatch on webgpu
   }
 }
 

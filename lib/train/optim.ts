@@ -28,6 +28,7 @@
  * @module
  */
 import { tf } from "../deps.ts";
+import { adamApply, adamSecondMoment, lerp } from "../runtime/webgpu/optim.ts";
 import type { HostTensor } from "../io/host_tensor.ts";
 import { toFloat32 } from "../io/host_tensor.ts";
 
@@ -141,12 +142,12 @@ export class Adam {
       const st = s;
       tf.tidy(() => {
         // m.lerp_(g, 1−β1); v.mul_(β2).addcmul_(g, g, 1−β2)  (torch `_single_tensor_adam`)
-        const m = tf.add(st.m, tf.mul(tf.sub(g, st.m), 1 - beta1));
-        const v = tf.add(tf.mul(st.v, beta2), tf.mul(tf.square(g), 1 - beta2));
-        const denom = tf.add(tf.div(tf.sqrt(v), bc2Sqrt), eps);
+        // Same arithmetic as the composed tfjs ops; one dispatch each on webgpu (optim.ts there).
+        const m = lerp(st.m, g, 1 - beta1);
+        const v = adamSecondMoment(st.v, g, beta2);
         st.m.assign(m);
         st.v.assign(v);
-        p.variable.assign(tf.sub(p.variable, tf.mul(tf.div(m, denom), stepSize)));
+        p.variable.assign(adamApply(p.variable, m, v, stepSize, bc2Sqrt, eps));
       });
     }
   }
