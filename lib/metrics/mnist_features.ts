@@ -25,7 +25,20 @@ export const MNIST_FEATURES_FORMAT = "sida-mnist-features/2";
 /** Dropout rate of training (on the flattened maps and on the features). */
 export const MNIST_FEATURE_DROPOUT = 0.25;
 
-/** Names and shapes of the weights. */
+/** Format tag of the second, independently trained network (architecture `b`). */
+export const MNIST_FEATURES_B_FORMAT = "sida-mnist-features-b/1";
+
+/**
+ * The two architectures. `a`: the network above. `b`, a second feature space that shares no
+ * design choice with `a` beyond being a CNN, so that a FID difference seen by both is not an
+ * artefact of one network: `conv1` 5×5 1→24 stride 2 (16×16), ELU → `conv2` 3×3 24→48, ELU →
+ * `conv3` 3×3 48→96 stride 2 (8×8), ELU → `conv4` 3×3 96→96 stride 2 (4×4), ELU → global average
+ * pool (96) → `fc1` 96→64, ELU (features, 64-d) → `fc2` 64→10. Trained from another seed on
+ * another held-out split (`deno task train-features --arch b`).
+ */
+export type MnistFeatureArch = "a" | "b";
+
+/** Names and shapes of the weights of architecture `a`. */
 export const MNIST_FEATURE_SHAPES: Record<string, number[]> = {
   "conv1.weight": [3, 3, 1, 32],
   "conv1.bias": [32],
@@ -39,23 +52,62 @@ export const MNIST_FEATURE_SHAPES: Record<string, number[]> = {
   "fc2.bias": [10],
 };
 
+/** Names and shapes of the weights of architecture `b`. */
+export const MNIST_FEATURE_B_SHAPES: Record<string, number[]> = {
+  "conv1.weight": [5, 5, 1, 24],
+  "conv1.bias": [24],
+  "conv2.weight": [3, 3, 24, 48],
+  "conv2.bias": [48],
+  "conv3.weight": [3, 3, 48, 96],
+  "conv3.bias": [96],
+  "conv4.weight": [3, 3, 96, 96],
+  "conv4.bias": [96],
+  "fc1.weight": [96, 64],
+  "fc1.bias": [64],
+  "fc2.weight": [64, 10],
+  "fc2.bias": [10],
+};
+
+const ARCHS = {
+  a: {
+    shapes: MNIST_FEATURE_SHAPES,
+    format: MNIST_FEATURES_FORMAT,
+    featureDim: 128,
+    name: "mnist",
+  },
+  b: {
+    shapes: MNIST_FEATURE_B_SHAPES,
+    format: MNIST_FEATURES_B_FORMAT,
+    featureDim: 64,
+    name: "mnist-b",
+  },
+} as const;
+
 /** The MNIST feature network (a {@linkcode Detector} on 32×32 grey images). */
 export class MnistFeatureNet implements Detector {
-  readonly name = "mnist";
-  readonly featureDim = 128;
+  /** `mnist` (architecture `a`) or `mnist-b`. */
+  readonly name: string;
+  /** 128 (`a`) or 64 (`b`). */
+  readonly featureDim: number;
   readonly numClasses = 10;
   readonly channels = 1;
+  /** The architecture. */
+  readonly arch: MnistFeatureArch;
   /** The weights (variables, so that training can update them). */
   readonly weights: Map<string, tf.Variable>;
 
   /**
    * A network with the given weights (copied into variables), or He-initialised weights drawn
-   * with `seed` when `weights` is omitted.
+   * with `seed` when `weights` is omitted; architecture `arch` (default `a`).
    */
-  constructor(weights?: Map<string, tf.Tensor>, seed = 0) {
+  constructor(weights?: Map<string, tf.Tensor>, seed = 0, arch: MnistFeatureArch = "a") {
+    if (!(arch in ARCHS)) throw new RangeError(`MNIST feature net: unknown architecture '${arch}'`);
+    this.arch = arch;
+    this.name = ARCHS[arch].name;
+    this.featureDim = ARCHS[arch].featureDim;
     this.weights = new Map();
     let s = seed;
-    for (const [name, shape] of Object.entries(MNIST_FEATURE_SHAPES)) {
+    for (const [name, shape] of Object.entries(ARCHS[arch].shapes)) {
       const given = weights?.get(name);
       if (weights && !given) throw new IoError(`MNIST feature net: missing weight '${name}'`);
       if (given && given.shape.join() !== shape.join()) {
@@ -74,13 +126,18 @@ export class MnistFeatureNet implements Detector {
   /** Loads `data/mnist-features.safetensors` (or another file written by {@linkcode save}). */
   static async load(path: string): Promise<MnistFeatureNet> {
     const { tensors, metadata } = await readSafetensors(path);
-    if (metadata.format !== MNIST_FEATURES_FORMAT) {
-      throw new IoError(`${path}: not a ${MNIST_FEATURES_FORMAT} file`);
+    const arch = (Object.keys(ARCHS) as MnistFeatureArch[]).find((a) =>
+      ARCHS[a].format === metadata.format
+    );
+    if (!arch) {
+      throw new IoError(
+        `${path}: not a ${MNIST_FEATURES_FORMAT} or ${MNIST_FEATURES_B_FORMAT} file`,
+      );
     }
     const ts = new Map<string, tf.Tensor>();
     try {
       for (const [name, h] of tensors) ts.set(name, tf.tensor(toFloat32(h), h.shape, "float32"));
-      return new MnistFeatureNet(ts);
+      return new MnistFeatureNet(ts, 0, arch);
     } catch (e) {
       throw new IoError(`${path}: ${(e as Error).message}`);
     } finally {
@@ -94,7 +151,7 @@ export class MnistFeatureNet implements Detector {
     for (const [name, v] of this.weights) host.set(name, await fromTfTensor(v));
     await writeSafetensors(path, host, {
       ...extra,
-      format: MNIST_FEATURES_FORMAT,
+      format: ARCHS[this.arch].format,
     });
   }
 
@@ -103,7 +160,7 @@ export class MnistFeatureNet implements Detector {
   }
 
   /**
-   * Features `[N, 128]` and logits `[N, 10]` of images in [−1, 1], NHWC 32×32×1. With
+   * Features `[N, featureDim]` and logits `[N, 10]` of images in [−1, 1], NHWC 32×32×1. With
    * `dropoutSeed` (training only), dropout masks drawn from that seed are applied.
    */
   forward(
@@ -117,6 +174,7 @@ export class MnistFeatureNet implements Detector {
       dropoutSeed === undefined
         ? t
         : tf.dropout(t, MNIST_FEATURE_DROPOUT, undefined, dropoutSeed * 2 + k) as T;
+    if (this.arch === "b") return this.#forwardB(x, drop);
     return tf.tidy(() => {
       let h: tf.Tensor4D = x;
       for (const c of ["conv1", "conv2", "conv3"]) {
@@ -126,6 +184,29 @@ export class MnistFeatureNet implements Detector {
       const flat = drop(tf.reshape(h, [-1, 2048]) as tf.Tensor2D, 0);
       const features = tf.relu(
         tf.add(tf.matMul(flat, this.#w("fc1.weight") as tf.Tensor2D), this.#w("fc1.bias")),
+      ) as tf.Tensor2D;
+      const logits = tf.add(
+        tf.matMul(drop(features, 1), this.#w("fc2.weight") as tf.Tensor2D),
+        this.#w("fc2.bias"),
+      ) as tf.Tensor2D;
+      return { features, logits };
+    });
+  }
+
+  /** Architecture `b` (see {@linkcode MnistFeatureArch}). */
+  #forwardB(
+    x: tf.Tensor4D,
+    drop: <T extends tf.Tensor>(t: T, k: number) => T,
+  ): { features: tf.Tensor2D; logits: tf.Tensor2D } {
+    return tf.tidy(() => {
+      let h: tf.Tensor4D = x;
+      for (const [c, stride] of [["conv1", 2], ["conv2", 1], ["conv3", 2], ["conv4", 2]] as const) {
+        const y = tf.conv2d(h, this.#w(`${c}.weight`) as tf.Tensor4D, stride, "same");
+        h = tf.elu(tf.add(y, this.#w(`${c}.bias`))) as tf.Tensor4D;
+      }
+      const pooled = drop(tf.mean(h, [1, 2]) as tf.Tensor2D, 0);
+      const features = tf.elu(
+        tf.add(tf.matMul(pooled, this.#w("fc1.weight") as tf.Tensor2D), this.#w("fc1.bias")),
       ) as tf.Tensor2D;
       const logits = tf.add(
         tf.matMul(drop(features, 1), this.#w("fc2.weight") as tf.Tensor2D),
@@ -156,6 +237,14 @@ export class MnistFeatureNet implements Detector {
 export const DEFAULT_MNIST_FEATURES: string =
   new URL("../../data/mnist-features.safetensors", import.meta.url)
     .pathname;
+
+/** Where the shipped second MNIST feature network (architecture `b`) lives. */
+export const DEFAULT_MNIST_FEATURES_B: string =
+  new URL("../../data/mnist-features-b.safetensors", import.meta.url).pathname;
+
+/** Where the reference statistics of the second feature network live. */
+export const DEFAULT_MNIST_REF_STATS_B: string =
+  new URL("../../data/mnist-ref-stats-b.npz", import.meta.url).pathname;
 
 /** Where the shipped MNIST reference statistics live (repository `data/`). */
 export const DEFAULT_MNIST_REF_STATS: string =
