@@ -86,6 +86,8 @@ export interface DistillationOptions {
    * run with a {@linkcode NonFiniteTrainingError}, keeping the last good state. Default 5.
    */
   nonFiniteLimit?: number;
+  /** Called after every EMA snapshot is written (see `TrainingRun.onSnapshot`). */
+  onSnapshot?: (path: string, nimg: number) => Promise<void>;
 }
 
 /** What {@linkcode runDistillation} returns. */
@@ -238,6 +240,7 @@ export async function runDistillation(opts: DistillationOptions): Promise<Distil
       signal: opts.signal,
       quiet: opts.quiet,
       nonFiniteLimit: opts.nonFiniteLimit,
+      onSnapshot: opts.onSnapshot,
     });
     return {
       curNimg: r.curNimg,

@@ -156,6 +156,11 @@ export interface TrainingRun<S, St extends TrainerState, Run, R extends TickSumm
   nonFiniteLimit?: number;
   /** Called after every iteration. */
   onIteration?: (stats: S) => void;
+  /**
+   * Called after every EMA snapshot is written (`path`, images seen), before the training state
+   * of the same iteration; awaited (the chain evaluates the snapshot here).
+   */
+  onSnapshot?: (path: string, nimg: number) => Promise<void>;
 }
 
 /** What {@linkcode runTraining} returns. */
@@ -324,6 +329,7 @@ async function loop<S, St extends TrainerState, Run, R extends TickSummary>(
       });
       result.snapshotPath = path;
       lastSnap = t.curNimg;
+      await o.onSnapshot?.(path, t.curNimg);
     }
     if (done || interrupted || t.curNimg >= lastDump + o.dumpKimg * 1000) {
       const state = await t.state();
