@@ -16,6 +16,7 @@ import { createNetwork, networkMetadata, saveNetwork } from "../lib/nets/network
 import { NonFiniteTrainingError } from "../lib/train/guard.ts";
 import type { EDMPrecond } from "../lib/nets/precond.ts";
 import { Distiller } from "../lib/distill/distiller.ts";
+import { seededRandom } from "../lib/runtime/random.ts";
 import { generate } from "../lib/distill/generator.ts";
 import { readTrainingState } from "../lib/distill/run.ts";
 import { findLatestState } from "../lib/train/run_folder.ts";
@@ -114,7 +115,7 @@ const TEST_CONFIG = {
   microBatch: 2,
   gWarmupNimg: 4,
   ganWarmupNimg: 8,
-  augment: true,
+  augment: 0.5,
   lr: 1e-3,
   glr: 1e-3,
   seed: 3,
@@ -188,6 +189,58 @@ Deno.test("Distiller: warm-up gates, what changes, frozen teacher, flat memory",
   teacher.dispose();
 });
 
+Deno.test("Distiller: the augmentation pipe feeds the fake net's fakes and reals, independently", async () => {
+  const { dataset } = await setup();
+  const teacher = createNetwork(TINY, { seed: 1 });
+  // Every call of the fake net in the fake-score phase: its inputs and augmentation labels.
+  const record = (d: Distiller) => {
+    const calls: { flag: string; x: Float32Array; aug: Float32Array | null }[] = [];
+    const fake = d.fake as EDMPrecond & { denoise: EDMPrecond["denoise"] };
+    const denoise = fake.denoise.bind(fake);
+    fake.denoise = ((x: tf.Tensor4D, sigma: unknown, o?: Record<string, unknown>) => {
+      const a = o?.augmentLabels as tf.Tensor | undefined;
+      calls.push({
+        flag: String(o?.returnFlag ?? "denoised"),
+        x: x.dataSync() as Float32Array,
+        aug: a ? a.dataSync() as Float32Array : null,
+      });
+      return denoise(x, sigma as number, o);
+    }) as EDMPrecond["denoise"];
+    return calls;
+  };
+  const config = { ...TEST_CONFIG, microBatch: 4, gWarmupNimg: 0, ganWarmupNimg: 0 };
+  const run = async (augment: number) => {
+    const d = new Distiller({ teacher, dataset, config: { ...config, augment } });
+    const calls = record(d);
+    await d.fakeScorePhase(seededRandom(5)); // the first phase creates the Adam moments
+    const before = tf.memory().numTensors;
+    await d.fakeScorePhase(seededRandom(6));
+    assertEquals(tf.memory().numTensors, before, "numTensors flat over a phase");
+    d.dispose();
+    return calls.slice(0, 2);
+  };
+  const off = await run(0);
+  const on = await run(1);
+  // SiDA: one encoder_decoder call on the noisy fakes, one encoder call on the noisy reals.
+  assertEquals(on.map((c) => c.flag), ["encoder_decoder", "encoder"]);
+  for (const c of off) assert(c.aug!.every((v) => v === 0), `p = 0: zero labels (${c.flag})`);
+  const rows = (a: Float32Array) => Array.from({ length: 4 }, (_, i) => a.slice(9 * i, 9 * i + 9));
+  for (const c of on) {
+    // p = 1: scaling, rotation, anisotropy and translation fire on every image, so the
+    // labels' entries 2..8 are not all zero in any row; entries 0 and 1 are 0/1 flip flags.
+    for (const r of rows(c.aug!)) {
+      assert(r[0] === 0 || r[0] === 1, `x-flip flag ${r[0]}`);
+      assert(r[1] === 0 || r[1] === 1, `y-flip flag ${r[1]}`);
+      assert(r.slice(2).some((v) => v !== 0), `p = 1: transform labels in ${c.flag}`);
+    }
+  }
+  assert(!on[0].aug!.every((v, i) => v === on[1].aug![i]), "fakes and reals: independent draws");
+  // The fake net sees other inputs under augmentation (same seed, so same G output and noise).
+  assert(!on[0].x.every((v, i) => v === off[0].x[i]), "the noisy fakes are augmented");
+  assert(!on[1].x.every((v, i) => v === off[1].x[i]), "the noisy reals are augmented");
+  teacher.dispose();
+});
+
 function runOptions(f: Fixture, out: string, durationKimg: number): DistillationOptions {
   return {
     method: "sida",
@@ -211,7 +264,7 @@ function runFlags(f: Fixture, out: string, durationKimg: number): string[] {
     ...["--teacher", f.teacherPath, "--data", f.dataPath, "--out", out],
     ...["--preset", "cifar10-cond", "--batch", "4", "--micro-batch", "4", "--lr", "1e-3"],
     ...["--glr", "1e-3", "--seed", "3", "--g-warmup-kimg", "0.004", "--gan-warmup-kimg", "0.008"],
-    ...["--dropout", "0.1", "--augment", "1", "--duration", String(durationKimg)],
+    ...["--dropout", "0.1", "--augment", "0.5", "--duration", String(durationKimg)],
     ...["--tick", "0.008", "--snap", "0.016", "--dump", "0.008", "--backend", TEST_BACKEND],
   ];
 }

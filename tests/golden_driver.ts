@@ -138,7 +138,7 @@ try {
     lr: 1e-3,
     glr: 1e-3,
     seed: 3,
-    augment: true,
+    augment: 0.5,
     gWarmupNimg: 4,
     ganWarmupNimg: 8,
     dropout: 0.1,

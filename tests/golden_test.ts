@@ -4,7 +4,9 @@
  * gate and EMA β of their `log.jsonl` as float64 bit patterns, with a fingerprint of each final
  * snapshot. The recorded curves in `tests/fixtures/golden/` were produced before the training
  * driver was shared (commit of this test); any change to the numbers a seeded run produces fails
- * here and must be explained.
+ * here and must be explained. Changes so far: the SiD²A curve was re-recorded when `augment`
+ * became EDM's full augmentation pipe at probability p (it was an x-flip only; issue 15); the
+ * teacher and SiD curves were unchanged by it, bit for bit, on cpu and native.
  *
  * The `cpu` backend (tfjs-cpu, pure JavaScript) is deterministic on every machine; the `native`
  * curve is compared too when `SIDA_GOLDEN_NATIVE=1` (OpenBLAS results may depend on the CPU).

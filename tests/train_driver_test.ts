@@ -287,7 +287,7 @@ Deno.test("run driver: a teacher run and a distillation run, interrupted and res
       lr: 1e-3,
       glr: 1e-3,
       seed: 3,
-      augment: true,
+      augment: 0.5,
       gWarmupNimg: 0,
       ganWarmupNimg: 4,
       dropout: 0.1,

@@ -33,7 +33,7 @@
  */
 import { tf } from "../deps.ts";
 import type { Tensor2D, Tensor4D } from "../deps.ts";
-import { mulberry32 } from "../runtime/random.ts";
+import { mulberry32, type RandomSource } from "../runtime/random.ts";
 
 /** Probabilities and ranges of the augmentations (`AugmentPipe.__init__`'s arguments). */
 export interface AugmentOptions {
@@ -143,6 +143,20 @@ export function seededAugmentRandom(seed: number): AugmentRandom {
       }),
     randint: (high, shape) =>
       Int32Array.from({ length: count(shape) }, () => Math.min(high - 1, Math.floor(u() * high))),
+  };
+}
+
+/**
+ * An {@linkcode AugmentRandom} that takes its draws from a training run's {@linkcode RandomSource}
+ * (uniforms for `rand` and `randint`, its normals for `randn`), so that the augmentation is part of
+ * the run's one seeded stream of draws.
+ */
+export function augmentRandomFrom(rng: RandomSource): AugmentRandom {
+  return {
+    rand: (shape) => rng.uniform(count(shape)),
+    randn: (shape) => rng.normal(count(shape)),
+    randint: (high, shape) =>
+      Int32Array.from(rng.uniform(count(shape)), (u) => Math.min(high - 1, Math.floor(u * high))),
   };
 }
 

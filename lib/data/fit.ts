@@ -54,11 +54,13 @@ export function dataMismatch(
 }
 
 /**
- * Why a distillation with x-flip augmentation (`augment`) cannot run on a teacher with
- * `augmentDim` augmentation-label entries (one line), or null.
+ * Why a distillation with augmentation probability `augment` (> 0: EDM's `AugmentPipe`, whose 9
+ * labels go to the fake network) cannot run on a teacher with `augmentDim` augmentation-label
+ * entries (one line), or null.
  */
-export function augmentMismatch(augment: boolean, augmentDim: number): string | null {
-  return augment && augmentDim === 0
+export function augmentMismatch(augment: number, augmentDim: number): string | null {
+  if (!(augment > 0) || augmentDim === 9) return null;
+  return augmentDim === 0
     ? "augmentation needs a teacher with an augmentation embedding (augment_dim 9); use --augment 0"
-    : null;
+    : `augmentation gives 9 labels but the teacher's augment_dim is ${augmentDim}; use --augment 0`;
 }

@@ -6,9 +6,9 @@
  * `docs/distillation.md`:
  *
  * - **A** fake-score (+ discriminator, SiDA) update: fake net in train mode, G in eval mode
- *   without gradient, real batch from the data, x-flip augmentation of fakes and reals
- *   independently, R = batch / microBatch accumulation rounds, nan_to_num, ±1 value clip (SiDA),
- *   one Adam step.
+ *   without gradient, real batch from the data, EDM's augmentation pipe on fakes and reals
+ *   independently (`--augment p`), R = batch / microBatch accumulation rounds, nan_to_num, ±1
+ *   value clip (SiDA), one Adam step.
  * - **B** generator update: G in train mode, fake net (eval) and teacher (eval) frozen with
  *   gradients flowing through them into x_g, the SiD loss (+ adversarial term after its warm-up),
  *   accumulation, nan_to_num, an Adam step only when the warm-up gate allows.
@@ -17,7 +17,7 @@
  * SiD²A is SiDA whose G (and G_ema) start from a pre-distilled SiD generator while the fake net
  * still starts from the teacher (docs/distillation.md §1.3).
  *
- * Randomness: every draw (generator noise, σ, diffusion noise, flips) comes from a host RNG seeded
+ * Randomness: every draw (generator noise, σ, diffusion noise, augmentations) comes from a host RNG seeded
  * by (seed, iteration), the dropout masks from streams seeded by (seed, iteration, round, step)
  * (`withDropoutSeed`), and the data order from a seeded {@linkcode InfiniteSampler}, so a run
  * resumed from {@linkcode Distiller.state} continues exactly as an uninterrupted one would.
@@ -43,6 +43,12 @@ import type { NamedTensorMap } from "../deps.ts";
 import type { ImageDataset } from "../data/dataset.ts";
 import { InfiniteSampler, makeBatch, type SamplerState } from "../data/sampler.ts";
 import { augmentMismatch, dataMismatch, networkShape } from "../data/fit.ts";
+import {
+  augment,
+  type AugmentOptions,
+  augmentRandomFrom,
+  edmAugmentOptions,
+} from "../data/augment.ts";
 import type { HostTensor } from "../io/host_tensor.ts";
 import { type EdmKwargs, type NetworkConfig, toEdmKwargs } from "../nets/config.ts";
 import { createNetwork } from "../nets/network.ts";
@@ -125,14 +131,14 @@ export interface DistillConfig {
    */
   ganWarmupNimg: number;
   /**
-   * Step-A augmentation of fakes and reals (docs/distillation.md §4.5): each image is x-flipped
-   * with
-   * probability ½, independently, and the flip flag goes into the first entry of the 9-dim
-   * augmentation label (EDM `AugmentPipe` label order: xflip, yflip, scale, rotate(2),
-   * aniso(2), translate(2)). The other geometric augmentations are not implemented. Needs a fake
-   * net with `augmentDim > 0`.
+   * Step-A augmentation probability p (`--augment`, `sida_train.py:110, 252-255`;
+   * docs/distillation.md §4.5), 0 for none: EDM's `AugmentPipe` at p ({@linkcode
+   * edmAugmentOptions}: an x-flip with probability ½; y-flip, isotropic scaling, rotation,
+   * anisotropic scaling and fractional translation each with probability p) on the fakes and,
+   * independently, on the reals of the fake-score phase; its 9 labels go to the fake net, which
+   * needs `augmentDim` 9. The reference scripts use 0.12 (CIFAR-10) and 0.15 (FFHQ, AFHQ).
    */
-  augment: boolean;
+  augment: number;
   /**
    * Elementwise clip of the fake-net gradient (docs/distillation.md §4.2: 1 on the SiDA path), or
    * null.
@@ -179,7 +185,7 @@ export function resolveDistillConfig(
     emaRampup: EMA_RAMPUP_RATIO, // §4.1
     gWarmupNimg: sida ? G_STEP_WARMUP_NIMG : 0, // §3.6, §9 pitfall 10
     ganWarmupNimg: sida ? GAN_WARMUP_NIMG : 0,
-    augment: false,
+    augment: 0,
     fakeGradClip: sida ? 1 : null, // §4.2
     pMean: EDM_P_MEAN, // §2.1
     pStd: EDM_P_STD,
@@ -238,7 +244,9 @@ export function validateDistillConfig(c: DistillConfig): void {
     bad(`dropout must be in [0, 1), got ${c.dropout}`);
   }
   if (!Number.isSafeInteger(c.seed) || c.seed < 0) bad(`seed must be an integer ≥ 0`);
-  if (typeof c.augment !== "boolean") bad(`augment must be a boolean`);
+  if (typeof c.augment !== "number" || !(c.augment >= 0 && c.augment <= 1)) {
+    bad(`augment must be a probability in [0, 1], got ${JSON.stringify(c.augment)}`);
+  }
 }
 
 /**
@@ -272,8 +280,12 @@ export function configDifference(
   saved: DistillConfig,
   current: DistillConfig,
 ): { field: keyof DistillConfig; saved: unknown; current: unknown } | null {
+  // States written before `augment` became a probability hold `false` for 0 (and `true` for an
+  // x-flip-only augmentation that no probability reproduces).
+  const value = (c: DistillConfig, k: keyof DistillConfig) =>
+    k === "augment" && (c[k] as unknown) === false ? 0 : c[k];
   for (const k of STATE_DEFINING_FIELDS) {
-    if (JSON.stringify(saved[k]) !== JSON.stringify(current[k])) {
+    if (JSON.stringify(value(saved, k)) !== JSON.stringify(value(current, k))) {
       return { field: k, saved: saved[k], current: current[k] };
     }
   }
@@ -372,22 +384,6 @@ function hostNormal(rng: RandomSource, shape: number[]): tf.Tensor {
   return tf.tensor(Float32Array.from(rng.normal(n)), shape, "float32");
 }
 
-/** Flips the images whose flag is set along the width axis (NHWC axis 2). */
-function flipImages(x: tf.Tensor4D, flags: boolean[]): tf.Tensor4D {
-  return tf.tidy(() => {
-    const n = x.shape[0];
-    const mask = tf.broadcastTo(tf.tensor4d(flags.map(Number), [n, 1, 1, 1], "float32"), x.shape);
-    return tf.where(tf.cast(mask, "bool"), tf.reverse(x, 2), x) as tf.Tensor4D;
-  });
-}
-
-/** Augmentation labels `[n, dim]` whose first entry is the x-flip flag (EDM AugmentPipe order). */
-function flipAugmentLabels(flags: boolean[], dim: number): tf.Tensor2D {
-  const v = new Float32Array(flags.length * dim);
-  flags.forEach((f, i) => v[i * dim] = f ? 1 : 0);
-  return tf.tensor2d(v, [flags.length, dim], "float32");
-}
-
 async function read(t: tf.Tensor): Promise<Float32Array> {
   const v = await t.data() as Float32Array;
   t.dispose();
@@ -470,19 +466,21 @@ interface FakeRoundDraws {
   xg: tf.Tensor4D;
   sigma: tf.Tensor1D;
   noise: tf.Tensor;
-  flipFake: boolean[] | null;
-  flipReal: boolean[] | null;
+  /** The augmented fakes and their labels (`augment` > 0). */
+  augFake: { images: tf.Tensor4D; labels: tf.Tensor2D } | null;
+  /** The augmented reals and their labels (SiDA, `augment` > 0). */
+  augReal: { images: tf.Tensor4D; labels: tf.Tensor2D } | null;
 }
 
 /** One fake-score round's network inputs. */
 interface FakeRoundInputs {
-  /** The (flipped) generated images, the denoising target. */
+  /** The (augmented) generated images, the denoising target. */
   y: tf.Tensor4D;
   /** y + σ·n. */
   yNoisy: tf.Tensor4D;
   /** Augmentation labels of the fakes (a fake net with an augmentation embedding). */
   augFake?: tf.Tensor2D;
-  /** The (flipped) real images + σ·n (SiDA). */
+  /** The (augmented) real images + σ·n (SiDA). */
   realNoisy?: tf.Tensor4D;
   /** Augmentation labels of the reals. */
   augReal?: tf.Tensor2D;
@@ -532,6 +530,8 @@ export class Distiller {
   readonly #optFake: Adam;
   readonly #ema: Ema;
   #sampler: InfiniteSampler | null;
+  /** EDM's augmentation pipe at the configured p, or null (`augment` 0). */
+  readonly #augmentPipe: AugmentOptions | null;
 
   /**
    * Builds G, G_ema and the fake net from the teacher (or G and G_ema from `initGenerator` for
@@ -593,6 +593,7 @@ export class Distiller {
       rampupRatio: config.emaRampup,
     });
     this.#sampler = ds ? new InfiniteSampler(ds.size, config.seed) : null;
+    this.#augmentPipe = config.augment > 0 ? edmAugmentOptions(config.augment) : null;
   }
 
   /** Images per iteration (the global batch B). */
@@ -697,7 +698,7 @@ export class Distiller {
    * takes one Adam step (`sida_training_loop.py:342-384`; docs/distillation.md §3.2 for
    * L_fake, §3.4 for L_D). f_ψ is in train mode, G in eval mode without gradient. Over
    * R = batch / microBatch rounds: real images from the data (SiDA), x_g = G(σ_init·z),
-   * independent x-flips of fakes and reals (`--augment`), the round objective
+   * EDM's augmentation of fakes and reals, independently (`--augment p`), the round objective
    * `(ls/B)·Σ L_fake (+ (lsd/B)·Σ L_D)`, gradients summed; then nan_to_num, the ±1 value clip
    * (SiDA), one Adam step.
    */
@@ -727,6 +728,7 @@ export class Distiller {
       accumulateGradients(grads, g);
       sums.add(kept!);
       tf.dispose([draws.eps, draws.xg, draws.sigma, draws.noise, ...Object.values(inputs)]);
+      for (const a of [draws.augFake, draws.augReal]) if (a) tf.dispose([a.images, a.labels]);
       if (draws.real) draws.real.images.dispose();
       draws.labels?.dispose();
     }
@@ -755,15 +757,17 @@ export class Distiller {
     const xg = generate(this.G, eps, { labels, initSigma: c.initSigma });
     const sigma = sampleFakeSigma(b, rng, { pMean: c.pMean, pStd: c.pStd });
     const noise = hostNormal(rng, [b, res, res, ch]);
-    // An independent x-flip draw (p = ½) for the fakes and for the reals.
-    const flipFake = c.augment ? Array.from(rng.uniform(b), (u) => u < 0.5) : null;
-    const flipReal = c.augment && sida ? Array.from(rng.uniform(b), (u) => u < 0.5) : null;
-    return { real, labels, eps, xg, sigma, noise, flipFake, flipReal };
+    // The augmentation pipe on the fakes, then independently on the reals (sida_loss.py:85, 94).
+    const pipe = this.#augmentPipe;
+    const augFake = pipe ? augment(xg, pipe, augmentRandomFrom(rng)) : null;
+    const augReal = pipe && real ? augment(real.images, pipe, augmentRandomFrom(rng)) : null;
+    return { real, labels, eps, xg, sigma, noise, augFake, augReal };
   }
 
   /**
-   * The fake-score round's network inputs: y = x_g (flipped), y + σ·n, and the real images + σ·n
-   * (SiDA), with their augmentation labels when the fake net has an augmentation embedding.
+   * The fake-score round's network inputs: y = x_g (augmented), y + σ·n, and the (augmented) real
+   * images + σ·n (SiDA), same σ and n (`sida_loss.py:85-96`), with their augmentation labels
+   * (zeros without augmentation) when the fake net has an augmentation embedding.
    */
   #fakeRoundInputs(d: FakeRoundDraws): FakeRoundInputs {
     const b = this.config.microBatch;
@@ -771,16 +775,16 @@ export class Distiller {
     return tf.tidy(() => {
       const s4 = tf.reshape(d.sigma, [b, 1, 1, 1]);
       const n = tf.mul(d.noise, s4);
-      const y = (d.flipFake ? flipImages(d.xg, d.flipFake) : tf.clone(d.xg)) as tf.Tensor4D;
+      const y = tf.clone(d.augFake ? d.augFake.images : d.xg) as tf.Tensor4D;
       const out: FakeRoundInputs = { y, yNoisy: tf.add(y, n) as tf.Tensor4D };
       if (aDim > 0) {
-        out.augFake = d.flipFake ? flipAugmentLabels(d.flipFake, aDim) : tf.zeros([b, aDim]);
+        out.augFake = d.augFake ? tf.clone(d.augFake.labels) : tf.zeros([b, aDim]);
       }
       if (d.real) {
-        const xr = d.flipReal ? flipImages(d.real.images, d.flipReal) : d.real.images;
+        const xr = d.augReal ? d.augReal.images : d.real.images;
         out.realNoisy = tf.add(xr, n) as tf.Tensor4D;
         if (aDim > 0) {
-          out.augReal = d.flipReal ? flipAugmentLabels(d.flipReal, aDim) : tf.zeros([b, aDim]);
+          out.augReal = d.augReal ? tf.clone(d.augReal.labels) : tf.zeros([b, aDim]);
         }
       }
       return out as unknown as tf.TensorContainerObject;

@@ -67,7 +67,8 @@ interface Row {
   sidAlpha: number;
   gBeta1Sid: number;
   dropout: number;
-  augment: boolean;
+  /** `--augment`: EDM's augmentation pipe probability p, 0 for none. */
+  augment: number;
   emaKimg: number;
   tickKimg: number;
   /** Durations in Mimg: SiD (main:run_sid.sh), SiDA, SiD²A (docs/distillation.md §6.1, §6.2). */
@@ -90,7 +91,7 @@ const TABLE: Record<Exclude<DistillPresetName, "mnist">, Row> = {
     sidAlpha: 1.2,
     gBeta1Sid: 0,
     dropout: 0.13,
-    augment: true, // --augment 0.12 (only the x-flip part is implemented)
+    augment: 0.12, // --augment 0.12
     emaKimg: 500,
     tickKimg: 10,
     mimg: { sid: 500, sida: 300, sid2a: 100 },
@@ -103,7 +104,7 @@ const TABLE: Record<Exclude<DistillPresetName, "mnist">, Row> = {
     sidAlpha: 1.2,
     gBeta1Sid: 0,
     dropout: 0.13,
-    augment: true,
+    augment: 0.12, // --augment 0.12
     emaKimg: 500,
     tickKimg: 10,
     mimg: { sid: 800, sida: 300, sid2a: 100 },
@@ -116,7 +117,7 @@ const TABLE: Record<Exclude<DistillPresetName, "mnist">, Row> = {
     sidAlpha: 1.2,
     gBeta1Sid: 0,
     dropout: 0.1,
-    augment: false, // --augment 0
+    augment: 0, // --augment 0
     emaKimg: 2000, // --ema 2
     tickKimg: 20,
     mimg: { sid: 1000, sida: 300, sid2a: 100 },
@@ -129,7 +130,7 @@ const TABLE: Record<Exclude<DistillPresetName, "mnist">, Row> = {
     sidAlpha: 1.2,
     gBeta1Sid: 0.9, // --g_beta1 0.9 (SiD only)
     dropout: 0.05,
-    augment: true, // --augment 0.15
+    augment: 0.15, // --augment 0.15
     emaKimg: 500,
     tickKimg: 10,
     mimg: { sid: 500, sida: 200, sid2a: 100 },
@@ -142,7 +143,7 @@ const TABLE: Record<Exclude<DistillPresetName, "mnist">, Row> = {
     sidAlpha: 1.0,
     gBeta1Sid: 0,
     dropout: 0.05, // --dropout .05 overrides the teacher's 0.25
-    augment: true,
+    augment: 0.15, // --augment 0.15
     emaKimg: 500,
     tickKimg: 10,
     mimg: { sid: 500, sida: 200, sid2a: 100 },
@@ -186,7 +187,7 @@ export function distillPreset(
         glr: 1e-4,
         gBeta1: 0,
         emaKimg: 10,
-        augment: false,
+        augment: 0,
         dropout: null,
         gWarmupNimg: sida ? 5_000 : 0,
         ganWarmupNimg: sida ? 10_000 : 0,

@@ -29,8 +29,8 @@ import { DISTILL_PRESET_NAMES } from "./presets.ts";
 export interface DistillFlag {
   /** The {@linkcode DistillConfig} field it sets. */
   key: keyof DistillConfig;
-  /** How its value is read: a number ≥ 0, an integer ≥ 0, or `0` / `1`. */
-  type: "number" | "integer" | "bool01";
+  /** How its value is read: a number ≥ 0 or an integer ≥ 0. */
+  type: "number" | "integer";
   /** Factor from the flag's unit to the field's (kimg → images: 1000). */
   scale?: number;
   /** Only SiDA (and SiD²A) has it. */
@@ -72,7 +72,7 @@ export const DISTILL_FLAGS: Readonly<Record<string, DistillFlag>> = Object.freez
   },
   ema: { key: "emaKimg", type: "number", value: "KIMG" },
   dropout: { key: "dropout", type: "number", value: "P" },
-  augment: { key: "augment", type: "bool01", value: "0|1" },
+  augment: { key: "augment", type: "number", value: "P" },
   seed: { key: "seed", type: "integer", value: "N" },
 });
 
@@ -106,13 +106,6 @@ export function distillOverrides(
     const raw = f[flag];
     if (raw === undefined) continue;
     const spec = DISTILL_FLAGS[name];
-    if (spec.type === "bool01") {
-      if (raw !== "0" && raw !== "1") {
-        throw new UsageError(`--${flag} must be 0 or 1, got '${raw}'`);
-      }
-      out[spec.key] = raw === "1";
-      continue;
-    }
     const v = numberFlag(flag, raw, NaN, { integer: spec.type === "integer", min: 0 });
     out[spec.key] = spec.scale ? Math.round(v * spec.scale) : v;
   }
