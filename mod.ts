@@ -297,3 +297,38 @@ export {
   type TeacherFid,
 } from "./lib/pipeline/report.ts";
 export { fidPlotSvg, lossPlotSvg, svgToPng, writeChainPlots } from "./lib/pipeline/plots.ts";
+
+// Notebooks (Deno Jupyter kernel): inline grids, plots, tables, progress, stop button, smoke files.
+export {
+  classLabels,
+  escapeHtml,
+  flush,
+  htmlTable,
+  inNotebook,
+  markdownTable,
+  type MediaBundle,
+  ProgressDisplay,
+  readLogRecords,
+  type RunWatcher,
+  showBundle,
+  showFidCurve,
+  showImages,
+  type ShowImagesOptions,
+  showLossCurves,
+  showMarkdown,
+  showPng,
+  showSvg,
+  showTable,
+  type StopButton,
+  stopButton,
+  type Table,
+  watchRun,
+  type WatchRunOptions,
+} from "./lib/notebook/display.ts";
+export {
+  SMOKE_FAMILIES,
+  type SmokeFamily,
+  type SmokeFiles,
+  smokeFiles,
+  smokeTeacherConfig,
+} from "./lib/notebook/smoke.ts";
