@@ -12,7 +12,8 @@
  * the 1008 logits of the `output` layer (IS uses their softmax without the output bias, as
  * `no_output_bias=True` does in SiD/StyleGAN's `inception_score`).
  *
- * Architecture (formats.md §4.3): every convolution is a `Conv2dLayer` = conv without bias →
+ * Architecture (the TF `inception-2015-12-05` graph, as transcribed with TF-compatible pooling by
+ * mseitzer/pytorch-fid `src/pytorch_fid/inception.py`, `FIDInceptionA`…`FIDInceptionE_2`): every convolution is a `Conv2dLayer` = conv without bias →
  * batch norm without γ (eps 0.001, running statistics) → ReLU. Stem `conv` 3→32 3×3/2,
  * `conv_1` 32→32 3×3, `conv_2` 32→64 3×3 same, max-pool 3/2, `conv_3` 64→80 1×1, `conv_4`
  * 80→192 3×3, max-pool 3/2; `mixed`, `mixed_1`, `mixed_2` (InceptionA, pool projection 32/64/64),

@@ -1,6 +1,6 @@
 /**
- * Reference statistics files (`formats.md` §6): EDM's `.npz` (`mu`, `sigma`) and EDM2's pickled
- * dict (`{num_images, fid: {mu, sigma}, fd_dinov2: {…}}`), plus writing our own `.npz`.
+ * Reference statistics files: EDM's `.npz` (`mu`, `sigma`; NVlabs/edm `fid.py`, the `ref` command)
+ * and EDM2's pickled dict (NVlabs/edm2 `calculate_metrics.py` `ref`) (`{num_images, fid: {mu, sigma}, fd_dinov2: {…}}`), plus writing our own `.npz`.
  *
  * @example
  * ```ts
