@@ -56,6 +56,13 @@ import { dataMismatch, networkShape } from "../data/fit.ts";
 import { mixSeed, seededRandom } from "../runtime/random.ts";
 import { Ema, emaBeta } from "../train/ema.ts";
 import { accumulateGradients, sanitizeGradients } from "../train/gradients.ts";
+import {
+  allreduceGradients,
+  allreduceSums,
+  dataParallel,
+  isWriter,
+  roundRange,
+} from "../train/parallel.ts";
 import { Adam } from "../train/optim.ts";
 import { runTraining, type TrainingKind, withInterrupt } from "../train/driver.ts";
 import {
@@ -328,6 +335,9 @@ export class TeacherTrainer {
     const ds = init.dataset;
     const problem = teacherDataMismatch(ds, netConfig);
     if (problem) throw new RangeError(problem);
+    // Under MPI: every rank must get whole micro-batches (lib/train/parallel.ts).
+    const dp = dataParallel();
+    roundRange(config.batch / config.microBatch, dp?.rank ?? 0, dp?.size ?? 1);
     this.config = config;
     this.dataset = ds;
     this.net = createNetwork(netConfig, { seed: config.seed });
@@ -376,7 +386,12 @@ export class TeacherTrainer {
     const vars = net.namedParameters().map(([, v]) => v);
     const acc: NamedTensorMap = {};
     let lossAcc: tf.Tensor = tf.scalar(0);
-    for (let r = 0; r < B / b; r++) {
+    // Under MPI this rank computes its block of the rounds; every draw above is the whole
+    // batch's, so the shards are disjoint and the sum over ranks is one process's
+    // (lib/train/parallel.ts).
+    const dp = dataParallel();
+    const [r0, r1] = roundRange(B / b, dp?.rank ?? 0, dp?.size ?? 1);
+    for (let r = r0; r < r1; r++) {
       const batch = makeBatch(this.dataset, indices.slice(r * b, (r + 1) * b), {
         xflip: c.xflip,
         seed: mixSeed(c.seed, it, r, 1),
@@ -419,13 +434,14 @@ export class TeacherTrainer {
     }
     const lr = teacherLearningRate(curNimg, c);
     this.#opt.lr = lr;
-    const clean = sanitizeGradients(acc); // nan=0, ±inf=±1e5, as EDM
+    const summed = await allreduceGradients(acc, vars, dp);
+    const clean = sanitizeGradients(summed); // nan=0, ±inf=±1e5, as EDM
     this.#opt.step(clean);
     for (const g of Object.values(clean)) g.dispose();
     const beta = this.#ema.update(curNimg);
     this.curNimg += B;
     this.iteration += 1;
-    const objective = (await read(lossAcc))[0];
+    const objective = allreduceSums({ loss: (await read(lossAcc))[0] }, dp).loss;
     return {
       iteration: it,
       curNimg,
@@ -892,7 +908,7 @@ export async function trainTeacher(o: TeacherOptions): Promise<TeacherResult> {
       exportPath: null,
       loss: r.lastTick?.loss ?? (typeof savedLoss === "number" ? savedLoss : NaN),
     };
-    if (o.export && !result.interrupted) {
+    if (o.export && !result.interrupted && isWriter()) {
       await saveNetwork(trainer.ema, o.export, {
         command: o.command ?? "trainTeacher",
         kimg: String(trainer.curNimg / 1000),

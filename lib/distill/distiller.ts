@@ -58,6 +58,13 @@ import { mixSeed, type RandomSource, seededRandom } from "../runtime/random.ts";
 import { Ema, EMA_RAMPUP_RATIO } from "../train/ema.ts";
 import { accumulateGradients, disposeGradients, sanitizeGradients } from "../train/gradients.ts";
 import { Adam } from "../train/optim.ts";
+import {
+  allgatherNumbers,
+  allreduceGradients,
+  allreduceSums,
+  dataParallel,
+  roundRange,
+} from "../train/parallel.ts";
 import { DEFAULT_INIT_SIGMA, generate, generatorNoise, zeroAugmentLabels } from "./generator.ts";
 import {
   fakeScoreDiscriminatorLoss,
@@ -384,6 +391,14 @@ function hostNormal(rng: RandomSource, shape: number[]): tf.Tensor {
   return tf.tensor(Float32Array.from(rng.normal(n)), shape, "float32");
 }
 
+/** Frees a fake-score round's draws. */
+function disposeFakeDraws(d: FakeRoundDraws): void {
+  tf.dispose([d.eps, d.xg, d.sigma, d.noise]);
+  for (const a of [d.augFake, d.augReal]) if (a) tf.dispose([a.images, a.labels]);
+  if (d.real) d.real.images.dispose();
+  d.labels?.dispose();
+}
+
 async function read(t: tf.Tensor): Promise<Float32Array> {
   const v = await t.data() as Float32Array;
   t.dispose();
@@ -530,6 +545,8 @@ export class Distiller {
   readonly #optFake: Adam;
   readonly #ema: Ema;
   #sampler: InfiniteSampler | null;
+  /** The accumulation rounds `[start, end)` this process computes (all of them outside MPI). */
+  readonly #myRounds: [number, number];
   /** EDM's augmentation pipe at the configured p, or null (`augment` 0). */
   readonly #augmentPipe: AugmentOptions | null;
 
@@ -593,6 +610,9 @@ export class Distiller {
       rampupRatio: config.emaRampup,
     });
     this.#sampler = ds ? new InfiniteSampler(ds.size, config.seed) : null;
+    // Under MPI this rank computes a block of the rounds (lib/train/parallel.ts); checked here.
+    const dp = dataParallel();
+    this.#myRounds = roundRange(this.rounds, dp?.rank ?? 0, dp?.size ?? 1);
     this.#augmentPipe = config.augment > 0 ? edmAugmentOptions(config.augment) : null;
   }
 
@@ -708,7 +728,14 @@ export class Distiller {
     const fakeVars = this.fake.namedParameters().map(([, v]) => v);
     const grads: NamedTensorMap = {};
     const sums = new DeviceSums(FAKE_PHASE_SUMS);
+    const [r0, r1] = this.#myRounds;
     for (let r = 0; r < this.rounds; r++) {
+      // Under MPI, another rank's round: its draws are made (and dropped) all the same, so that
+      // every rank's stream and data order stay the one-process ones (lib/train/parallel.ts).
+      if (r < r0 || r >= r1) {
+        disposeFakeDraws(this.#drawFakeRound(rng, false));
+        continue;
+      }
       const draws = this.#drawFakeRound(rng);
       const inputs = this.#fakeRoundInputs(draws);
       let kept: tf.Tensor | undefined;
@@ -727,23 +754,22 @@ export class Distiller {
       value.dispose();
       accumulateGradients(grads, g);
       sums.add(kept!);
-      tf.dispose([draws.eps, draws.xg, draws.sigma, draws.noise, ...Object.values(inputs)]);
-      for (const a of [draws.augFake, draws.augReal]) if (a) tf.dispose([a.images, a.labels]);
-      if (draws.real) draws.real.images.dispose();
-      draws.labels?.dispose();
+      tf.dispose(Object.values(inputs));
+      disposeFakeDraws(draws);
     }
-    // nan_to_num, then (SiDA, EDM path) clip every element to [−1, 1]; one Adam step
-    // (sida_training_loop.py:376-383).
-    const clean = sanitizeGradients(grads, {
+    // Summed over MPI ranks, then nan_to_num, then (SiDA, EDM path) clip every element to
+    // [−1, 1]; one Adam step (sida_training_loop.py:376-383).
+    const summed = await allreduceGradients(grads, fakeVars);
+    const clean = sanitizeGradients(summed, {
       clipValue: c.fakeGradClip === null ? undefined : c.fakeGradClip,
     });
     this.#optFake.step(clean);
     disposeGradients(clean);
-    return await sums.read();
+    return allreduceSums(await sums.read());
   }
 
   /** One fake-score round's host draws, in the reference order (`sida_training_loop.py:348-353`). */
-  #drawFakeRound(rng: RandomSource): FakeRoundDraws {
+  #drawFakeRound(rng: RandomSource, compute = true): FakeRoundDraws {
     const c = this.config;
     const b = c.microBatch;
     const sida = c.method === "sida";
@@ -753,8 +779,11 @@ export class Distiller {
     real?.labels?.dispose(); // labels come from #labels (none for an unconditional teacher)
     const labels = this.#labels(indices);
     const eps = generatorNoise(this.G, b, rng);
-    // G in eval mode, no gradient (not under variableGrads).
-    const xg = generate(this.G, eps, { labels, initSigma: c.initSigma });
+    // G in eval mode, no gradient (not under variableGrads); a round left to another MPI rank
+    // (`compute` false) makes the same draws around zeros.
+    const xg = compute
+      ? generate(this.G, eps, { labels, initSigma: c.initSigma })
+      : tf.zeros(eps.shape) as tf.Tensor4D;
     const sigma = sampleFakeSigma(b, rng, { pMean: c.pMean, pStd: c.pStd });
     const noise = hostNormal(rng, [b, res, res, ch]);
     // The augmentation pipe on the fakes, then independently on the reals (sida_loss.py:85, 94).
@@ -872,8 +901,14 @@ export class Distiller {
     const grads: NamedTensorMap = {};
     const sums = new DeviceSums(GENERATOR_PHASE_SUMS);
     const wAll: tf.Tensor[] = [];
+    const [r0, r1] = this.#myRounds;
     for (let r = 0; r < this.rounds; r++) {
       const draws = this.#drawGeneratorRound(rng);
+      if (r < r0 || r >= r1) {
+        // Another MPI rank's round: drawn all the same (see fakeScorePhase).
+        tf.dispose([draws.eps, draws.sigma, draws.noise, ...(draws.labels ? [draws.labels] : [])]);
+        continue;
+      }
       const held: { stats?: tf.Tensor; w?: tf.Tensor } = {};
       const objective = (): tf.Scalar => {
         const round = this.#generatorRound(draws, ganActive);
@@ -896,16 +931,18 @@ export class Distiller {
       tf.dispose([draws.eps, draws.sigma, draws.noise, ...(draws.labels ? [draws.labels] : [])]);
     }
     if (gStep) {
-      // nan_to_num on G's gradients (no clipping for G), then the Adam step
-      // (sida_training_loop.py:422-426).
-      const clean = sanitizeGradients(grads);
+      // Summed over MPI ranks, nan_to_num on G's gradients (no clipping for G), then the Adam
+      // step (sida_training_loop.py:422-426).
+      const clean = sanitizeGradients(await allreduceGradients(grads, gVars));
       this.#optG.step(clean);
       disposeGradients(clean);
     } else {
       disposeGradients(grads);
     }
-    const stats = await sums.read();
-    const weightFactors = Array.from(await read(tf.concat(wAll))).filter((v) => !Number.isNaN(v));
+    const stats = allreduceSums(await sums.read());
+    const weightFactors = allgatherNumbers(
+      Array.from(await read(tf.concat(wAll))).filter((v) => !Number.isNaN(v)),
+    );
     tf.dispose(wAll);
     return { ...stats, gStep, ganActive, weightFactors };
   }

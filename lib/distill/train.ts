@@ -88,6 +88,8 @@ export interface DistillationOptions {
   nonFiniteLimit?: number;
   /** Called after every EMA snapshot is written (see `TrainingRun.onSnapshot`). */
   onSnapshot?: (path: string, nimg: number) => Promise<void>;
+  /** Called after every iteration (see `TrainingRun.onIteration`). */
+  onIteration?: (stats: IterationStats) => void;
 }
 
 /** What {@linkcode runDistillation} returns. */
@@ -241,6 +243,7 @@ export async function runDistillation(opts: DistillationOptions): Promise<Distil
       quiet: opts.quiet,
       nonFiniteLimit: opts.nonFiniteLimit,
       onSnapshot: opts.onSnapshot,
+      onIteration: opts.onIteration,
     });
     return {
       curNimg: r.curNimg,

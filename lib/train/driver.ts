@@ -17,6 +17,13 @@
  * 4. Ctrl-C: an aborted `signal` finishes the current iteration, writes a state and returns
  *    `interrupted` ({@linkcode withInterrupt} wires SIGINT to such a signal for a task).
  *
+ * Under `mpirun -np N` (`./parallel.ts`, docs/mpi.md) rank 0 alone locks the folder, writes the
+ * log, snapshots and states and prints progress; it reads the state to resume from and sends it
+ * to the other ranks; every rank runs the trainer, whose gradients are summed over ranks; the
+ * ranks agree on an interrupt after every iteration (one stops, all stop after the same
+ * iteration), and the EMA network's fingerprint is compared across ranks at the start and at
+ * every snapshot or state.
+ *
  * @module
  */
 import { join } from "node:path";
@@ -27,6 +34,7 @@ import { lockRunFolder } from "../io/lock.ts";
 import { saveNetwork } from "../nets/network.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
 import { UsageError } from "../runtime/cli.ts";
+import { anyRank, type DataParallel, dataParallel, isWriter } from "./parallel.ts";
 import {
   DEFAULT_NON_FINITE_LIMIT,
   type IterationHealth,
@@ -36,6 +44,7 @@ import {
 import {
   appendLog,
   findLatestState,
+  networkFingerprint,
   Progress,
   readStateFile,
   removeStaleTemporaries,
@@ -195,9 +204,13 @@ export async function runTraining<S, St extends TrainerState, Run, R extends Tic
   o: TrainingRun<S, St, Run, R>,
 ): Promise<TrainingResult<R>> {
   const { trainer: t, kind } = o;
-  // One process at a time in the run folder (lib/io/lock.ts), taken before reading its state.
-  await using _lock = await lockRunFolder(o.out, { task: kind.task });
-  const latest = await findLatestState(o.out);
+  const dp = dataParallel();
+  const writer = isWriter(dp);
+  // One process at a time in the run folder (lib/io/lock.ts), taken before reading its state;
+  // under MPI by rank 0 only, which reads the state and sends it to the others.
+  await using _lock = writer ? await lockRunFolder(o.out, { task: kind.task }) : undefined;
+  const found = writer ? await findLatestState(o.out) : null;
+  const latest = dp ? dp.broadcastJson<string | null>(found) : found;
   if (o.requireResume && !latest) {
     throw new UsageError(`--resume: ${o.out} holds no training state`);
   }
@@ -205,7 +218,9 @@ export async function runTraining<S, St extends TrainerState, Run, R extends Tic
   if (latest) {
     let saved: StateFile<Run>;
     try {
-      saved = await readStateFile<Run>(latest, kind.format, kind.formatWhat);
+      saved = dp
+        ? await readSharedStateFile<Run>(dp, latest, kind.format, kind.formatWhat)
+        : await readStateFile<Run>(latest, kind.format, kind.formatWhat);
     } catch (e) {
       if (!o.unreadableIsUsage) throw e;
       throw new UsageError(
@@ -222,21 +237,72 @@ export async function runTraining<S, St extends TrainerState, Run, R extends Tic
     }
     resumedCounters = saved.counters;
   }
-  if (!o.quiet) {
+  if (dp) await checkSameWeights(dp, t.snapshotNetwork(), "at the start");
+  if (!o.quiet && writer) {
     if (o.intro) console.error(o.intro);
-    console.error(kind.startMessage(latest, t.curNimg));
+    console.error(kind.startMessage(latest, t.curNimg) + (dp ? ` on ${dp.size} MPI ranks` : ""));
   }
-  await Deno.mkdir(o.out, { recursive: true });
-  await removeStaleTemporaries(o.out);
-  return await loop(o, latest !== null, resumedCounters);
+  if (writer) {
+    await Deno.mkdir(o.out, { recursive: true });
+    await removeStaleTemporaries(o.out);
+  }
+  return await loop({ ...o, quiet: o.quiet || !writer }, latest !== null, resumedCounters, dp);
+}
+
+/**
+ * Rank 0 reads the state file and broadcasts its bytes; every rank parses them (from a private
+ * temporary copy on the other ranks, so the run folder need not be shared between hosts).
+ */
+async function readSharedStateFile<Run>(
+  dp: DataParallel,
+  path: string,
+  format: string,
+  what?: string,
+): Promise<StateFile<Run>> {
+  let bytes: Uint8Array | null = null;
+  let error = "";
+  if (dp.rank === 0) {
+    try {
+      bytes = await Deno.readFile(path);
+    } catch (e) {
+      error = (e as Error).message;
+    }
+  }
+  error = dp.broadcastJson<string>(error);
+  if (error) throw new IoError(`${path}: ${error}`);
+  const shared = dp.broadcastBytes(bytes);
+  if (dp.rank === 0) return await readStateFile<Run>(path, format, what);
+  const dir = await Deno.makeTempDir({ prefix: "sida-mpi-state-" });
+  try {
+    const copy = join(dir, path.split("/").pop()!);
+    await Deno.writeFile(copy, shared);
+    const file = await readStateFile<Run>(copy, format, what);
+    return file;
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+/** Throws unless every rank holds the same weights in `net` (fingerprints compared). */
+async function checkSameWeights(dp: DataParallel, net: EDMPrecond, when: string): Promise<void> {
+  const hex = await networkFingerprint(net);
+  const mine = [parseInt(hex.slice(0, 8), 16), parseInt(hex.slice(8), 16)];
+  const all = Array.from(dp.allgatherF64(Float64Array.from(mine)));
+  for (let r = 1; r < dp.size; r++) {
+    if (all[2 * r] !== all[0] || all[2 * r + 1] !== all[1]) {
+      throw new Error(`MPI ranks 0 and ${r} hold different weights ${when}`);
+    }
+  }
 }
 
 async function loop<S, St extends TrainerState, Run, R extends TickSummary>(
   o: TrainingRun<S, St, Run, R>,
   resumed: boolean,
   resumedCounters: StateCounters | null,
+  dp: DataParallel | null,
 ): Promise<TrainingResult<R>> {
   const { trainer: t, kind } = o;
+  const writer = isWriter(dp);
   const totalNimg = Math.round(o.durationKimg * 1000);
   const name = runName(o.out);
   const progress = new Progress<S, R>(totalNimg, (x) => kind.detail(x));
@@ -292,7 +358,8 @@ async function loop<S, St extends TrainerState, Run, R extends TickSummary>(
     // queue, and a SIGINT listener is a macrotask.
     await new Promise((resolve) => setTimeout(resolve, 0));
     const done = t.curNimg >= totalNimg;
-    const interrupted = o.signal?.aborted ?? false;
+    // Under MPI: an interrupt on any rank stops every rank after this iteration.
+    const interrupted = anyRank(o.signal?.aborted ?? false, dp);
     // A tick ends after the first iteration, then every tickKimg (the reference's
     // `cur_nimg >= tick_start_nimg + kimg_per_tick * 1000`).
     if (done || interrupted || tick === 0 || t.curNimg >= tickStartNimg + o.tickKimg * 1000) {
@@ -303,7 +370,9 @@ async function loop<S, St extends TrainerState, Run, R extends TickSummary>(
         secPerTick: (now - tickStartTime) / 1000,
         batch: t.batch,
       });
-      await appendLog(o.out, { ...record, memory: { numTensors: tf.memory().numTensors } });
+      if (writer) {
+        await appendLog(o.out, { ...record, memory: { numTensors: tf.memory().numTensors } });
+      }
       kind.onTick?.(record);
       result.lastTick = record;
       if (!o.quiet) progress.tick(tick, record.nimg, record.imgPerSec, record);
@@ -320,30 +389,39 @@ async function loop<S, St extends TrainerState, Run, R extends TickSummary>(
       break;
     }
     if (writes === "skip") continue;
-    if (done || t.curNimg >= lastSnap + o.snapKimg * 1000) {
-      const path = join(o.out, snapshotFileName(t.curNimg));
-      await saveNetwork(t.snapshotNetwork(), path, {
-        kimg: String(t.curNimg / 1000),
-        run: name,
-        ...kind.snapshotMetadata(),
-      });
-      result.snapshotPath = path;
-      lastSnap = t.curNimg;
-      await o.onSnapshot?.(path, t.curNimg);
+    const snapDue = done || t.curNimg >= lastSnap + o.snapKimg * 1000;
+    const dumpDue = done || interrupted || t.curNimg >= lastDump + o.dumpKimg * 1000;
+    if (dp && (snapDue || dumpDue)) {
+      await checkSameWeights(dp, t.snapshotNetwork(), `at kimg ${t.curNimg / 1000}`);
     }
-    if (done || interrupted || t.curNimg >= lastDump + o.dumpKimg * 1000) {
-      const state = await t.state();
-      result.statePath = await writeStateFile(o.out, kind.format, {
-        tensors: state.tensors,
-        run: o.run,
-        counters: {
-          curNimg: state.curNimg,
-          iteration: state.iteration,
-          elapsedSec: elapsed(),
-          ...kind.counters?.(),
-        },
-        metadata: kind.stateMetadata(state),
-      });
+    if (snapDue) {
+      if (writer) {
+        const path = join(o.out, snapshotFileName(t.curNimg));
+        await saveNetwork(t.snapshotNetwork(), path, {
+          kimg: String(t.curNimg / 1000),
+          run: name,
+          ...kind.snapshotMetadata(),
+        });
+        result.snapshotPath = path;
+        await o.onSnapshot?.(path, t.curNimg);
+      }
+      lastSnap = t.curNimg;
+    }
+    if (dumpDue) {
+      if (writer) {
+        const state = await t.state();
+        result.statePath = await writeStateFile(o.out, kind.format, {
+          tensors: state.tensors,
+          run: o.run,
+          counters: {
+            curNimg: state.curNimg,
+            iteration: state.iteration,
+            elapsedSec: elapsed(),
+            ...kind.counters?.(),
+          },
+          metadata: kind.stateMetadata(state),
+        });
+      }
       lastDump = t.curNimg;
       if (interrupted) {
         say(`interrupted: state written to ${result.statePath}`);
