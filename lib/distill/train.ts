@@ -13,14 +13,20 @@
  *
  * @module
  */
-import { loadImageZip, mnistDataset } from "../data/dataset.ts";
-import type { ImageDataset } from "../data/dataset.ts";
 import { IoError } from "../io/host_tensor.ts";
 import { toEdmKwargs } from "../nets/config.ts";
 import { loadNetwork } from "../nets/network.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
 import { BACKEND_NAMES, describeBackend } from "../runtime/backend.ts";
-import { ensureBackend, numberFlag, parseFlags, UsageError } from "../runtime/cli.ts";
+import {
+  ensureBackend,
+  numberFlag,
+  parseFlags,
+  positiveOption,
+  requireFile,
+  UsageError,
+} from "../runtime/cli.ts";
+import { loadTrainingData } from "../train/data.ts";
 import { runTraining, type TrainingKind, withInterrupt } from "../train/driver.ts";
 import { networkFingerprint } from "../train/run_folder.ts";
 import {
@@ -108,21 +114,6 @@ export interface DistillationResult {
   snapshotPath: string | null;
 }
 
-async function requireFile(path: string, what: string): Promise<void> {
-  try {
-    const st = await Deno.stat(path);
-    if (!st.isFile) throw new UsageError(`${what} '${path}' is not a file`);
-  } catch (e) {
-    if (e instanceof UsageError) throw e;
-    throw new UsageError(`${what} '${path}' not found`);
-  }
-}
-
-function positiveKimg(name: string, v: number): number {
-  if (!(v > 0) || !Number.isFinite(v)) throw new UsageError(`--${name} must be > 0, got ${v}`);
-  return v;
-}
-
 /** Loads a network, with the file named in any error. */
 async function loadNet(path: string, what: string): Promise<EDMPrecond> {
   try {
@@ -131,12 +122,6 @@ async function loadNet(path: string, what: string): Promise<EDMPrecond> {
     const msg = (e as Error).message.split("\n")[0];
     throw new IoError(msg.includes(path) ? `${what}: ${msg}` : `${what} ${path}: ${msg}`);
   }
-}
-
-async function loadData(source: string): Promise<ImageDataset> {
-  if (source === "mnist") return await mnistDataset();
-  await requireFile(source, "data file");
-  return await loadImageZip(source);
 }
 
 /** Runs (or resumes) a SiD / SiDA / SiD²A distillation; see the module doc. */
@@ -179,16 +164,16 @@ export async function runDistillation(opts: DistillationOptions): Promise<Distil
     if (config.method !== opts.method) {
       throw new UsageError(`a ${config.method} configuration given to a ${opts.method} run`);
     }
-    const durationKimg = positiveKimg("duration", opts.durationKimg ?? preset.durationKimg);
-    const tickKimg = positiveKimg("tick", opts.tickKimg ?? preset.tickKimg);
-    const snapKimg = positiveKimg("snap", opts.snapKimg ?? preset.snapKimg);
-    const dumpKimg = positiveKimg("dump", opts.dumpKimg ?? preset.dumpKimg);
+    const durationKimg = positiveOption("duration", opts.durationKimg ?? preset.durationKimg);
+    const tickKimg = positiveOption("tick", opts.tickKimg ?? preset.tickKimg);
+    const snapKimg = positiveOption("snap", opts.snapKimg ?? preset.snapKimg);
+    const dumpKimg = positiveOption("dump", opts.dumpKimg ?? preset.dumpKimg);
     if (teacher.labelDim > 0 && !opts.data) {
       throw new UsageError(
         `the teacher is conditional (${teacher.labelDim} classes): give labelled --data`,
       );
     }
-    const dataset = opts.data ? await loadData(opts.data) : undefined;
+    const dataset = opts.data ? await loadTrainingData(opts.data) : undefined;
     const problem = (dataset &&
       dataMismatch(dataset, networkShape(teacher), { what: `data ${opts.data}` })) ||
       augmentMismatch(config.augment, teacher.augmentDim);

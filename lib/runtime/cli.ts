@@ -118,6 +118,26 @@ function allowNonFiniteWeights(): void {
   }
 }
 
+/**
+ * Checks that `path` is an existing file before any work starts: a one-line
+ * {@linkcode UsageError} (`<what> '<path>' not found` or `… is not a file`) otherwise.
+ */
+export async function requireFile(path: string, what: string): Promise<void> {
+  let st: Deno.FileInfo;
+  try {
+    st = await Deno.stat(path);
+  } catch {
+    throw new UsageError(`${what} '${path}' not found`);
+  }
+  if (!st.isFile) throw new UsageError(`${what} '${path}' is not a file`);
+}
+
+/** A duration or cadence option that must be a finite number > 0 (`--<name>` in the error). */
+export function positiveOption(name: string, v: number): number {
+  if (!(v > 0) || !Number.isFinite(v)) throw new UsageError(`--${name} must be > 0, got ${v}`);
+  return v;
+}
+
 /** Parses a numeric flag value; `undefined` gives the default. */
 export function numberFlag(
   name: string,
