@@ -1,0 +1,306 @@
+/**
+ * The SiD²A settings sweep on the embedded MNIST default (issue 15): from one SiD generator, SiD²A
+ * stages under several settings and seeds, with the EMA generator's FID measured every few
+ * iterations in two independently trained feature spaces (`mnist`, `mnist-b`), on the same 1000
+ * (`--num`) latents each time. It answers "does SiD²A's FID fall and stay down across the stage,
+ * for every seed?" for each setting, and measures the sampling noise of one FID (the SiD
+ * generator scored with `--noise-seeds` different latent sets) so that a difference can be called
+ * real or "within noise". `docs/sweeps.md` records the results.
+ *
+ * Settings (`--configs`, comma-separated; the base is the chain's SiD²A stage at the default
+ * budget: the `mnist` preset with its warm-ups scaled to the stage's length, 58 and 115 images):
+ *
+ * - `preset`: the base (lr = glr = 1e-4, warm-ups 58 / 115 images, i.e. 1 and 2 iterations);
+ * - `lr3e-5`: lr = glr = 3e-5;
+ * - `warmup-it`: warm-ups counted in iterations rather than scaled kimg: no G step for 8
+ *   iterations, no adversarial term for 16 (the reference's 100 / 200 kimg are 391 / 782
+ *   iterations of its batch 256, before G has moved at all);
+ * - `lr3e-5-warmup-it`: both;
+ * - `lsg-gan0.1`: the adversarial scale 10× (0.1).
+ *
+ * Every run appends one JSON line per evaluation to `--out` (a `.jsonl` file); rerunning skips
+ * the (setting, seed) pairs that are complete there, so a long sweep can be continued.
+ *
+ *   deno run -A bench/sid2a_sweep.ts --sid <run>/sid/network-snapshot-000005.120.safetensors \
+ *     --out docs/data/sid2a-sweep.jsonl [--configs preset,warmup-it] [--seeds 0,1,2] \
+ *     [--iters 36] [--every 6] [--num 1000]
+ *   deno run -A bench/sid2a_sweep.ts --summary docs/data/sid2a-sweep.jsonl
+ *
+ * @module
+ */
+import { tf } from "../lib/deps.ts";
+import { mnistDataset } from "../lib/data/dataset.ts";
+import { type DistillConfig, Distiller } from "../lib/distill/distiller.ts";
+import { distillPreset } from "../lib/distill/presets.ts";
+import { MnistFeatureNet } from "../lib/metrics/mnist_features.ts";
+import {
+  DEFAULT_MNIST_FEATURES,
+  DEFAULT_MNIST_FEATURES_B,
+  DEFAULT_MNIST_REF_STATS,
+  DEFAULT_MNIST_REF_STATS_B,
+} from "../lib/metrics/mnist_features.ts";
+import { loadRefStats } from "../lib/metrics/ref_stats.ts";
+import type { Stats } from "../lib/metrics/ref_stats.ts";
+import { loadNetwork } from "../lib/nets/network.ts";
+import type { EDMPrecond } from "../lib/nets/precond.ts";
+import { evaluateNetwork } from "../lib/pipeline/evaluate.ts";
+import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
+
+const USAGE = "usage: bench/sid2a_sweep.ts --sid G.safetensors --out sweep.jsonl " +
+  "[--teacher data/mnist-teacher.safetensors] [--configs preset,...] [--seeds 0,1,2] " +
+  "[--iters 36] [--every 6] [--num 1000] [--noise-seeds 3] | --summary sweep.jsonl";
+
+/** The chain's SiD²A stage at the default budget (2.304 kimg of the preset's 200). */
+const STAGE_KIMG = 2.304;
+
+function baseConfig(): DistillConfig {
+  const p = distillPreset("mnist", "sida", { sid2a: true });
+  const scale = Math.min(1, STAGE_KIMG / p.durationKimg);
+  return {
+    ...p.config,
+    gWarmupNimg: Math.round((p.config.gWarmupNimg ?? 0) * scale),
+    ganWarmupNimg: Math.round((p.config.ganWarmupNimg ?? 0) * scale),
+  } as DistillConfig;
+}
+
+/** The settings of the sweep, as overrides of {@linkcode baseConfig}. */
+export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
+  preset: {},
+  "lr3e-5": { lr: 3e-5, glr: 3e-5 },
+  "warmup-it": { gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64 },
+  "lr3e-5-warmup-it": { lr: 3e-5, glr: 3e-5, gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64 },
+  "lsg-gan0.1": { lsgGan: 0.1 },
+};
+
+/** One line of the sweep's JSONL file. */
+interface Row {
+  setting: string;
+  seed: number;
+  iteration: number;
+  kimg: number;
+  fidA: number;
+  fidB: number;
+  /** Whether this is the run's last evaluation. */
+  last: boolean;
+  config?: Partial<DistillConfig>;
+  /** `noise` rows: FID of the SiD generator with latent seed `seed`. */
+  kind?: "noise";
+  seconds?: number;
+}
+
+interface Space {
+  detector: MnistFeatureNet;
+  ref: Stats;
+}
+
+async function fidOf(net: EDMPrecond, space: Space, num: number, seed: number): Promise<number> {
+  const r = await evaluateNetwork(net, space.detector, {
+    num,
+    seed,
+    batch: 100,
+    sampler: "onestep",
+    steps: 1,
+    sigmaInit: 2.5,
+    metrics: new Set(["fid"]),
+    ref: { stats: space.ref },
+    gridCount: 0,
+  });
+  return r!.results.fid!;
+}
+
+async function readRows(path: string): Promise<Row[]> {
+  let text = "";
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return [];
+    throw e;
+  }
+  return text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as Row);
+}
+
+const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
+const std = (v: number[]) => {
+  if (v.length < 2) return NaN;
+  const m = mean(v);
+  return Math.sqrt(v.reduce((a, b) => a + (b - m) ** 2, 0) / (v.length - 1));
+};
+const fmt = (v: number[]) =>
+  v.length === 0
+    ? "–"
+    : v.length === 1
+    ? v[0].toFixed(1)
+    : `${mean(v).toFixed(1)} ± ${std(v).toFixed(1)}`;
+
+/** A Markdown summary of the sweep: per setting, FID (mean ± std over seeds) at each point. */
+export function summarize(rows: Row[]): string {
+  const lines: string[] = [];
+  const noise = rows.filter((r) => r.kind === "noise");
+  if (noise.length) {
+    lines.push(
+      `Sampling noise (the SiD generator, ${noise.length} latent sets): FID mnist ${
+        fmt(noise.map((r) => r.fidA))
+      }, mnist-b ${fmt(noise.map((r) => r.fidB))}.`,
+      "",
+    );
+  }
+  const runs = rows.filter((r) => r.kind !== "noise");
+  const settings = [...new Set(runs.map((r) => r.setting))];
+  const iters = [...new Set(runs.map((r) => r.iteration))].sort((a, b) => a - b);
+  lines.push(
+    `| setting | seeds | space | ${iters.map((i) => `it ${i}`).join(" | ")} | steady |`,
+    `| --- | --- | --- | ${iters.map(() => "---").join(" | ")} | --- |`,
+  );
+  for (const s of settings) {
+    const mine = runs.filter((r) => r.setting === s);
+    const seeds = [...new Set(mine.map((r) => r.seed))].sort((a, b) => a - b);
+    for (const [space, key] of [["mnist", "fidA"], ["mnist-b", "fidB"]] as const) {
+      const cells = iters.map((i) => fmt(mine.filter((r) => r.iteration === i).map((r) => r[key])));
+      // Steady: for every seed, the last FID is below the first and within 10% of the run's
+      // best (the FID fell and stayed down).
+      const steady = seeds.map((sd) => {
+        const curve = mine.filter((r) => r.seed === sd).sort((a, b) => a.iteration - b.iteration)
+          .map((r) => r[key]);
+        const last = curve[curve.length - 1];
+        return last < curve[0] && last <= 1.1 * Math.min(...curve);
+      });
+      lines.push(
+        `| ${s} | ${seeds.join(",")} | ${space} | ${cells.join(" | ")} | ${
+          steady.filter(Boolean).length
+        }/${seeds.length} |`,
+      );
+    }
+  }
+  return lines.join("\n");
+}
+
+async function main() {
+  const f = parseFlags(Deno.args, {
+    string: [
+      "sid",
+      "out",
+      "teacher",
+      "configs",
+      "seeds",
+      "iters",
+      "every",
+      "num",
+      "noise-seeds",
+      "summary",
+    ],
+  }, USAGE);
+  if (f.summary) {
+    console.log(summarize(await readRows(f.summary as string)));
+    return;
+  }
+  if (!f.sid || !f.out) throw new UsageError(USAGE);
+  const out = f.out as string;
+  const settings = ((f.configs as string) ?? "preset,warmup-it,lr3e-5-warmup-it").split(",");
+  for (const s of settings) {
+    if (!SWEEP_SETTINGS[s]) {
+      throw new UsageError(
+        `unknown setting '${s}' (expected: ${Object.keys(SWEEP_SETTINGS).join(", ")})`,
+      );
+    }
+  }
+  const seeds = ((f.seeds as string) ?? "0,1,2").split(",").map((s) =>
+    numberFlag("seeds", s, 0, { integer: true, min: 0 })
+  );
+  const iters = numberFlag("iters", f.iters, 36, { integer: true, min: 1 });
+  const every = numberFlag("every", f.every, 6, { integer: true, min: 1 });
+  const num = numberFlag("num", f.num, 1000, { integer: true, min: 10 });
+  const noiseSeeds = numberFlag("noise-seeds", f["noise-seeds"], 3, { integer: true, min: 0 });
+  const backend = await startBackend(f.backend as string | undefined);
+  console.log(`backend: ${backend.name}`);
+  const teacher = await loadNetwork((f.teacher as string) ?? "data/mnist-teacher.safetensors");
+  const sid = await loadNetwork(f.sid as string);
+  const dataset = await mnistDataset();
+  const spaces: Space[] = [
+    {
+      detector: await MnistFeatureNet.load(DEFAULT_MNIST_FEATURES),
+      ref: await loadRefStats(DEFAULT_MNIST_REF_STATS),
+    },
+    {
+      detector: await MnistFeatureNet.load(DEFAULT_MNIST_FEATURES_B),
+      ref: await loadRefStats(DEFAULT_MNIST_REF_STATS_B),
+    },
+  ];
+  const EVAL_SEED = 1_000_003;
+  const rows = await readRows(out);
+  const append = async (r: Row) => {
+    await Deno.writeTextFile(out, JSON.stringify(r) + "\n", { append: true });
+    rows.push(r);
+  };
+  // The noise of one FID: the SiD generator on different latent sets.
+  for (let k = 0; k < noiseSeeds; k++) {
+    const seed = EVAL_SEED + k;
+    if (rows.some((r) => r.kind === "noise" && r.seed === seed)) continue;
+    const [fidA, fidB] = [
+      await fidOf(sid, spaces[0], num, seed),
+      await fidOf(sid, spaces[1], num, seed),
+    ];
+    await append({
+      kind: "noise",
+      setting: "sid",
+      seed,
+      iteration: 0,
+      kimg: 0,
+      fidA,
+      fidB,
+      last: true,
+    });
+    console.log(
+      `noise: latent seed ${seed}: FID mnist ${fidA.toFixed(2)}, mnist-b ${fidB.toFixed(2)}`,
+    );
+  }
+  for (const seed of seeds) {
+    for (const setting of settings) {
+      const done = rows.some((r) => r.setting === setting && r.seed === seed && r.last);
+      if (done) continue;
+      // A partial run of this pair is dropped from the file and redone.
+      const keep = rows.filter((r) => !(r.setting === setting && r.seed === seed && !r.kind));
+      if (keep.length !== rows.length) {
+        await Deno.writeTextFile(out, keep.map((r) => JSON.stringify(r) + "\n").join(""));
+        rows.splice(0, rows.length, ...keep);
+      }
+      const overrides = SWEEP_SETTINGS[setting];
+      const config = { ...baseConfig(), ...overrides, seed };
+      const d = new Distiller({ teacher, dataset, config, initGenerator: sid });
+      const t0 = performance.now();
+      // At iteration 0 G_ema is the SiD generator: its FIDs on these latents are the first
+      // noise row's when there is one.
+      const start = rows.find((r) => r.kind === "noise" && r.seed === EVAL_SEED);
+      const evalAt = async (iteration: number) => {
+        const [fidA, fidB] = iteration === 0 && start ? [start.fidA, start.fidB] : [
+          await fidOf(d.Gema, spaces[0], num, EVAL_SEED),
+          await fidOf(d.Gema, spaces[1], num, EVAL_SEED),
+        ];
+        await append({
+          setting,
+          seed,
+          iteration,
+          kimg: d.curNimg / 1000,
+          fidA,
+          fidB,
+          last: iteration === iters,
+          config: iteration === 0 ? overrides : undefined,
+          seconds: (performance.now() - t0) / 1000,
+        });
+        console.log(
+          `${setting} seed ${seed} it ${iteration}: FID mnist ${fidA.toFixed(2)}, mnist-b ${
+            fidB.toFixed(2)
+          } (${((performance.now() - t0) / 1000).toFixed(0)} s, ${tf.memory().numTensors} tensors)`,
+        );
+      };
+      await evalAt(0);
+      for (let i = 1; i <= iters; i++) {
+        await d.step();
+        if (i % every === 0 || i === iters) await evalAt(i);
+      }
+      d.dispose();
+    }
+  }
+  console.log(summarize(rows));
+}
+
+if (import.meta.main) await runMain(main);
