@@ -6,8 +6,9 @@
  *
  * - bad arguments fail before anything is written, with one `error:` line;
  * - a chain killed (SIGKILL) in its SiD stage resumes from the training state and finishes;
- * - the run folder holds every file (report, plots, grids, per-stage metrics), and the report's
- *   numbers are finite and equal the per-stage `metrics.json` values;
+ * - the run folder holds every file (report, plots, grids, per-stage metrics, best and last
+ *   snapshots with their sidecars), and the report's numbers are finite and equal the per-stage
+ *   `best.json` / `last.json` values, in both feature spaces, with KID;
  * - a rerun skips every stage (stage markers and logs untouched); other settings on the same
  *   folder are refused.
  */
@@ -47,6 +48,8 @@ interface Fixture {
   data: string;
   ref: string;
   detector: string;
+  /** A second random feature network (architecture b): the second feature space. */
+  detectorB: string;
 }
 
 function digits(n: number, res: number, channels: number): ImageDataset {
@@ -98,7 +101,11 @@ function setup(): Promise<Fixture> {
     det.dispose();
     const ref = join(dir, "bars-ref.npz");
     await saveRefStats(ref, { mu: acc.stats.mean(), sigma: acc.stats.cov(), dim: acc.stats.dim });
-    return { dir, teacher, data, ref, detector };
+    const detB = new MnistFeatureNet(undefined, 6, "b");
+    const detectorB = join(dir, "features-b.safetensors");
+    await detB.save(detectorB);
+    detB.dispose();
+    return { dir, teacher, data, ref, detector, detectorB };
   })();
   return fixture;
 }
@@ -107,7 +114,7 @@ function setup(): Promise<Fixture> {
 function chainFlags(f: Fixture, out: string): string[] {
   return [
     ...["--teacher", f.teacher, "--data", f.data, "--ref", f.ref, "--detector", f.detector],
-    ...["--out", out],
+    ...["--detector-b", f.detectorB, "--ref-b", f.data, "--out", out],
     ...["--preset", "mnist", "--batch", "4", "--micro-batch", "2", "--seed", "1"],
     ...["--lr", "1e-3", "--glr", "1e-3", "--dropout", "0"],
     ...["--sid-kimg", "0.04", "--sida-kimg", "0.008", "--tick", "0.004", "--dump", "0.004"],
@@ -278,54 +285,79 @@ Deno.test("distill chain: killed mid-stage, resumed, complete run folder, rerun 
       "sida/log.jsonl",
       "sida/network-snapshot-000000.008.safetensors",
       "eval/stage-done.json",
-      "eval/sid/metrics.json",
-      "eval/sid/samples.png",
-      "eval/sida/metrics.json",
-      "eval/sida/samples.png",
-      "eval/sida/snapshot-000000.004.json",
+      "eval/ref-stats-mnist-b.npz",
+      ...["sid", "sida"].flatMap((s) => [
+        `${s}/network-snapshot-best.safetensors`,
+        `${s}/network-snapshot-best.json`,
+        `${s}/network-snapshot-last.safetensors`,
+        `${s}/network-snapshot-last.json`,
+        `${s}/snapshot-fids.jsonl`,
+        `eval/${s}/best.json`,
+        `eval/${s}/last.json`,
+        `eval/${s}/samples-best.png`,
+        `eval/${s}/samples-last.png`,
+      ]),
     ]
   ) assert(files.includes(name), `${name} in ${files.join(", ")}`);
-  // SiD snapshots every 0.02 kimg counted from the session's start (the kill point), and at the end.
-  const sidSnapshots = files.filter((n) => /^sid\/network-snapshot-/.test(n));
+  // SiD snapshots every 0.005 kimg counted from the session's start (the kill point), and at the
+  // end; every one scored during training.
+  const numbered = (stage: string) =>
+    files.filter((n) =>
+      new RegExp(`^${stage}/network-snapshot-\\d+(\\.\\d+)?\\.safetensors$`).test(n)
+    );
+  const sidSnapshots = numbered("sid");
   assert(sidSnapshots.length >= 2, `SiD snapshots: ${sidSnapshots}`);
-  assertEquals(
-    files.filter((n) => /^eval\/sid\/snapshot-.*\.json$/.test(n)).length,
-    sidSnapshots.length - 1,
-    "every earlier SiD snapshot evaluated",
-  );
   assert(
     files.includes("plots/losses.png") || files.includes("plots/losses.svg"),
     "loss plot",
   );
   assert(files.includes("plots/fid.png") || files.includes("plots/fid.svg"), "FID plot");
-  for (const png of ["eval/sid/samples.png", "eval/sida/samples.png"]) {
+  for (const png of ["eval/sid/samples-best.png", "eval/sida/samples-last.png"]) {
     const b = await Deno.readFile(join(out, png));
     assertEquals([...b.subarray(1, 4)], [0x50, 0x4e, 0x47], png);
   }
 
-  // 4. The report's numbers are finite and equal the per-stage metrics.json values.
+  // 4. The report's numbers are finite and equal the per-stage best.json / last.json values.
   const report: ChainReport = JSON.parse(await Deno.readTextFile(join(out, "report.json")));
   assertEquals(report, JSON.parse(JSON.stringify(first.report)));
   assertEquals(report.stages.map((s) => s.stage), ["sid", "sida"]);
   assertEquals(report.evaluation.num, 20);
   assertEquals(report.evaluation.ref, f.ref);
+  assertEquals(report.evaluation.spaces.map((x) => x.name), ["mnist", "mnist-b"]);
+  assertEquals(report.evaluation.snapshotScoring?.num, 20);
   for (const stage of ["sid", "sida"]) {
     const s = metricOf(report, stage);
-    const m = JSON.parse(await Deno.readTextFile(join(out, "eval", stage, "metrics.json")));
+    assertEquals(s.used, "best");
+    const m = JSON.parse(await Deno.readTextFile(join(out, "eval", stage, "best.json")));
     assert(Number.isFinite(s.fid) && s.fid! >= 0, `${stage} FID ${s.fid}`);
     assert(Number.isFinite(s.is?.mean) && s.is!.mean >= 1, `${stage} IS ${s.is?.mean}`);
-    assertEquals(s.fid, m.fid);
+    assertEquals(s.fid, m.spaces.mnist.fid);
     assertEquals(s.is, m.is);
     assertEquals(s.num, m.num);
-    assertEquals(s.ref, m.ref);
     assertEquals(s.ref, report.evaluation.ref, "one reference for every FID");
     assertEquals(s.num, 20);
     assert(s.trainSeconds! > 0 && s.evalSeconds! > 0, `${stage} times`);
     assert(typeof s.backend === "string" && s.backend.length > 0);
-    const snaps = files.filter((n) => n.startsWith(`${stage}/network-snapshot-`)).length;
-    assertEquals(s.snapshots.length, snaps, `${stage}: every snapshot evaluated`);
-    assertEquals(s.snapshots[s.snapshots.length - 1].fid, m.fid);
+    for (const [which, x] of [["best", s.best!], ["last", s.last]] as const) {
+      const mx = JSON.parse(await Deno.readTextFile(join(out, "eval", stage, `${which}.json`)));
+      for (const space of ["mnist", "mnist-b"]) {
+        const v = x.metrics!.spaces[space];
+        assert(Number.isFinite(v.fid) && Number.isFinite(v.kid) && v.kidStd >= 0, space);
+        assertEquals(v.fid, mx.spaces[space].fid);
+        assertEquals(v.kid, mx.spaces[space].kid);
+      }
+      assert(x.metrics!.spaces.mnist.fid !== x.metrics!.spaces["mnist-b"].fid, "two spaces");
+    }
+    // Every numbered snapshot scored during training; the best is the lowest of those scores,
+    // the last is the final snapshot.
+    assertEquals(s.snapshots.length, numbered(stage).length, `${stage}: every snapshot scored`);
     for (const p of s.snapshots) assert(Number.isFinite(p.fid));
+    const lowest = s.snapshots.reduce((a, b) => (b.fid < a.fid ? b : a));
+    assertEquals(s.best!.selectionFid, lowest.fid);
+    assertEquals(s.best!.snapshot, lowest.generator);
+    assertEquals(s.last.kimg, s.kimg);
+    const bestBytes = await Deno.readFile(join(out, stage, "network-snapshot-best.safetensors"));
+    assertEquals(bestBytes, await Deno.readFile(join(out, lowest.generator)), "best copy");
   }
   assertEquals(metricOf(report, "sid").kimg, 0.04);
   assertEquals(metricOf(report, "sida").kimg, 0.008);
@@ -337,8 +369,21 @@ Deno.test("distill chain: killed mid-stage, resumed, complete run folder, rerun 
   for (const stage of ["sid", "sida"]) {
     const s = metricOf(report, stage);
     assert(md.includes(s.fid!.toFixed(2)), `report.md shows the ${stage} FID`);
+    const b = s.best!.metrics!.spaces["mnist-b"];
+    assert(md.includes(b.fid.toFixed(2)), `report.md shows the ${stage} mnist-b FID`);
+    assert(md.includes((b.kid * 1e3).toFixed(2)), `report.md shows the ${stage} mnist-b KID`);
   }
   assert(md.includes("SiD²A") && md.includes("12.50"), md);
+  assert(md.includes("KID×10³ mnist-b") && md.includes("**20 samples**"), md);
+  for (const s of report.stages) {
+    const one = s.best!.snapshot === s.last.snapshot;
+    const rows = one
+      ? [`${s.title} best = last, used`]
+      : [`${s.title} best, used`, `${s.title} last`];
+    for (const row of rows) assert(md.includes(`| ${row} |`), `${row} in ${md}`);
+  }
+  // The teacher was not scored in both spaces: no claim against it.
+  assert(md.includes("not compared (the teacher's shipped record"), md);
 
   // 5. A rerun skips every stage and touches neither markers nor logs.
   const watched = [
@@ -348,7 +393,9 @@ Deno.test("distill chain: killed mid-stage, resumed, complete run folder, rerun 
     "eval/stage-done.json",
     "sid/log.jsonl",
     "sida/log.jsonl",
-    "eval/sid/metrics.json",
+    "eval/sid/best.json",
+    "sid/network-snapshot-best.json",
+    "sid/snapshot-fids.jsonl",
   ];
   const before = await Promise.all(watched.map((p) => Deno.readFile(join(out, p))));
   const again = await runDistillChain(parseDistillChainArgs(flags));
@@ -483,7 +530,7 @@ Deno.test("distill chain: every distillation flag reaches its stage's saved conf
     dropout: 0,
     seed: 1,
   }, "both stages");
-  assertEquals(opts.stageOverrides?.sid, { lsg: 90, augment: 0 }, "sid stage");
+  assertEquals(opts.stageOverrides?.sid, { lsg: 90, augment: false }, "sid stage");
   assertEquals(opts.stageOverrides?.sida, { lsgGan: 0.02, alpha: 1.2, ganWarmupNimg: 0 }, "sida");
   const r = await runDistillChain(opts);
   assertEquals(r.stages, { import: "ran", sid: "ran", sida: "ran", eval: "not selected" });
