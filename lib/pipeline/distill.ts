@@ -11,9 +11,13 @@
  * - `import/teacher.safetensors`: the teacher in our format (a copy of a `.safetensors` teacher,
  *   or the conversion of a `.pkl` / `.pt`); both distillation stages read it.
  * - `sid/`, `sida/`: run folders of `runDistillation` (training states, EMA snapshots,
- *   `log.jsonl`); each resumes from its latest training state.
- * - `eval/sid/`, `eval/sida/` (and `eval/teacher/` with `--eval-teacher`): `metrics.json` and
- *   `samples.png` of the final generator, `snapshot-<kimg>.json` of earlier snapshots.
+ *   `log.jsonl`); each resumes from its latest training state. Every snapshot is scored (FID,
+ *   `--snapshot-num` samples) as it is written, and the folder keeps its best and last snapshots
+ *   (`network-snapshot-best.safetensors` / `-last`, with JSON sidecars) and `snapshot-fids.jsonl`
+ *   (`snapshots.ts`; docs/metrics.md §1).
+ * - `eval/sid/`, `eval/sida/`: `best.json`, `last.json` (FID and KID in every feature space, IS;
+ *   `--num` samples) and `samples-best.png`, `samples-last.png`; `eval/teacher/` with
+ *   `--eval-teacher`; the reference statistics computed from a dataset zip.
  * - `plots/losses.png`, `plots/fid.png` (SVG when resvg cannot load), `report.md`, `report.json`,
  *   `chain-log.jsonl` (one line per stage and run: ran, resumed or skipped).
  *
@@ -45,9 +49,18 @@ import {
 } from "../distill/settings.ts";
 import { augmentMismatch, dataMismatch } from "../data/fit.ts";
 import { withInterrupt } from "../train/driver.ts";
-import { findLatestState, kimgLabel, snapshotFileName } from "../train/run_folder.ts";
+import { findLatestState, snapshotFileName } from "../train/run_folder.ts";
 import { runDistillation } from "../distill/train.ts";
-import { DEFAULT_MNIST_FEATURES, DEFAULT_MNIST_REF_STATS } from "../metrics/mnist_features.ts";
+import {
+  DEFAULT_MNIST_FEATURES,
+  DEFAULT_MNIST_FEATURES_B,
+  DEFAULT_MNIST_REF_STATS,
+  DEFAULT_MNIST_REF_STATS_B,
+} from "../metrics/mnist_features.ts";
+import { mnistDataset } from "../data/dataset.ts";
+import type { ImageDataset } from "../data/dataset.ts";
+import { SIGMA_INIT } from "../metrics/generate.ts";
+import { compareGenerators, DEFAULT_NOISE_Z } from "../metrics/compare.ts";
 import { loadRefStats, saveRefStats } from "../metrics/ref_stats.ts";
 import { datasetFeatures } from "../metrics/evaluate.ts";
 import type { Detector } from "../metrics/detector.ts";
@@ -62,17 +75,36 @@ import {
 } from "../runtime/cli.ts";
 import {
   type EvalSettings,
-  evaluateGenerator,
+  evaluateInSpaces,
+  evaluateNetwork,
   type FeatureKind,
-  type GeneratorMetrics,
+  type FeatureSpace,
+  fileSha256,
+  KID_MAX_SUBSET,
+  KID_SUBSETS,
   loadDetector,
+  type LoadedSpace,
   readJsonOrNull,
-  sameEvaluation,
+  realFeatures,
+  sameSpacesEvaluation,
   type SamplerSpec,
+  type SpacesMetrics,
 } from "./evaluate.ts";
+import {
+  BEST_SNAPSHOT,
+  BestLastTracker,
+  LAST_SNAPSHOT,
+  type PickedSnapshot,
+  readPickedSnapshot,
+  readSnapshotScores,
+  type SnapshotScoreSettings,
+} from "./snapshots.ts";
 import { type FidPoint, type StageLossLog, writeChainPlots } from "./plots.ts";
 import {
   type ChainReport,
+  claimText,
+  type ComparisonReport,
+  type PickedReport,
   readShippedTeacherFid,
   relativeTo,
   REPORT_FORMAT,
@@ -104,8 +136,14 @@ export const DEFAULT_MNIST_OUT = "runs/distill-mnist";
  */
 export const MNIST_DEFAULT_KIMG = { sid: 5.12, sida: 2.304 } as const;
 
-/** Default samples per generator for FID and IS. */
+/** Default samples per generator for the final comparison (Inception features). */
 export const DEFAULT_EVAL_NUM = 1000;
+
+/** Default samples per generator for the final comparison with MNIST features. */
+export const MNIST_EVAL_NUM = 10_000;
+
+/** Default samples per snapshot for the FID scored during training (the best/last choice). */
+export const DEFAULT_SNAPSHOT_NUM = 1000;
 
 /** Format tags of the chain's files. */
 export const CHAIN_FORMAT = "sida-distill-chain/1";
@@ -128,8 +166,24 @@ export interface DistillChainOptions {
   stages?: readonly string[];
   /** Also sample the teacher (Heun, 18 steps = 35 NFE) and compute its FID and IS. */
   evalTeacher?: boolean;
-  /** Samples per generator for FID / IS (default {@linkcode DEFAULT_EVAL_NUM}). */
+  /**
+   * Samples per generator for the final comparison (default {@linkcode MNIST_EVAL_NUM} with
+   * MNIST features, else {@linkcode DEFAULT_EVAL_NUM}).
+   */
   num?: number;
+  /**
+   * Samples per EMA snapshot for the FID scored during training, which picks the best snapshot
+   * (default {@linkcode DEFAULT_SNAPSHOT_NUM}, at most `num`); 0: no scoring, the last is used.
+   */
+  snapshotNum?: number;
+  /**
+   * The second feature space (MNIST features only): detector and reference statistics; default
+   * the shipped `mnist-b` network with its statistics (or the `--ref` zip) when the first space
+   * is the default one. `false`: none.
+   */
+  detectorB?: string;
+  refB?: string;
+  noSpaceB?: boolean;
   /** Backend (`webgpu`, `native`, `cpu`, `auto`). */
   backend?: string;
   /** Factor on the per-stage kimg (default 1). */
@@ -228,6 +282,7 @@ interface EvalDone {
   stage: "eval";
   finishedAt: string;
   settings: EvalSettings;
+  spaces: FeatureSpace[];
   generators: string[];
 }
 
@@ -427,8 +482,14 @@ interface Plan {
   stages: Set<StageName>;
   teacherSource: string;
   settings: ChainSettings;
+  /** The first feature space's settings (also those of `deno task eval`). */
   evalSettings: EvalSettings;
-  refStats: Stats | null;
+  /** Every feature space of the final comparison, the first being `evalSettings`'. */
+  spaces: FeatureSpace[];
+  /** Reference statistics per space (null: computed from a dataset zip by the chain). */
+  refStats: Map<string, Stats | null>;
+  /** How snapshots are scored during training (null: not scored). */
+  snapshotScore: SnapshotScoreSettings | null;
   evalTeacher: boolean;
   backend?: string;
 }
@@ -459,10 +520,13 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
       throw new UsageError(`--${name} must be a number ≥ 0, got ${v}`);
     }
   }
-  const num = o.num ?? DEFAULT_EVAL_NUM;
-  if (!Number.isInteger(num) || num < 2) {
+  if (o.num !== undefined && !(Number.isInteger(o.num) && o.num >= 2)) {
     throw new UsageError(`--num must be an integer ≥ 2, got ${o.num}`);
   }
+  if (o.snapshotNum !== undefined && !(Number.isInteger(o.snapshotNum) && o.snapshotNum >= 0)) {
+    throw new UsageError(`--snapshot-num must be an integer ≥ 0, got ${o.snapshotNum}`);
+  }
+  if (o.snapshotNum === 1) throw new UsageError("--snapshot-num must be 0 or ≥ 2, got 1");
   if (o.features !== undefined && o.features !== "mnist" && o.features !== "inception") {
     throw new UsageError(`--features must be mnist or inception, got '${o.features}'`);
   }
@@ -535,7 +599,8 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
     return {
       kimg,
       tickKimg: o.tickKimg ?? Math.min(p.tickKimg, kimg / 20),
-      snapKimg: o.snapKimg ?? Math.min(p.snapKimg, kimg / 2),
+      // Eight snapshots per stage: the best one is picked among them (snapshots.ts).
+      snapKimg: o.snapKimg ?? Math.min(p.snapKimg, kimg / 8),
       dumpKimg: o.dumpKimg ?? Math.min(p.dumpKimg, kimg / 8),
       config,
     };
@@ -564,6 +629,7 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
     }
   }
   const ref = o.ref ?? (features === "mnist" ? DEFAULT_MNIST_REF_STATS : "");
+  const num = o.num ?? (features === "mnist" ? MNIST_EVAL_NUM : DEFAULT_EVAL_NUM);
   const evalSettings: EvalSettings = {
     num,
     seed: o.evalSeed ?? 0,
@@ -572,9 +638,41 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
     detector,
     ref,
   };
-  let refStats: Stats | null = null;
-  const evaluating = stages.has("eval");
-  if (evaluating) {
+  const isZip = (path: string) => path.toLowerCase().endsWith(".zip");
+  const spaces: FeatureSpace[] = [{ name: features, features, detector, ref }];
+  if (features === "mnist" && !o.noSpaceB) {
+    // The second space by default only where its statistics fit the first's: the shipped
+    // network's with the shipped statistics, or with the same dataset zip.
+    const detB = o.detectorB ?? (o.detector === undefined ? DEFAULT_MNIST_FEATURES_B : undefined);
+    const refB = o.refB ??
+      (isZip(ref) ? ref : o.ref === undefined ? DEFAULT_MNIST_REF_STATS_B : undefined);
+    if (detB && refB) {
+      spaces.push({ name: "mnist-b", features: "mnist", detector: detB, ref: refB });
+    } else if (o.detectorB !== undefined || o.refB !== undefined) {
+      throw new UsageError(
+        `the second feature space needs ${
+          o.detectorB === undefined ? "--detector-b" : "--ref-b"
+        } as well`,
+      );
+    }
+  } else if (o.detectorB !== undefined || o.refB !== undefined) {
+    throw new UsageError("--detector-b / --ref-b apply to --features mnist only");
+  }
+  const snapshotNum = o.snapshotNum ?? Math.min(DEFAULT_SNAPSHOT_NUM, num);
+  // The snapshots are scored with another seed than the final comparison's, so that the best
+  // snapshot's final FID is not the one it was picked by.
+  const snapshotScore: SnapshotScoreSettings | null = snapshotNum > 0
+    ? {
+      num: snapshotNum,
+      seed: evalSettings.seed + 1,
+      space: spaces[0].name,
+      detector,
+      ref,
+    }
+    : null;
+  const refStats = new Map<string, Stats | null>();
+  const training = stages.has("sid") || stages.has("sida");
+  if (stages.has("eval") || (training && snapshotScore)) {
     if (features === "mnist" && teacher.resolution !== 32) {
       throw new UsageError(
         `the mnist detector needs 32×32 images, the teacher makes ${teacher.resolution}×${teacher.resolution}`,
@@ -585,27 +683,34 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
         "--features inception needs --detector inception-2015-12-05.pt (or SIDA_INCEPTION)",
       );
     }
-    if (!(await isFile(detector))) throw new UsageError(`detector file '${detector}' not found`);
     if (!ref) throw new UsageError("FID needs reference statistics: give --ref stats.npz");
-    if (!(await isFile(ref))) throw new UsageError(`reference statistics '${ref}' not found`);
-    if (ref.toLowerCase().endsWith(".zip")) {
-      // A dataset: its statistics are computed by the eval stage (and kept in the run folder).
-      const ds = await loadImageZip(ref, { maxImages: 1 });
-      if (ds.resolution !== teacher.resolution || ds.channels !== teacher.channels) {
+    for (const sp of spaces) {
+      if (!(await isFile(sp.detector))) {
+        throw new UsageError(`detector file '${sp.detector}' not found`);
+      }
+      if (!(await isFile(sp.ref))) {
+        throw new UsageError(`reference statistics '${sp.ref}' not found`);
+      }
+      if (isZip(sp.ref)) {
+        // A dataset: its statistics are computed by the chain (and kept in the run folder).
+        const ds = await loadImageZip(sp.ref, { maxImages: 1 });
+        if (ds.resolution !== teacher.resolution || ds.channels !== teacher.channels) {
+          throw new UsageError(
+            `reference images ${sp.ref} are ${ds.resolution}x${ds.resolution}x${ds.channels}, ` +
+              `the teacher makes ${teacher.resolution}x${teacher.resolution}x${teacher.channels}`,
+          );
+        }
+      }
+      const det = await loadDetector(sp.features, sp.detector);
+      const dim = det.featureDim;
+      det.dispose();
+      const st = isZip(sp.ref) ? null : await loadRefStats(sp.ref);
+      if (st && st.dim !== dim) {
         throw new UsageError(
-          `reference images ${ref} are ${ds.resolution}x${ds.resolution}x${ds.channels}, ` +
-            `the teacher makes ${teacher.resolution}x${teacher.resolution}x${teacher.channels}`,
+          `reference statistics ${sp.ref} are ${st.dim}-d, the ${sp.name} detector gives ${dim}-d features`,
         );
       }
-    }
-    const det = await loadDetector(features, detector);
-    const dim = det.featureDim;
-    det.dispose();
-    refStats = ref.toLowerCase().endsWith(".zip") ? null : await loadRefStats(ref);
-    if (refStats && refStats.dim !== dim) {
-      throw new UsageError(
-        `reference statistics ${ref} are ${refStats.dim}-d, the ${features} detector gives ${dim}-d features`,
-      );
+      refStats.set(sp.name, st);
     }
   }
 
@@ -633,7 +738,9 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
     teacherSource,
     settings,
     evalSettings,
+    spaces,
     refStats,
+    snapshotScore,
     evalTeacher: o.evalTeacher ?? false,
     backend: o.backend,
   };
@@ -745,32 +852,44 @@ export async function runDistillChain(o: DistillChainOptions = {}): Promise<Dist
       init = join(out, "sid", sid.snapshot);
     }
     say(`stage ${stage}: ${stageTitle(stage)}, ${sp.kimg} kimg in ${join(out, stage)}`);
-    const r = await runDistillation({
-      method: stage,
-      teacher: teacherPath,
-      data: settings.data,
-      init,
-      out: join(out, stage),
-      preset: settings.preset,
-      config: sp.config,
-      durationKimg: sp.kimg,
-      tickKimg: sp.tickKimg,
-      snapKimg: sp.snapKimg,
-      dumpKimg: sp.dumpKimg,
-      backend: p.backend,
-      signal: o.signal,
-      quiet: o.quiet,
-    });
-    if (r.interrupted) {
-      await log(stage, "interrupted");
-      return { out, stages: status, interrupted: true, report: null };
-    }
-    const snaps = await listSnapshots(join(out, stage));
-    const final = snaps[snaps.length - 1];
-    if (!final || final.nimg !== r.curNimg) {
-      throw new IoError(
-        `${join(out, stage)}: no snapshot at ${r.curNimg} images (${snapshotFileName(r.curNimg)})`,
-      );
+    const scoring = p.snapshotScore ? await openScoring(p, stage, say) : null;
+    let r: Awaited<ReturnType<typeof runDistillation>>;
+    let final: { name: string; nimg: number } | undefined;
+    try {
+      r = await runDistillation({
+        method: stage,
+        teacher: teacherPath,
+        data: settings.data,
+        init,
+        out: join(out, stage),
+        preset: settings.preset,
+        config: sp.config,
+        durationKimg: sp.kimg,
+        tickKimg: sp.tickKimg,
+        snapKimg: sp.snapKimg,
+        dumpKimg: sp.dumpKimg,
+        backend: p.backend,
+        signal: o.signal,
+        quiet: o.quiet,
+        onSnapshot: scoring ? (path, nimg) => scoring.onSnapshot(path, nimg) : undefined,
+      });
+      if (r.interrupted) {
+        await log(stage, "interrupted");
+        return { out, stages: status, interrupted: true, report: null };
+      }
+      const snaps = await listSnapshots(join(out, stage));
+      final = snaps[snaps.length - 1];
+      if (!final || final.nimg !== r.curNimg) {
+        throw new IoError(
+          `${join(out, stage)}: no snapshot at ${r.curNimg} images (${
+            snapshotFileName(r.curNimg)
+          })`,
+        );
+      }
+      // A snapshot written just before a kill may not have been scored: it is scored now.
+      await scoring?.catchUp(snaps, final);
+    } finally {
+      scoring?.dispose();
     }
     const marker: TrainDone = {
       format: STAGE_DONE_FORMAT,
@@ -804,8 +923,77 @@ export async function runDistillChain(o: DistillChainOptions = {}): Promise<Dist
   return { out, stages: status, interrupted: false, report };
 }
 
+/** A stage's snapshot scoring: the best/last tracker with the first space's detector loaded. */
+interface Scoring {
+  onSnapshot(path: string, nimg: number): Promise<void>;
+  catchUp(
+    snaps: readonly { name: string; nimg: number }[],
+    final: { name: string; nimg: number },
+  ): Promise<void>;
+  dispose(): void;
+}
+
+/**
+ * Opens the best/last tracker of a stage folder (`snapshots.ts`) with a scorer that samples
+ * `snapshotScore.num` images one step and computes FID (and IS) in the first feature space.
+ */
+async function openScoring(
+  p: Plan,
+  stage: "sid" | "sida",
+  say: (s: string) => void,
+): Promise<Scoring> {
+  const settings = p.snapshotScore!;
+  const space = p.spaces[0];
+  const det = await loadDetector(space.features, space.detector);
+  try {
+    const refStats = p.refStats.get(space.name) ?? await datasetRefStats(p, space, det, say);
+    const scorer = async (path: string) => {
+      const net = await loadNetwork(path);
+      try {
+        const e = await evaluateNetwork(net, det, {
+          num: settings.num,
+          seed: settings.seed,
+          batch: p.evalSettings.batch,
+          sampler: "onestep",
+          steps: 18,
+          sigmaInit: SIGMA_INIT,
+          metrics: new Set(["fid", "is"]),
+          ref: { stats: refStats },
+          gridCount: 0,
+        });
+        return { fid: e!.results.fid!, is: e!.results.is! };
+      } finally {
+        net.dispose();
+      }
+    };
+    const dir = join(p.out, stage);
+    await mkdirNamed(dir);
+    const tracker = await BestLastTracker.open(dir, settings, scorer);
+    const onSnapshot = async (path: string, nimg: number) => {
+      const t0 = performance.now();
+      const r = await tracker.onSnapshot(path, nimg);
+      say(
+        `stage ${stage}: ${r.snapshot}: FID ${r.fid.toFixed(2)} (${settings.num} samples, ` +
+          `${((performance.now() - t0) / 1000).toFixed(0)} s); best so far ${
+            tracker.best!.fid.toFixed(2)
+          } at ${tracker.best!.kimg} kimg`,
+      );
+    };
+    return {
+      onSnapshot,
+      catchUp: (snaps, final) => tracker.catchUp(snaps, final),
+      dispose: () => det.dispose(),
+    };
+  } catch (e) {
+    det.dispose();
+    throw e;
+  }
+}
+
 interface EvalJob {
   stage: "sid" | "sida" | "teacher";
+  /** `best`, `last` (a stage's) or `teacher`. */
+  which: "best" | "last" | "teacher";
   generator: string;
   metricsPath: string;
   gridPath?: string;
@@ -815,32 +1003,67 @@ interface EvalJob {
 const TEACHER_SAMPLER: SamplerSpec = { sampler: "heun", steps: 18 };
 const ONE_STEP: SamplerSpec = { sampler: "onestep" };
 
-/** The generators of the evaluation: finals first, then earlier snapshots, then the teacher. */
+/** Whether a stage folder's best and last sidecars are complete up to its final snapshot. */
+async function picksComplete(
+  p: Plan,
+  stage: "sid" | "sida",
+  done: TrainDone,
+): Promise<boolean> {
+  const dir = join(p.out, stage);
+  const settings = p.snapshotScore!;
+  const scored = new Map((await readSnapshotScores(dir, settings)).map((r) => [r.nimg, r]));
+  const snaps = (await listSnapshots(dir)).filter((s) => s.nimg <= done.nimg);
+  if (!snaps.every((s) => scored.get(s.nimg)?.snapshot === s.name)) return false;
+  const best = await readPickedSnapshot(dir, "best");
+  const last = await readPickedSnapshot(dir, "last");
+  const same = (x: PickedSnapshot | null) =>
+    !!x && JSON.stringify(x.settings) === JSON.stringify(settings);
+  return same(best) && same(last) && last!.nimg === done.nimg && last!.snapshot === done.snapshot;
+}
+
+/**
+ * Makes each finished stage's best and last snapshots complete (`snapshots.ts`): snapshots of
+ * a run folder from before snapshot scoring, or scored with other settings, are scored now.
+ */
+async function ensurePicks(p: Plan, say: (s: string) => void): Promise<void> {
+  if (!p.snapshotScore) return;
+  for (const stage of ["sid", "sida"] as const) {
+    const done = await readJsonOrNull<TrainDone>(join(p.out, stage, "stage-done.json"));
+    if (!done || (await picksComplete(p, stage, done))) continue;
+    say(`stage eval: scoring the ${stageTitle(stage)} snapshots to pick the best one`);
+    const scoring = await openScoring(p, stage, say);
+    try {
+      const snaps = (await listSnapshots(join(p.out, stage))).filter((s) => s.nimg <= done.nimg);
+      await scoring.catchUp(snaps, { name: done.snapshot, nimg: done.nimg });
+    } finally {
+      scoring.dispose();
+    }
+  }
+}
+
+/** The final comparison's generators: each stage's best and last, then the teacher. */
 async function evalJobs(p: Plan, teacherPath: string): Promise<EvalJob[]> {
-  const finals: EvalJob[] = [];
-  const others: EvalJob[] = [];
+  const jobs: EvalJob[] = [];
   for (const stage of ["sid", "sida"] as const) {
     const done = await readJsonOrNull<TrainDone>(join(p.out, stage, "stage-done.json"));
     if (!done) continue;
-    for (const s of await listSnapshots(join(p.out, stage))) {
-      if (s.nimg > done.nimg) continue;
-      const final = s.name === done.snapshot;
-      const job: EvalJob = {
-        stage,
-        generator: join(p.out, stage, s.name),
-        metricsPath: final
-          ? join(p.out, "eval", stage, "metrics.json")
-          : join(p.out, "eval", stage, `snapshot-${kimgLabel(s.nimg)}.json`),
-        gridPath: final ? join(p.out, "eval", stage, "samples.png") : undefined,
-        sampler: ONE_STEP,
-      };
-      (final ? finals : others).push(job);
-    }
+    const dir = join(p.out, stage);
+    const scored = p.snapshotScore !== null && (await isFile(join(dir, BEST_SNAPSHOT)));
+    const job = (which: "best" | "last", generator: string): EvalJob => ({
+      stage,
+      which,
+      generator,
+      metricsPath: join(p.out, "eval", stage, `${which}.json`),
+      gridPath: join(p.out, "eval", stage, `samples-${which}.png`),
+      sampler: ONE_STEP,
+    });
+    if (scored) jobs.push(job("best", join(dir, BEST_SNAPSHOT)));
+    jobs.push(job("last", scored ? join(dir, LAST_SNAPSHOT) : join(dir, done.snapshot)));
   }
-  const jobs = [...finals, ...others];
   if (p.evalTeacher) {
     jobs.push({
       stage: "teacher",
+      which: "teacher",
       generator: teacherPath,
       metricsPath: join(p.out, "eval", "teacher", "metrics.json"),
       gridPath: join(p.out, "eval", "teacher", "samples.png"),
@@ -851,26 +1074,29 @@ async function evalJobs(p: Plan, teacherPath: string): Promise<EvalJob[]> {
 }
 
 /**
- * Reference statistics of a dataset zip given as `--ref`: computed once with the detector and
- * kept in `eval/ref-stats.npz`, with `eval/ref-stats.json` naming the zip (path, size, mtime)
- * and detector so that a changed zip or detector is recomputed.
+ * Reference statistics of a dataset zip given as a space's `ref`: computed once with its
+ * detector and kept in `eval/ref-stats.npz` (first space; `eval/ref-stats-<space>.npz` for the
+ * others), with a sidecar JSON naming the zip (path, size, mtime) and detector so that a changed
+ * zip or detector is recomputed.
  */
 async function datasetRefStats(
   p: Plan,
+  space: FeatureSpace,
   detector: Detector,
   say: (s: string) => void,
 ): Promise<Stats> {
-  const zip = p.evalSettings.ref;
+  const zip = space.ref;
   const info = await Deno.stat(zip);
   const key = {
     ref: zip,
     size: info.size,
     mtime: info.mtime?.toISOString() ?? null,
-    features: p.evalSettings.features,
-    detector: p.evalSettings.detector,
+    features: space.features,
+    detector: space.detector,
   };
-  const npz = join(p.out, "eval", "ref-stats.npz");
-  const sidecar = join(p.out, "eval", "ref-stats.json");
+  const stem = space.name === p.spaces[0].name ? "ref-stats" : `ref-stats-${space.name}`;
+  const npz = join(p.out, "eval", `${stem}.npz`);
+  const sidecar = join(p.out, "eval", `${stem}.json`);
   const had = await readJsonOrNull<typeof key>(sidecar);
   if (had && JSON.stringify(had) === JSON.stringify(key) && (await isFile(npz))) {
     return await loadRefStats(npz);
@@ -883,10 +1109,49 @@ async function datasetRefStats(
   await saveRefStats(npz, stats);
   await writeJson(sidecar, key);
   say(
-    `stage eval: reference statistics of ${zip} (${ds.size} images, ` +
+    `stage eval: reference statistics of ${zip} in ${space.name} (${ds.size} images, ` +
       `${((performance.now() - t0) / 1000).toFixed(0)} s) kept in ${relativeTo(p.out, npz)}`,
   );
   return stats;
+}
+
+/**
+ * Every feature space made ready: detector, reference statistics, and the real features that
+ * KID compares with (the reference zip's images, else the training data's).
+ */
+async function loadSpaces(p: Plan, say: (s: string) => void): Promise<LoadedSpace[]> {
+  const loaded: LoadedSpace[] = [];
+  const datasets = new Map<string, ImageDataset>();
+  try {
+    for (const sp of p.spaces) {
+      const det = await loadDetector(sp.features, sp.detector);
+      loaded.push({ ...sp, det, refStats: null!, realFeatures: null! });
+      const refStats = p.refStats.get(sp.name) ?? await datasetRefStats(p, sp, det, say);
+      const source = sp.ref.toLowerCase().endsWith(".zip") ? sp.ref : p.settings.data;
+      let ds = datasets.get(source);
+      if (!ds) {
+        ds = source === "mnist" ? await mnistDataset() : await loadImageZip(source);
+        datasets.set(source, ds);
+      }
+      const t0 = performance.now();
+      const real = await realFeatures(det, ds, { batch: p.evalSettings.batch });
+      say(
+        `stage eval: ${sp.name} features of ${real.length / det.featureDim} real images ` +
+          `(${source}) for KID, ${((performance.now() - t0) / 1000).toFixed(0)} s`,
+      );
+      loaded[loaded.length - 1] = { ...sp, det, refStats, realFeatures: real };
+    }
+    return loaded;
+  } catch (e) {
+    for (const s of loaded) s.det.dispose();
+    throw e;
+  }
+}
+
+function jobTitle(j: EvalJob, out: string): string {
+  return j.which === "teacher"
+    ? `teacher (Heun, ${TEACHER_SAMPLER.steps} steps)`
+    : `${stageTitle(j.stage as "sid" | "sida")} ${j.which} (${relativeTo(out, j.generator)})`;
 }
 
 async function evalStage(
@@ -895,11 +1160,20 @@ async function evalStage(
   o: DistillChainOptions,
   say: (s: string) => void,
 ): Promise<StageStatus> {
+  await ensurePicks(p, say);
   const jobs = await evalJobs(p, teacherPath);
-  const todo: EvalJob[] = [];
+  const es = p.evalSettings;
+  const todo: (EvalJob & { sha256: string })[] = [];
+  // Metrics already computed, by generator bytes and sampler (best and last are often the same).
+  const known = new Map<string, SpacesMetrics>();
+  const grids = new Map<string, string>();
   for (const j of jobs) {
-    const m = await readJsonOrNull<GeneratorMetrics>(j.metricsPath);
-    if (!sameEvaluation(m, j.generator, p.evalSettings, j.sampler)) todo.push(j);
+    const sha256 = await fileSha256(j.generator);
+    const m = await readJsonOrNull<SpacesMetrics>(j.metricsPath);
+    if (sameSpacesEvaluation(m, sha256, es, p.spaces, j.sampler)) {
+      known.set(`${sha256}/${j.sampler.sampler}`, m!);
+      if (j.gridPath) grids.set(`${sha256}/${j.sampler.sampler}`, j.gridPath);
+    } else todo.push({ ...j, sha256 });
   }
   const marker = join(p.out, "eval", "stage-done.json");
   const generators = jobs.map((j) => relativeTo(p.out, j.generator));
@@ -908,38 +1182,49 @@ async function evalStage(
     return "skipped";
   }
   if (todo.length) {
-    const detector = await loadDetector(p.evalSettings.features, p.evalSettings.detector);
+    const spaces = await loadSpaces(p, say);
     try {
-      const refStats = p.refStats ?? await datasetRefStats(p, detector, say);
       for (const j of todo) {
-        const what = j.stage === "teacher"
-          ? `teacher (Heun, ${TEACHER_SAMPLER.steps} steps)`
-          : relativeTo(p.out, j.generator);
+        const key = `${j.sha256}/${j.sampler.sampler}`;
         const t0 = performance.now();
-        const m = await evaluateGenerator(
-          j.generator,
-          detector,
-          refStats,
-          p.evalSettings,
-          j.sampler,
-          { metricsPath: j.metricsPath, gridPath: j.gridPath },
-          { signal: o.signal },
-        );
-        if (!m) return "interrupted";
+        let m = known.get(key);
+        if (m) {
+          // The same generator under another name: its metrics and grid are copied.
+          m = { ...m, generator: j.generator };
+          await writeJson(j.metricsPath, m);
+          const grid = grids.get(key);
+          if (grid && j.gridPath && (await isFile(grid))) {
+            await writeFileAtomic(j.gridPath, await Deno.readFile(grid));
+          }
+        } else {
+          const got = await evaluateInSpaces(j.generator, spaces, es, j.sampler, {
+            metricsPath: j.metricsPath,
+            gridPath: j.gridPath,
+          }, { signal: o.signal });
+          if (!got) return "interrupted";
+          m = got;
+          known.set(key, m);
+        }
+        if (j.gridPath && !grids.has(key)) grids.set(key, j.gridPath);
+        const scores = p.spaces.map((s) => {
+          const x = m!.spaces[s.name];
+          return `${s.name} FID ${x.fid.toFixed(2)} KID ${(x.kid * 1e3).toFixed(2)}e-3`;
+        }).join(", ");
         say(
-          `stage eval: ${what}: FID ${m.fid.toFixed(3)}, IS ${m.is.mean.toFixed(3)} ` +
-            `(${p.evalSettings.num} samples, ${((performance.now() - t0) / 1000).toFixed(0)} s)`,
+          `stage eval: ${jobTitle(j, p.out)}: ${scores} (${es.num} samples, ` +
+            `${((performance.now() - t0) / 1000).toFixed(0)} s)`,
         );
       }
     } finally {
-      detector.dispose();
+      for (const s of spaces) s.det.dispose();
     }
   }
   const done: EvalDone = {
     format: STAGE_DONE_FORMAT,
     stage: "eval",
     finishedAt: new Date().toISOString(),
-    settings: p.evalSettings,
+    settings: es,
+    spaces: p.spaces,
     generators,
   };
   await writeJson(marker, done);
@@ -949,48 +1234,94 @@ async function evalStage(
 // ---------------------------------------------------------------------------------------------
 // Report
 
+/** The report's view of a {@linkcode SpacesMetrics}. */
+function metricsSummary(m: SpacesMetrics): NonNullable<PickedReport["metrics"]> {
+  return {
+    num: m.num,
+    seed: m.seed,
+    spaces: Object.fromEntries(
+      Object.entries(m.spaces).map(([k, v]) => [k, {
+        fid: v.fid,
+        kid: v.kid,
+        kidStd: v.kidStd,
+        kidSubsetSize: v.kidSubsetSize,
+      }]),
+    ),
+    is: m.is,
+    evalSeconds: m.evalSeconds,
+    backend: m.backend,
+  };
+}
+
+async function shaOrNull(path: string): Promise<string | null> {
+  try {
+    return await fileSha256(path);
+  } catch {
+    return null;
+  }
+}
+
 async function buildReport(p: Plan, teacherPath: string): Promise<ChainReport> {
   const { out, evalSettings: es } = p;
   const notes: string[] = [];
   const stages: StageReport[] = [];
   const lossLogs: StageLossLog[] = [];
   let offset = 0;
+  const first = p.spaces[0].name;
   for (const stage of ["sid", "sida"] as const) {
     const done = await readJsonOrNull<TrainDone>(join(out, stage, "stage-done.json"));
     if (!done) continue;
     const stageOffset = offset;
+    const dir = join(out, stage);
     lossLogs.push({
       stage: stageTitle(stage),
       offsetKimg: stageOffset,
-      records: await readTickLog(join(out, stage, "log.jsonl")),
+      records: await readTickLog(join(dir, "log.jsonl")),
     });
-    const generator = join(out, stage, done.snapshot);
-    const final = await readJsonOrNull<GeneratorMetrics>(join(out, "eval", stage, "metrics.json"));
-    const ok = sameEvaluation(final, generator, es, ONE_STEP) ? final! : null;
-    if (!ok) {
+    const scores = p.snapshotScore ? await readSnapshotScores(dir, p.snapshotScore) : [];
+    const snapshots: SnapshotMetrics[] = scores.filter((r) => r.nimg <= done.nimg).map((r) => ({
+      generator: relativeTo(out, join(dir, r.snapshot)),
+      kimg: r.kimg,
+      cumulativeKimg: roundKimg(stageOffset + r.kimg),
+      fid: r.fid,
+      is: r.is ?? null,
+    }));
+    const sameSettings = (x: PickedSnapshot | null) =>
+      x && p.snapshotScore && JSON.stringify(x.settings) === JSON.stringify(p.snapshotScore)
+        ? x
+        : null;
+    const pick = async (which: "best" | "last"): Promise<PickedReport | null> => {
+      const side = sameSettings(await readPickedSnapshot(dir, which));
+      if (which === "best" && !side) return null;
+      const generator = side ? join(dir, side.file) : join(dir, done.snapshot);
+      const metricsPath = join(out, "eval", stage, `${which}.json`);
+      const m = await readJsonOrNull<SpacesMetrics>(metricsPath);
+      const sha = await shaOrNull(generator);
+      const ok = sha && sameSpacesEvaluation(m, sha, es, p.spaces, ONE_STEP) ? m! : null;
+      const nimg = side?.nimg ?? done.nimg;
+      const grid = join(out, "eval", stage, `samples-${which}.png`);
+      return {
+        which,
+        generator: relativeTo(out, generator),
+        snapshot: relativeTo(out, join(dir, side?.snapshot ?? done.snapshot)),
+        kimg: nimg / 1000,
+        cumulativeKimg: roundKimg(stageOffset + nimg / 1000),
+        selectionFid: side?.fid ?? null,
+        metrics: ok ? metricsSummary(ok) : null,
+        metricsFile: ok ? relativeTo(out, metricsPath) : null,
+        grid: ok && (await isFile(grid)) ? relativeTo(out, grid) : null,
+      };
+    };
+    const best = await pick("best");
+    const last = (await pick("last"))!;
+    const used = best ?? last;
+    if (!used.metrics || !last.metrics) {
       notes.push(
-        `${
-          stageTitle(stage)
-        } is not evaluated with this report's settings yet: run \`--stages eval\`.`,
+        `${stageTitle(stage)} is not evaluated with this report's settings yet: run ` +
+          "`--stages eval`.",
       );
     }
-    const snapshots: SnapshotMetrics[] = [];
-    for (const s of await listSnapshots(join(out, stage))) {
-      if (s.nimg > done.nimg) continue;
-      const path = s.name === done.snapshot
-        ? join(out, "eval", stage, "metrics.json")
-        : join(out, "eval", stage, `snapshot-${kimgLabel(s.nimg)}.json`);
-      const m = await readJsonOrNull<GeneratorMetrics>(path);
-      if (!sameEvaluation(m, join(out, stage, s.name), es, ONE_STEP)) continue;
-      snapshots.push({
-        generator: relativeTo(out, join(out, stage, s.name)),
-        kimg: s.nimg / 1000,
-        cumulativeKimg: roundKimg(stageOffset + s.nimg / 1000),
-        fid: m!.fid,
-        is: m!.is,
-      });
-    }
-    const gridPath = join(out, "eval", stage, "samples.png");
+    const um = used.metrics;
     stages.push({
       stage,
       title: stageTitle(stage),
@@ -999,32 +1330,47 @@ async function buildReport(p: Plan, teacherPath: string): Promise<ChainReport> {
       trainSeconds: done.trainSeconds === null ? null : Math.round(done.trainSeconds * 10) / 10,
       backend: done.backend,
       resumed: done.resumed,
-      generator: relativeTo(out, generator),
-      fid: ok?.fid ?? null,
-      is: ok?.is ?? null,
-      num: ok ? ok.num : null,
-      ref: ok ? ok.ref : null,
-      evalSeconds: ok?.evalSeconds ?? null,
-      evalBackend: ok?.backend ?? null,
-      metricsFile: ok ? relativeTo(out, join(out, "eval", stage, "metrics.json")) : null,
-      grid: ok && (await isFile(gridPath)) ? relativeTo(out, gridPath) : null,
+      used: used.which as "best" | "last",
+      best,
+      last,
+      generator: used.generator,
+      fid: um?.spaces[first]?.fid ?? null,
+      is: um?.is ?? null,
+      num: um ? um.num : null,
+      ref: um ? es.ref : null,
+      evalSeconds: um?.evalSeconds ?? null,
+      evalBackend: um?.backend ?? null,
+      metricsFile: used.metricsFile,
+      grid: used.grid,
       snapshots,
     });
     offset = roundKimg(stageOffset + done.kimg);
   }
+  if (!p.snapshotScore) {
+    notes.push("Snapshots were not scored during training (`--snapshot-num 0`): no best one.");
+  }
+  const sida = stages.find((s) => s.stage === "sida");
+  if (sida) {
+    notes.push(
+      "SiD²A starts from SiD's last generator (the final snapshot of the sid stage), not its best.",
+    );
+  }
 
   // The teacher's FID: as shipped, and evaluated here with the report's settings.
   let evaluated: TeacherFid | null = null;
-  const tm = await readJsonOrNull<GeneratorMetrics>(join(out, "eval", "teacher", "metrics.json"));
-  if (sameEvaluation(tm, teacherPath, es, TEACHER_SAMPLER)) {
+  const tm = await readJsonOrNull<SpacesMetrics>(join(out, "eval", "teacher", "metrics.json"));
+  const tsha = tm ? await shaOrNull(teacherPath) : null;
+  if (tsha && sameSpacesEvaluation(tm, tsha, es, p.spaces, TEACHER_SAMPLER)) {
+    const sm = metricsSummary(tm!);
     evaluated = {
-      fid: tm!.fid,
+      fid: sm.spaces[first].fid,
       num: tm!.num,
       nfe: tm!.nfe,
-      ref: tm!.ref,
+      ref: es.ref,
       is: tm!.is,
       origin: "evaluated",
       source: relativeTo(out, join(out, "eval", "teacher", "metrics.json")),
+      spaces: sm.spaces,
     };
   }
   const imp = await readJsonOrNull<ImportDone>(join(out, "import", "stage-done.json"));
@@ -1052,16 +1398,62 @@ async function buildReport(p: Plan, teacherPath: string): Promise<ChainReport> {
   }
   const teacherFid = evaluated ?? shipped;
 
-  // Plots.
-  // SiD²A starts from the final SiD generator: its curve starts at that point.
+  // Claims: a generator beats another only when every feature space agrees beyond the noise.
+  const names = p.spaces.map((s) => s.name);
+  const comparisons: ComparisonReport[] = [];
+  const compare = (
+    a: string,
+    sa: Record<string, SpaceScoreLike> | null,
+    b: string,
+    sb: Record<string, SpaceScoreLike> | null,
+    why?: string,
+  ) => {
+    const c = compareGenerators(sa ?? {}, sb ?? {}, names, DEFAULT_NOISE_Z);
+    const reason = (c.verdict === "not compared" && why) ? why : c.reason;
+    comparisons.push({ a, b, verdict: c.verdict, reason, spaces: c.spaces });
+  };
+  const label = (s: StageReport, x: PickedReport) =>
+    `${s.title} ${x.which} (${kimgLabelText(x.kimg)} kimg)`;
+  for (const s of stages) {
+    const used = s.used === "best" ? s.best! : s.last!;
+    if (evaluated || shipped) {
+      compare(
+        label(s, used),
+        used.metrics?.spaces ?? null,
+        `the teacher (${teacherFid!.nfe ?? "?"} NFE)`,
+        evaluated?.spaces ?? null,
+        evaluated
+          ? undefined
+          : "the teacher's shipped record holds one FID and no KID: `--eval-teacher` scores it",
+      );
+    }
+  }
+  if (stages.length === 2) {
+    const [a, b] = [stages[1], stages[0]];
+    const ua = a.used === "best" ? a.best! : a.last!;
+    const ub = b.used === "best" ? b.best! : b.last!;
+    compare(label(a, ua), ua.metrics?.spaces ?? null, label(b, ub), ub.metrics?.spaces ?? null);
+  }
+  for (const s of stages) {
+    if (s.best && s.best.kimg !== s.last!.kimg) {
+      compare(
+        label(s, s.best),
+        s.best.metrics?.spaces ?? null,
+        label(s, s.last!),
+        s.last!.metrics?.spaces ?? null,
+      );
+    }
+  }
+
+  // Plots: the FIDs scored during training; SiD²A starts from SiD's last snapshot.
   const fidPoints = stages.flatMap((s, i) => {
     const pts: FidPoint[] = s.snapshots.map((x) => ({
       stage: s.title,
       kimg: x.cumulativeKimg,
       fid: x.fid,
     }));
-    const prev = i > 0 ? stages[i - 1] : null;
-    if (prev?.fid != null && pts.length) {
+    const prev = i > 0 ? stages[i - 1].snapshots.at(-1) : undefined;
+    if (prev && pts.length) {
       pts.unshift({ stage: s.title, kimg: prev.cumulativeKimg, fid: prev.fid, link: true });
     }
     return pts;
@@ -1072,7 +1464,9 @@ async function buildReport(p: Plan, teacherPath: string): Promise<ChainReport> {
     reference: teacherFid
       ? {
         fid: teacherFid.fid,
-        label: `teacher${teacherFid.nfe ? `, ${teacherFid.nfe} NFE` : ""} (${teacherFid.origin})`,
+        label: `teacher${teacherFid.nfe ? `, ${teacherFid.nfe} NFE` : ""} (${teacherFid.origin}${
+          teacherFid.num ? `, ${teacherFid.num} samples` : ""
+        })`,
       }
       : undefined,
   });
@@ -1092,13 +1486,24 @@ async function buildReport(p: Plan, teacherPath: string): Promise<ChainReport> {
       detector: es.detector,
       ref: es.ref,
       sampler: "one step, σ_init 2.5",
+      spaces: p.spaces,
+      kid: { subsets: KID_SUBSETS, maxSubsetSize: KID_MAX_SUBSET },
+      snapshotScoring: p.snapshotScore,
+      noiseZ: DEFAULT_NOISE_Z,
     },
     stages,
+    comparisons,
     plots: plots.files.map((f) => relativeTo(out, f)),
     notes,
   };
   await writeReport(out, report);
   return report;
+}
+
+type SpaceScoreLike = { fid: number; kid: number; kidStd: number };
+
+function kimgLabelText(k: number): string {
+  return Number.isInteger(k) ? String(k) : String(Math.round(k * 1000) / 1000);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1109,6 +1514,7 @@ export function distillChainUsage(): string {
   return "usage: deno task distill [--teacher FILE.pkl|.pt|.safetensors] [--data ZIP|mnist] " +
     `[--ref STATS.npz|DATASET.zip] [--preset ${DISTILL_PRESET_NAMES.join("|")}] [--out DIR] ` +
     `[--stages ${STAGE_NAMES.join(",")}] [--budget FACTOR] [--num N] [--eval-teacher] ` +
+    "[--snapshot-num N] [--detector-b FILE --ref-b STATS.npz|DATASET.zip] [--one-space] " +
     "[--sid-kimg K] [--sida-kimg K] [--tick K] [--snap K] [--dump K] " +
     `${distillFlagUsage("sida")} ` +
     "(each also per stage: --sid-FLAG, --sida-FLAG; --lsd, --lsg-gan and the warm-ups apply " +
@@ -1145,8 +1551,11 @@ export function parseDistillChainArgs(args: string[]): DistillChainOptions {
       "detector",
       "eval-batch",
       "eval-seed",
+      "snapshot-num",
+      "detector-b",
+      "ref-b",
     ],
-    boolean: ["eval-teacher", "help", "quiet"],
+    boolean: ["eval-teacher", "help", "quiet", "one-space"],
   }, usage);
   if (f.positionals.length) {
     throw new UsageError(`unexpected argument '${f.positionals[0]}' (${usage})`);
@@ -1208,6 +1617,10 @@ export function parseDistillChainArgs(args: string[]): DistillChainOptions {
     detector: str("detector"),
     evalBatch: int("eval-batch", 1),
     evalSeed: int("eval-seed", 0),
+    snapshotNum: int("snapshot-num", 0),
+    detectorB: str("detector-b"),
+    refB: str("ref-b"),
+    noSpaceB: f["one-space"] === true,
     quiet: f.quiet === true,
   };
 }
@@ -1229,13 +1642,24 @@ export async function distillChainTask(args: string[]): Promise<void> {
     if (r.interrupted) return r;
     const summary = STAGE_NAMES.map((s) => `${s} ${r.stages[s]}`).join(", ");
     console.log(`${summary}; ${((performance.now() - t0) / 60000).toFixed(1)} min`);
+    const names = r.report?.evaluation.spaces.map((s) => s.name) ?? [];
     for (const s of r.report?.stages ?? []) {
-      console.log(
-        `${s.title.padEnd(6)} ${String(s.kimg).padStart(8)} kimg  FID ${
-          s.fid === null ? "–" : s.fid.toFixed(3)
-        }  IS ${s.is ? s.is.mean.toFixed(3) : "–"}`,
-      );
+      for (const x of [s.best, s.last]) {
+        if (!x) continue;
+        const scores = names.map((n) => {
+          const m = x.metrics?.spaces[n];
+          return `${n} FID ${m ? m.fid.toFixed(2) : "–"} KID×10³ ${
+            m ? `${(m.kid * 1e3).toFixed(2)}±${(m.kidStd * 1e3).toFixed(2)}` : "–"
+          }`;
+        }).join("  ");
+        console.log(
+          `${`${s.title} ${x.which}${s.used === x.which ? "*" : ""}`.padEnd(12)} ${
+            String(x.kimg).padStart(8)
+          } kimg  ${scores}`,
+        );
+      }
     }
+    for (const c of r.report?.comparisons ?? []) console.log(claimText(c).replaceAll("**", ""));
     console.log(`report: ${join(r.out, "report.md")}`);
     return r;
   }, "finishing this step and writing a training state");

@@ -7,12 +7,16 @@
  *
  * @module
  */
+import { createHash } from "node:crypto";
+import type { ImageDataset } from "../data/dataset.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
 import { loadNetwork } from "../nets/network.ts";
 import type { Detector } from "../metrics/detector.ts";
 import { computeMetrics, DetectorAccumulator, type MetricResults } from "../metrics/evaluate.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
 import { generateBatches, SIGMA_INIT, writeImageGrid } from "../metrics/generate.ts";
+import { kid } from "../metrics/kid.ts";
+import { fid as fidOf, inceptionScore } from "../metrics/stats.ts";
 import { MnistFeatureNet } from "../metrics/mnist_features.ts";
 import { InceptionV3 } from "../metrics/inception.ts";
 import type { MeanStd, Stats } from "../metrics/stats.ts";
@@ -238,6 +242,214 @@ export async function evaluateGenerator(
         net.imgChannels,
         8,
       );
+    }
+    return metrics;
+  } finally {
+    net.dispose();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several feature spaces at once, with KID (the chain's final comparison, docs/metrics.md)
+
+/** A feature space: a detector and its reference statistics, under a short name. */
+export interface FeatureSpace {
+  /** `mnist`, `mnist-b`, `inception`. */
+  name: string;
+  features: FeatureKind;
+  detector: string;
+  ref: string;
+}
+
+/** A feature space made ready: detector loaded, reference statistics and real features. */
+export interface LoadedSpace extends FeatureSpace {
+  det: Detector;
+  refStats: Stats;
+  /** Detector features of the real images, row-major (for KID). */
+  realFeatures: Float32Array;
+}
+
+/** KID settings of the chain (stylegan3's `kid50k_full`: 100 subsets of at most 1000). */
+export const KID_SUBSETS = 100;
+export const KID_MAX_SUBSET = 1000;
+
+/** One generator's scores in one feature space. */
+export interface SpaceMetrics {
+  features: FeatureKind;
+  detector: string;
+  ref: string;
+  fid: number;
+  kid: number;
+  /** Standard deviation of the per-subset KID estimates (the spread of one estimate). */
+  kidStd: number;
+  kidSubsetSize: number;
+  kidSubsets: number;
+  /** Real images behind KID. */
+  kidReal: number;
+}
+
+/** Format tag of {@linkcode SpacesMetrics} files. */
+export const SPACES_METRICS_FORMAT = "sida-metrics-spaces/1";
+
+/** The chain's metrics of one generator in every feature space (`eval/<stage>/best.json`, …). */
+export interface SpacesMetrics {
+  format: typeof SPACES_METRICS_FORMAT;
+  generator: string;
+  /** SHA-256 of the generator file (best / last copies change as training goes on). */
+  sha256: string;
+  num: number;
+  seed: number;
+  sampler: "onestep" | "heun";
+  steps?: number;
+  sigmaInit?: number;
+  nfe: number;
+  /** Per feature space, in the order evaluated. */
+  spaces: Record<string, SpaceMetrics>;
+  /** IS from the first space's classifier. */
+  is: MeanStd;
+  backend: string;
+  generateSeconds: number;
+  evalSeconds: number;
+}
+
+/** SHA-256 of a file's bytes. */
+export async function fileSha256(path: string): Promise<string> {
+  return createHash("sha256").update(await Deno.readFile(path)).digest("hex");
+}
+
+/** True when `m` holds this generator's (same bytes) metrics under these settings and spaces. */
+export function sameSpacesEvaluation(
+  m: Partial<SpacesMetrics> | null,
+  sha256: string,
+  s: { num: number; seed: number },
+  spaces: readonly FeatureSpace[],
+  sampler: SamplerSpec,
+): boolean {
+  if (!m || m.format !== SPACES_METRICS_FORMAT || m.sha256 !== sha256) return false;
+  if (m.num !== s.num || m.seed !== s.seed || m.sampler !== sampler.sampler) return false;
+  if (sampler.sampler === "heun" && m.steps !== (sampler.steps ?? 18)) return false;
+  const names = Object.keys(m.spaces ?? {});
+  if (names.join() !== spaces.map((x) => x.name).join()) return false;
+  return spaces.every((x) => {
+    const r = m.spaces![x.name];
+    return r.features === x.features && r.detector === x.detector && r.ref === x.ref &&
+      Number.isFinite(r.fid) && Number.isFinite(r.kid) && Number.isFinite(r.kidStd);
+  });
+}
+
+/**
+ * Real features of a dataset under a detector: at most `max` images, evenly spaced over the
+ * whole set (a dataset zip may be sorted by class).
+ */
+export async function realFeatures(
+  det: Detector,
+  ds: ImageDataset,
+  opts: { max?: number; batch?: number } = {},
+): Promise<Float32Array> {
+  const total = Math.min(ds.size, opts.max ?? 50_000);
+  const batch = opts.batch ?? 64;
+  const acc = new DetectorAccumulator(det, { captureFeatures: true });
+  const per = ds.resolution * ds.resolution * ds.channels;
+  for (let i = 0; i < total; i += batch) {
+    const n = Math.min(batch, total - i);
+    const px = new Uint8Array(n * per);
+    for (let k = 0; k < n; k++) {
+      px.set(ds.image(Math.floor(((i + k) * ds.size) / total)), k * per);
+    }
+    await acc.addImages(px, n, ds.resolution, ds.channels);
+  }
+  return acc.stats.all();
+}
+
+/**
+ * Generates `settings.num` images with the network in `generatorPath` once and scores them in
+ * every feature space: FID, KID (with the spread of its subsets), and IS from the first space's
+ * classifier; writes the {@linkcode SpacesMetrics} to `metricsPath` (atomically) and, with
+ * `gridPath`, a PNG grid of the first samples. Null when `signal` stopped it.
+ */
+export async function evaluateInSpaces(
+  generatorPath: string,
+  spaces: readonly LoadedSpace[],
+  settings: { num: number; seed: number; batch: number },
+  sampler: SamplerSpec,
+  paths: { metricsPath: string; gridPath?: string; gridCount?: number },
+  opts: { signal?: AbortSignal } = {},
+): Promise<SpacesMetrics | null> {
+  if (!spaces.length) throw new Error("evaluateInSpaces: no feature space");
+  const t0 = performance.now();
+  const sha256 = await fileSha256(generatorPath);
+  const net = await loadNetwork(generatorPath);
+  try {
+    const res = net.imgResolution, ch = net.imgChannels;
+    const accs = spaces.map((s, i) =>
+      new DetectorAccumulator(s.det, { captureFeatures: true, captureProbs: i === 0 })
+    );
+    const steps = sampler.steps ?? 18;
+    const gridCount = Math.min(paths.gridCount ?? 64, settings.num);
+    const per = res * res * ch;
+    const grid = new Uint8Array(gridCount * per);
+    let genSeconds = 0;
+    let tGen = performance.now();
+    for await (
+      const b of generateBatches(net, {
+        num: settings.num,
+        seed: settings.seed,
+        batch: settings.batch,
+        sampler: sampler.sampler,
+        steps,
+        sigmaInit: SIGMA_INIT,
+      })
+    ) {
+      genSeconds += (performance.now() - tGen) / 1000;
+      if (b.start < gridCount) {
+        const n = Math.min(b.n, gridCount - b.start);
+        grid.set(b.pixels.subarray(0, n * per), b.start * per);
+      }
+      for (const a of accs) await a.addImages(b.pixels, b.n, res, ch);
+      if (opts.signal?.aborted) return null;
+      tGen = performance.now();
+    }
+    const out: Record<string, SpaceMetrics> = {};
+    for (const [i, s] of spaces.entries()) {
+      const st = accs[i].stats;
+      const k = await kid(st.all(), s.realFeatures, st.dim, {
+        numSubsets: KID_SUBSETS,
+        maxSubsetSize: KID_MAX_SUBSET,
+        seed: settings.seed,
+      });
+      out[s.name] = {
+        features: s.features,
+        detector: s.detector,
+        ref: s.ref,
+        fid: fidOf(st.mean(), st.cov(), s.refStats.mu, s.refStats.sigma),
+        kid: k.kid,
+        kidStd: k.std,
+        kidSubsetSize: k.subsetSize,
+        kidSubsets: k.numSubsets,
+        kidReal: s.realFeatures.length / st.dim,
+      };
+    }
+    const metrics: SpacesMetrics = {
+      format: SPACES_METRICS_FORMAT,
+      generator: generatorPath,
+      sha256,
+      num: settings.num,
+      seed: settings.seed,
+      sampler: sampler.sampler,
+      ...(sampler.sampler === "heun" ? { steps } : { sigmaInit: SIGMA_INIT }),
+      nfe: sampler.sampler === "heun" ? 2 * steps - 1 : 1,
+      spaces: out,
+      is: inceptionScore(accs[0].probs(), spaces[0].det.numClasses, Math.min(10, settings.num)),
+      backend: currentBackend()?.name ?? "unknown",
+      generateSeconds: Math.round(genSeconds * 10) / 10,
+      evalSeconds: Math.round((performance.now() - t0) / 100) / 10,
+    };
+    await writeFileAtomic(
+      paths.metricsPath,
+      new TextEncoder().encode(JSON.stringify(metrics, null, 2) + "\n"),
+    );
+    if (paths.gridPath && gridCount > 0) {
+      await writeImageGrid(paths.gridPath, grid, gridCount, res, ch, 8);
     }
     return metrics;
   } finally {

@@ -1,10 +1,14 @@
 /**
  * The report of a distillation chain (`deno task distill`): `report.json` and `report.md` in the
- * run folder. Per stage: FID and IS with the sample count and the reference statistics (one set
- * of reference statistics and one sample count for every FID of a report), images seen (kimg),
- * training and evaluation wall time, backend, the generator file, its sample grid; FID of every
- * evaluated snapshot (FID against images seen); the teacher's FID — evaluated by the chain
- * (`--eval-teacher`), or as shipped with the teacher file ({@linkcode readShippedTeacherFid}).
+ * run folder. Per stage: its best snapshot (lowest FID scored during training) and its last one,
+ * which of them the report uses, and for each FID and KID in every feature space (one sample
+ * count, seed and set of reference statistics per space for every generator of a report) and
+ * IS; images seen (kimg), training and evaluation wall time, backend, the generator files, sample
+ * grids; the FID scored at every snapshot (FID against images seen); the teacher's scores —
+ * evaluated by the chain (`--eval-teacher`), or its FID as shipped with the teacher file
+ * ({@linkcode readShippedTeacherFid}); and the claims the numbers allow (`docs/metrics.md`: one
+ * generator beats another only when every feature space agrees beyond the noise, otherwise
+ * "within noise").
  *
  * @module
  */
@@ -12,9 +16,19 @@ import { basename, join } from "node:path";
 import { writeFileAtomic } from "../io/atomic.ts";
 import { readSafetensorsHeader } from "../io/safetensors.ts";
 import type { MeanStd } from "../metrics/stats.ts";
+import type { SpaceComparison, Verdict } from "../metrics/compare.ts";
 
 /** The format tag of `report.json`. */
-export const REPORT_FORMAT = "sida-distill-report/1";
+export const REPORT_FORMAT = "sida-distill-report/2";
+
+/** FID and KID of one generator in one feature space. */
+export interface SpaceScores {
+  fid: number;
+  kid: number;
+  /** Standard deviation of the per-subset KID estimates. */
+  kidStd: number;
+  kidSubsetSize?: number;
+}
 
 /** A teacher FID and where it comes from. */
 export interface TeacherFid {
@@ -32,6 +46,8 @@ export interface TeacherFid {
   origin: "shipped" | "evaluated";
   /** The file it was read from. */
   source: string;
+  /** Per feature space (evaluated only). */
+  spaces?: Record<string, SpaceScores>;
 }
 
 /** FID of one evaluated snapshot. */
@@ -43,7 +59,45 @@ export interface SnapshotMetrics {
   /** Images seen over the whole chain (kimg). */
   cumulativeKimg: number;
   fid: number;
-  is: MeanStd;
+  is: MeanStd | null;
+}
+
+/** A stage's best or last snapshot. */
+export interface PickedReport {
+  which: "best" | "last";
+  /** The copy evaluated (`network-snapshot-best.safetensors`, …), relative to the run folder. */
+  generator: string;
+  /** The numbered snapshot it was copied from. */
+  snapshot: string;
+  /** Images seen in its stage (kimg). */
+  kimg: number;
+  /** Images seen over the whole chain (kimg). */
+  cumulativeKimg: number;
+  /** The FID it was picked by (scored during training), or null. */
+  selectionFid: number | null;
+  /** The final comparison's scores (null when not evaluated with the report's settings). */
+  metrics: {
+    num: number;
+    seed: number;
+    spaces: Record<string, SpaceScores>;
+    is: MeanStd;
+    evalSeconds: number;
+    backend: string;
+  } | null;
+  metricsFile: string | null;
+  grid: string | null;
+}
+
+/** A claim checked by the rule of `docs/metrics.md`. */
+export interface ComparisonReport {
+  /** The first generator (`SiD²A best (2.304 kimg)`). */
+  a: string;
+  /** The second. */
+  b: string;
+  /** `better`: a beats b; `worse`: b beats a; else no claim. */
+  verdict: Verdict | "not compared";
+  reason: string;
+  spaces: SpaceComparison[];
 }
 
 /** One distillation stage of the report. */
@@ -62,11 +116,17 @@ export interface StageReport {
   backend: string | null;
   /** Whether the stage was resumed from a training state. */
   resumed: boolean;
-  /** The final generator (EMA snapshot), relative to the run folder. */
+  /** Which snapshot the report uses: the best when snapshots were scored, else the last. */
+  used: "best" | "last";
+  /** The best snapshot (lowest FID scored during training), or null when none was scored. */
+  best: PickedReport | null;
+  /** The last snapshot. */
+  last: PickedReport;
+  /** The generator used, relative to the run folder. */
   generator: string;
-  /** FID of the final generator (null when not evaluated with the report's settings). */
+  /** FID of the generator used, first feature space (null when not evaluated). */
   fid: number | null;
-  /** IS of the final generator. */
+  /** IS of the generator used. */
   is: MeanStd | null;
   /** Samples behind FID and IS. */
   num: number | null;
@@ -76,11 +136,11 @@ export interface StageReport {
   evalSeconds: number | null;
   /** The evaluation backend. */
   evalBackend: string | null;
-  /** `metrics.json` of the final generator, relative to the run folder. */
+  /** Metrics file of the generator used, relative to the run folder. */
   metricsFile: string | null;
-  /** Sample grid of the final generator, relative to the run folder. */
+  /** Sample grid of the generator used, relative to the run folder. */
   grid: string | null;
-  /** Every evaluated snapshot, by images seen. */
+  /** Every snapshot scored during training, by images seen. */
   snapshots: SnapshotMetrics[];
 }
 
@@ -105,7 +165,7 @@ export interface ChainReport {
     shipped: TeacherFid | null;
     evaluated: TeacherFid | null;
   };
-  /** The settings behind every FID and IS of the report. */
+  /** The settings behind every FID and IS of the report (`features` … `ref`: the first space). */
   evaluation: {
     num: number;
     seed: number;
@@ -113,9 +173,19 @@ export interface ChainReport {
     detector: string;
     ref: string;
     sampler: string;
+    /** Every feature space of the final comparison. */
+    spaces: { name: string; features: string; detector: string; ref: string }[];
+    /** KID: subsets and their largest size. */
+    kid: { subsets: number; maxSubsetSize: number };
+    /** How snapshots were scored during training (the best is the lowest), or null. */
+    snapshotScoring: { num: number; seed: number; space: string } | null;
+    /** Standard deviations a KID lead must exceed for a claim. */
+    noiseZ: number;
   };
   /** The distillation stages that have finished. */
   stages: StageReport[];
+  /** Claims checked by the rule of `docs/metrics.md`. */
+  comparisons: ComparisonReport[];
   /** Plot files, relative to the run folder. */
   plots: string[];
   /** Remarks (SVG-only plots, stages not evaluated, a teacher FID on other settings, …). */
@@ -272,9 +342,43 @@ function shown(path: string): string {
   return path.startsWith(cwd + "/") ? path.slice(cwd.length + 1) : path;
 }
 
+function kid3(s: SpaceScores | undefined): string {
+  return s ? `${(s.kid * 1e3).toFixed(2)} ± ${(s.kidStd * 1e3).toFixed(2)}` : "–";
+}
+
+/** Whether a stage's best snapshot is its last one. */
+function sameSnapshot(s: StageReport): boolean {
+  return s.best !== null && s.best.snapshot === s.last.snapshot && s.best.kimg === s.last.kimg &&
+    s.best.selectionFid === s.last.selectionFid;
+}
+
+/** A claim in words. */
+export function claimText(c: ComparisonReport): string {
+  const detail = c.spaces.map((s) =>
+    `${s.space}: FID ${signed(-s.fidGain)}, KID×10³ ${signed(-s.kidGain * 1e3)} (noise ${
+      (s.kidNoise * 1e3).toFixed(2)
+    })`
+  ).join("; ");
+  switch (c.verdict) {
+    case "better":
+      return `**${c.a} beats ${c.b}** (${detail})`;
+    case "worse":
+      return `**${c.b} beats ${c.a}** (${detail})`;
+    case "within noise":
+      return `${c.a} vs ${c.b}: **within noise** (${c.reason}${detail ? `; ${detail}` : ""})`;
+    default:
+      return `${c.a} vs ${c.b}: not compared (${c.reason})`;
+  }
+}
+
+function signed(v: number): string {
+  return `${v >= 0 ? "+" : "−"}${Math.abs(v).toFixed(2)}`;
+}
+
 /** The report as Markdown (links relative to the run folder, other paths to the working folder). */
 export function renderReportMarkdown(r: ChainReport): string {
   const e = r.evaluation;
+  const names = e.spaces.map((s) => s.name);
   const lines: string[] = [];
   lines.push(`# Distillation report: \`${r.out}\``, "");
   lines.push(
@@ -283,49 +387,104 @@ export function renderReportMarkdown(r: ChainReport): string {
     "",
   );
   lines.push(
-    `Every FID and IS below: ${e.num} samples per generator (${e.sampler}, seed ${e.seed}), ` +
-      `\`${e.features}\` features (\`${shown(e.detector)}\`), reference statistics \`${
-        shown(e.ref)
-      }\`.`,
+    `Final comparison: **${e.num} samples** per generator (${e.sampler}, seed ${e.seed}) in ${
+      e.spaces.length === 1 ? "one feature space" : `${e.spaces.length} feature spaces`
+    }: ${
+      e.spaces.map((s) => `\`${s.name}\` (\`${shown(s.detector)}\`, reference \`${shown(s.ref)}\`)`)
+        .join(", ")
+    }. KID×10³: the mean over ${e.kid.subsets} subsets of at most ${e.kid.maxSubsetSize} ` +
+      "samples ± the standard deviation of the subsets' estimates. IS from the first space's " +
+      "classifier.",
     "",
   );
   lines.push(
-    "| stage | generator | images seen (kimg) | FID | IS | samples | reference | training time | backend | eval time |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    e.snapshotScoring
+      ? `Each stage's **best** snapshot has the lowest FID scored during training (${e.snapshotScoring.num} samples, seed ${e.snapshotScoring.seed}, \`${e.snapshotScoring.space}\` features); its **last** is its final snapshot. The report uses the best.`
+      : "Snapshots were not scored during training: the report uses each stage's last snapshot.",
+    "",
+  );
+  const spaceHead = names.map((n) => `FID ${n} | KID×10³ ${n}`).join(" | ");
+  lines.push(
+    `| generator | file | images seen (kimg) | ${spaceHead} | IS | samples | training time | backend | eval time |`,
+    `| --- | --- | --- | ${
+      names.map(() => "--- | ---").join(" | ")
+    } | --- | --- | --- | --- | --- |`,
   );
   for (const t of [r.teacher.evaluated, r.teacher.shipped]) {
     if (!t) continue;
     const sampler = t.nfe ? `${t.nfe} NFE` : "NFE not recorded";
+    const cells = names.map((n, i) => {
+      const s = t.spaces?.[n];
+      if (s) return `${f(s.fid)} | ${kid3(s)}`;
+      return `${i === 0 ? f(t.fid) : "–"} | –`;
+    }).join(" | ");
     lines.push(
-      `| teacher (${sampler}, ${t.origin}) | \`${basename(r.teacher.source)}\` | – | ${
-        f(t.fid)
-      } | ${isText(t.is)} | ${t.num ?? "–"} | ${t.ref ? `\`${shown(t.ref)}\`` : "–"} | – | – | – |`,
+      `| teacher (${sampler}, ${t.origin}) | \`${basename(r.teacher.source)}\` | – | ${cells} | ${
+        isText(t.is)
+      } | ${t.num ?? "–"}${
+        t.origin === "shipped" && t.ref ? ` (\`${basename(t.ref)}\`)` : ""
+      } | – | – | – |`,
     );
   }
   for (const s of r.stages) {
-    const seen = s.cumulativeKimg !== s.kimg
-      ? `${kimgText(s.kimg)} (${kimgText(s.cumulativeKimg)} in all)`
-      : kimgText(s.kimg);
-    lines.push(
-      `| ${s.title} | \`${s.generator}\` | ${seen} | ${f(s.fid)} | ${isText(s.is)} | ${
-        s.num ?? "–"
-      } | ${s.ref ? `\`${shown(s.ref)}\`` : "–"} | ${duration(s.trainSeconds)}${
-        s.resumed ? " (resumed)" : ""
-      } | ${s.backend ?? "–"} | ${duration(s.evalSeconds)} |`,
-    );
+    const same = sameSnapshot(s);
+    for (const x of same ? [s.best!] : [s.best, s.last]) {
+      if (!x) continue;
+      const seen = x.cumulativeKimg !== x.kimg
+        ? `${kimgText(x.kimg)} (${kimgText(x.cumulativeKimg)} in all)`
+        : kimgText(x.kimg);
+      const m = x.metrics;
+      const cells = names.map((n) => `${f(m?.spaces[n]?.fid)} | ${kid3(m?.spaces[n])}`).join(
+        " | ",
+      );
+      const tag = same ? "best = last, used" : s.used === x.which ? `${x.which}, used` : x.which;
+      const picked = x.selectionFid === null
+        ? ""
+        : x.which === "best"
+        ? `; picked at FID ${f(x.selectionFid)}`
+        : `; FID ${f(x.selectionFid)} in training`;
+      lines.push(
+        `| ${s.title} ${tag} | \`${x.generator}\` (\`${
+          basename(x.snapshot)
+        }\`${picked}) | ${seen} | ${cells} | ${isText(m?.is)} | ${m?.num ?? "–"} | ${
+          duration(s.trainSeconds)
+        }${s.resumed ? " (resumed)" : ""} | ${s.backend ?? "–"} | ${
+          duration(m?.evalSeconds ?? null)
+        } |`,
+      );
+    }
   }
   lines.push("");
-  const snaps = r.stages.flatMap((s) => s.snapshots.map((p) => ({ ...p, title: s.title })));
+  if (r.comparisons.length) {
+    lines.push(
+      "## Claims",
+      "",
+      `A generator beats another only when, in every feature space, both its FID and its KID ` +
+        `are lower and its KID lead exceeds ${e.noiseZ} × √(std₁² + std₂²) of the two KIDs ` +
+        "(docs/metrics.md); otherwise the pair is within noise. Differences are first minus " +
+        "second.",
+      "",
+    );
+    for (const c of r.comparisons) lines.push(`- ${claimText(c)}`);
+    lines.push("");
+  }
+  const snaps = r.stages.flatMap((s) =>
+    s.snapshots.map((p) => ({
+      ...p,
+      title: s.title,
+      best: s.best !== null && basename(s.best.snapshot) === basename(p.generator),
+    }))
+  );
   if (snaps.length) {
     lines.push(
-      "## FID against images seen",
+      "## FID against images seen (scored during training)",
       "",
       "| stage | snapshot | kimg (stage) | kimg (chain) | FID | IS |",
       "| --- | --- | --- | --- | --- | --- |",
     );
     for (const p of snaps) {
       lines.push(
-        `| ${p.title} | \`${p.generator}\` | ${kimgText(p.kimg)} | ${
+        `| ${p.title} | \`${p.generator}\`${p.best ? " (best)" : ""} | ${kimgText(p.kimg)} | ${
           kimgText(p.cumulativeKimg)
         } | ${f(p.fid)} | ${isText(p.is)} |`,
       );
@@ -336,10 +495,16 @@ export function renderReportMarkdown(r: ChainReport): string {
     lines.push("## Plots", "");
     for (const p of r.plots) lines.push(`![${basename(p)}](${p})`, "");
   }
-  const grids = r.stages.filter((s) => s.grid);
+  const grids = r.stages.flatMap((s) =>
+    (sameSnapshot(s) ? [s.best] : [s.best, s.last]).filter((x): x is PickedReport => !!x?.grid)
+      .map((x) => ({
+        title: `${s.title} ${sameSnapshot(s) ? "best = last" : x.which}`,
+        grid: x.grid!,
+      }))
+  );
   if (grids.length) {
     lines.push("## Samples (one step)", "");
-    for (const s of grids) lines.push(`${s.title}:`, "", `![${s.title} samples](${s.grid})`, "");
+    for (const g of grids) lines.push(`${g.title}:`, "", `![${g.title} samples](${g.grid})`, "");
   }
   if (r.notes.length) {
     lines.push("## Notes", "");
