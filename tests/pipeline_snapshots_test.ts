@@ -3,10 +3,15 @@
  * known: each fake snapshot carries its FID in its metadata, and the stub scorer reads it back.
  * The right snapshots are kept (bytes compared), a reopened folder (resume) keeps the best so
  * far even when its numbered snapshot is written again, a copy whose sidecar was lost is scored
- * again, and other scoring settings restart the selection.
+ * again, and other scoring settings restart the selection. Through the run driver's `onSnapshot`
+ * hook, a tiny SiD run scores each snapshot as it is written, and its resume keeps the best.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { tf } from "../lib/deps.ts";
+import { runDistillation } from "../lib/distill/train.ts";
+import { createNetwork, saveNetwork } from "../lib/nets/network.ts";
+import { setupBackend, TEST_BACKEND, tinySongUNet } from "./helpers.ts";
 import { hostTensor } from "../lib/io/host_tensor.ts";
 import { readSafetensorsHeader, writeSafetensors } from "../lib/io/safetensors.ts";
 import { snapshotFileName } from "../lib/train/run_folder.ts";
@@ -144,6 +149,71 @@ Deno.test("best/last: a known FID sequence keeps the right snapshots; resume kee
       (await readSnapshotScores(dir, other)).map((r) => r.fid),
       [50, 70, 44, 41, 30, 25],
     );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("best/last: the driver's onSnapshot hook scores each snapshot as it is written, before its state; resume keeps the best", async () => {
+  await setupBackend();
+  const dir = await Deno.makeTempDir({ prefix: "sida-best-last-run-" });
+  try {
+    const teacher = createNetwork(tinySongUNet({ imgResolution: 16, imgChannels: 1 }), { seed: 1 });
+    const teacherPath = join(dir, "teacher.safetensors");
+    await saveNetwork(teacher, teacherPath);
+    teacher.dispose();
+    const out = join(dir, "sid");
+    // The stub detector's FIDs, in the order the snapshots are written.
+    const fids = [30, 20, 25, 22, 40];
+    const seen: { path: string; nimg: number; hadState: boolean }[] = [];
+    const scorer = (_path: string) => Promise.resolve({ fid: fids[seen.length - 1] });
+    const run = async (durationKimg: number) => {
+      const tracker = await BestLastTracker.open(out, SETTINGS, scorer);
+      return await runDistillation({
+        method: "sid",
+        teacher: teacherPath,
+        out,
+        preset: "mnist",
+        overrides: { batch: 4, microBatch: 4, lr: 1e-3, glr: 1e-3, seed: 3, dropout: 0 },
+        durationKimg,
+        tickKimg: 0.008,
+        snapKimg: 0.008,
+        dumpKimg: 0.008,
+        backend: TEST_BACKEND,
+        quiet: true,
+        onSnapshot: async (path, nimg) => {
+          const state = join(out, `training-state-${snapshotFileName(nimg).slice(17)}`);
+          const hadState = await Deno.stat(state).then(() => true, () => false);
+          seen.push({ path, nimg, hadState });
+          await tracker.onSnapshot(path, nimg);
+        },
+      });
+    };
+    const before = tf.memory().numTensors;
+    await run(0.024); // 6 iterations of 4 images: snapshots at 8, 16, 24 images
+    assert.deepEqual(seen.map((s) => s.nimg), [8, 16, 24]);
+    assert.deepEqual(
+      seen.map((s) => s.path),
+      [8, 16, 24].map((n) => join(out, snapshotFileName(n))),
+    );
+    assert.ok(seen.every((s) => !s.hadState), "scored before the same iteration's state");
+    const best16 = await Deno.readFile(join(out, snapshotFileName(16)));
+    assert.deepEqual(await Deno.readFile(join(out, BEST_SNAPSHOT)), best16);
+    assert.equal((await readPickedSnapshot(out, "last"))?.nimg, 24);
+
+    // Resumed and extended to 40 images: FIDs 22 and 40 do not beat 20.
+    const r = await run(0.04);
+    assert.ok(r.resumed);
+    assert.deepEqual(seen.map((s) => s.nimg), [8, 16, 24, 32, 40]);
+    const best = await readPickedSnapshot(out, "best");
+    assert.equal(best?.fid, 20);
+    assert.equal(best?.nimg, 16);
+    assert.deepEqual(await Deno.readFile(join(out, BEST_SNAPSHOT)), best16);
+    assert.deepEqual(
+      await Deno.readFile(join(out, LAST_SNAPSHOT)),
+      await Deno.readFile(join(out, snapshotFileName(40))),
+    );
+    assert.equal(tf.memory().numTensors, before, "no tensor left behind");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
