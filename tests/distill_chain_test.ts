@@ -212,6 +212,17 @@ Deno.test("distill chain: bad arguments fail before anything is written", async 
     ["ref zip of other images", replace("--ref", rgb), /reference images .* are 32x32x3/],
     ["batch/micro-batch", replace("--micro-batch", "3"), /multiple/],
     ["sida before sid", [...base, "--stages", "sida,eval"], /run the sid stage first/],
+    [
+      "missing second detector",
+      replace("--detector-b", join(f.dir, "nope-b.safetensors")),
+      /detector file .*nope-b\.safetensors' not found/,
+    ],
+    [
+      "second space half given",
+      base.filter((_, i) => base[i] !== "--detector-b" && base[i - 1] !== "--detector-b"),
+      /second feature space needs --detector-b as well/,
+    ],
+    ["one snapshot sample", [...base, "--snapshot-num", "1"], /--snapshot-num must be 0 or ≥ 2/],
     ["no shipped teacher", ["--out", out], /deno task teacher/, {
       SIDA_MNIST_TEACHER: join(f.dir, "missing-teacher.safetensors"),
     }],
