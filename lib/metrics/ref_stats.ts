@@ -17,6 +17,9 @@ import { checkCovariance } from "./linalg.ts";
 import { readNpz, writeNpz } from "./npz.ts";
 import type { Stats } from "./stats.ts";
 
+/** Reference statistics (`mu`, `sigma`, `dim`), as `./stats.ts` defines them. */
+export type { Stats };
+
 function toF64(t: HostTensor): Float64Array {
   if (t.dtype === "float64") return t.data as Float64Array;
   if (t.dtype === "float32") return Float64Array.from(t.data as Float32Array);
