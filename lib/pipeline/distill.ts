@@ -661,7 +661,11 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
   const snapshotNum = o.snapshotNum ?? Math.min(DEFAULT_SNAPSHOT_NUM, num);
   // The snapshots are scored with another seed than the final comparison's, so that the best
   // snapshot's final FID is not the one it was picked by.
-  const snapshotScore: SnapshotScoreSettings | null = snapshotNum > 0
+  // Training without the eval stage and without a detector (Inception not given): no scoring;
+  // the eval stage scores the snapshots later.
+  const canScore = !!detector && !!ref;
+  const snapshotScore: SnapshotScoreSettings | null = snapshotNum > 0 &&
+      (canScore || stages.has("eval"))
     ? {
       num: snapshotNum,
       seed: evalSettings.seed + 1,
