@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { compareGenerators } from "../lib/metrics/compare.ts";
 import {
   type ChainReport,
+  kidText,
   type PickedReport,
   renderReportMarkdown,
   type SpaceScores,
@@ -116,13 +117,16 @@ Deno.test("report: both feature spaces with KID, best and last, claims by the no
   };
   const md = renderReportMarkdown(report);
   assert.match(md, /\*\*10000 samples\*\* per generator/);
-  assert.ok(md.includes("| FID mnist | KID×10³ mnist | FID mnist-b | KID×10³ mnist-b |"), md);
-  // The teacher row in both spaces, KID ×10³ with its spread.
-  assert.ok(md.includes("| 47.50 | 30.00 ± 2.00 | 33.60 | 20.00 ± 2.00 |"), md);
+  assert.ok(md.includes("| FID mnist | KID mnist | FID mnist-b | KID mnist-b |"), md);
+  // The teacher row in both spaces, KID with its spread (three significant digits).
+  assert.ok(md.includes("| 47.50 | 0.0300 ± 0.00200 | 33.60 | 0.0200 ± 0.00200 |"), md);
   assert.ok(md.includes("| SiD²A best, used |"), md);
-  assert.ok(md.includes("| 31.25 | 12.00 ± 2.00 | 21.75 | 8.00 ± 2.00 |"), md);
+  assert.ok(md.includes("| 31.25 | 0.0120 ± 0.00200 | 21.75 | 0.00800 ± 0.00200 |"), md);
   assert.ok(md.includes("| SiD²A last |"), md);
-  assert.ok(md.includes("| 45.50 | 29.00 ± 2.00 | 36.50 | 21.00 ± 2.00 |"), md);
+  assert.ok(md.includes("| 45.50 | 0.0290 ± 0.00200 | 36.50 | 0.0210 ± 0.00200 |"), md);
+  assert.equal(kidText(25000.53), "2.50e+4");
+  assert.equal(kidText(25.00053), "25.0");
+  assert.equal(kidText(-0.0004567), "-4.57e-4");
   // Both spaces agree beyond the noise: a claim. The last's KID leads are inside the noise (and
   // its FIDs go opposite ways): within noise.
   assert.ok(md.includes("- **SiD²A best (1.152 kimg) beats the teacher (35 NFE)**"), md);

@@ -104,6 +104,7 @@ import {
   type ChainReport,
   claimText,
   type ComparisonReport,
+  kidText,
   type PickedReport,
   readShippedTeacherFid,
   relativeTo,
@@ -1212,7 +1213,7 @@ async function evalStage(
         if (j.gridPath && !grids.has(key)) grids.set(key, j.gridPath);
         const scores = p.spaces.map((s) => {
           const x = m!.spaces[s.name];
-          return `${s.name} FID ${x.fid.toFixed(2)} KID ${(x.kid * 1e3).toFixed(2)}e-3`;
+          return `${s.name} FID ${x.fid.toFixed(2)} KID ${kidText(x.kid)} ± ${kidText(x.kidStd)}`;
         }).join(", ");
         say(
           `stage eval: ${jobTitle(j, p.out)}: ${scores} (${es.num} samples, ` +
@@ -1652,8 +1653,8 @@ export async function distillChainTask(args: string[]): Promise<void> {
         if (!x) continue;
         const scores = names.map((n) => {
           const m = x.metrics?.spaces[n];
-          return `${n} FID ${m ? m.fid.toFixed(2) : "–"} KID×10³ ${
-            m ? `${(m.kid * 1e3).toFixed(2)}±${(m.kidStd * 1e3).toFixed(2)}` : "–"
+          return `${n} FID ${m ? m.fid.toFixed(2) : "–"} KID ${
+            m ? `${kidText(m.kid)}±${kidText(m.kidStd)}` : "–"
           }`;
         }).join("  ");
         console.log(

@@ -343,7 +343,18 @@ function shown(path: string): string {
 }
 
 function kid3(s: SpaceScores | undefined): string {
-  return s ? `${(s.kid * 1e3).toFixed(2)} ± ${(s.kidStd * 1e3).toFixed(2)}` : "–";
+  return s ? `${kidText(s.kid)} ± ${kidText(s.kidStd)}` : "–";
+}
+
+/**
+ * A KID for display: three significant digits (its scale follows the detector's features: ~1e-3
+ * with Inception, tens with our MNIST features).
+ */
+export function kidText(v: number): string {
+  if (!Number.isFinite(v)) return "–";
+  const a = Math.abs(v);
+  if (a === 0) return "0";
+  return a >= 1e4 || a < 1e-3 ? v.toExponential(2) : v.toPrecision(3);
 }
 
 /** Whether a stage's best snapshot is its last one. */
@@ -355,9 +366,9 @@ function sameSnapshot(s: StageReport): boolean {
 /** A claim in words. */
 export function claimText(c: ComparisonReport): string {
   const detail = c.spaces.map((s) =>
-    `${s.space}: FID ${signed(-s.fidGain)}, KID×10³ ${signed(-s.kidGain * 1e3)} (noise ${
-      (s.kidNoise * 1e3).toFixed(2)
-    })`
+    `${s.space}: FID ${signed(-s.fidGain)}, KID ${s.kidGain > 0 ? "−" : "+"}${
+      kidText(Math.abs(s.kidGain))
+    } (noise ${kidText(s.kidNoise)})`
   ).join("; ");
   switch (c.verdict) {
     case "better":
@@ -392,7 +403,7 @@ export function renderReportMarkdown(r: ChainReport): string {
     }: ${
       e.spaces.map((s) => `\`${s.name}\` (\`${shown(s.detector)}\`, reference \`${shown(s.ref)}\`)`)
         .join(", ")
-    }. KID×10³: the mean over ${e.kid.subsets} subsets of at most ${e.kid.maxSubsetSize} ` +
+    }. KID: the mean over ${e.kid.subsets} subsets of at most ${e.kid.maxSubsetSize} ` +
       "samples ± the standard deviation of the subsets' estimates. IS from the first space's " +
       "classifier.",
     "",
@@ -403,7 +414,7 @@ export function renderReportMarkdown(r: ChainReport): string {
       : "Snapshots were not scored during training: the report uses each stage's last snapshot.",
     "",
   );
-  const spaceHead = names.map((n) => `FID ${n} | KID×10³ ${n}`).join(" | ");
+  const spaceHead = names.map((n) => `FID ${n} | KID ${n}`).join(" | ");
   lines.push(
     `| generator | file | images seen (kimg) | ${spaceHead} | IS | samples | training time | backend | eval time |`,
     `| --- | --- | --- | ${
