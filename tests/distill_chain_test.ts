@@ -30,7 +30,7 @@ import {
   runDistillChain,
 } from "../lib/pipeline/distill.ts";
 import { fidPlotSvg, lossPlotSvg } from "../lib/pipeline/plots.ts";
-import { type ChainReport, readShippedTeacherFid } from "../lib/pipeline/report.ts";
+import { type ChainReport, kidText, readShippedTeacherFid } from "../lib/pipeline/report.ts";
 import { setupBackend, TEST_BACKEND, tinySongUNet } from "./helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -382,10 +382,10 @@ Deno.test("distill chain: killed mid-stage, resumed, complete run folder, rerun 
     assert(md.includes(s.fid!.toFixed(2)), `report.md shows the ${stage} FID`);
     const b = s.best!.metrics!.spaces["mnist-b"];
     assert(md.includes(b.fid.toFixed(2)), `report.md shows the ${stage} mnist-b FID`);
-    assert(md.includes((b.kid * 1e3).toFixed(2)), `report.md shows the ${stage} mnist-b KID`);
+    assert(md.includes(kidText(b.kid)), `report.md shows the ${stage} mnist-b KID`);
   }
   assert(md.includes("SiD²A") && md.includes("12.50"), md);
-  assert(md.includes("KID×10³ mnist-b") && md.includes("**20 samples**"), md);
+  assert(md.includes("KID mnist-b") && md.includes("**20 samples**"), md);
   for (const s of report.stages) {
     const one = s.best!.snapshot === s.last.snapshot;
     const rows = one
