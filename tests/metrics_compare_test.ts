@@ -7,6 +7,7 @@ import {
   compareGenerators,
   compareInSpace,
   DEFAULT_NOISE_Z,
+  kidSpread,
   type SpaceScore,
 } from "../lib/metrics/compare.ts";
 
@@ -66,4 +67,12 @@ Deno.test("compare: a claim needs every feature space to agree; two spaces at le
   assert.equal(one.verdict, "not compared");
   assert.match(one.reason, /needs 2 feature spaces, 1 scored both \(missing: mnist-b\)/);
   assert.equal(compareGenerators(clearA, clearB, ["mnist"]).verdict, "not compared");
+});
+
+Deno.test("compare: KID's spread scales its subsets' standard deviation to the whole sample", () => {
+  // 100 subsets of 1000 out of 10,000 samples: σ·√(1000/10000).
+  assert.ok(Math.abs(kidSpread(6, 1000, 10000) - 6 * Math.sqrt(0.1)) < 1e-12);
+  // Subsets as large as the sample: the subsets' spread itself.
+  assert.equal(kidSpread(6, 20, 20), 6);
+  assert.throws(() => kidSpread(1, 0, 10), /kidSpread/);
 });

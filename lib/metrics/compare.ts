@@ -2,9 +2,9 @@
  * When may a report say that one generator beats another? The rule of `docs/metrics.md`: in
  * every feature space (at least two, trained independently), the first generator has the lower
  * FID _and_ the lower KID, and its KID lead exceeds `z` times the combined seed-to-seed spread of
- * the two KIDs; the spread of each is the standard deviation of its per-subset KID estimates
- * (`kid()` in `./kid.ts`), which over-estimates the spread of the full-sample KID, so the rule
- * errs towards "within noise". Both spaces must agree; otherwise the verdict is "within noise".
+ * the two KIDs ({@linkcode kidSpread}: the standard deviation of the per-subset KID estimates of
+ * `kid()` in `./kid.ts`, scaled from a subset to the whole sample). Both spaces must agree;
+ * otherwise the verdict is "within noise".
  *
  * @module
  */
@@ -13,8 +13,19 @@
 export interface SpaceScore {
   fid: number;
   kid: number;
-  /** Standard deviation of the per-subset KID estimates. */
+  /** The seed-to-seed spread (standard deviation) of `kid` ({@linkcode kidSpread}). */
   kidStd: number;
+}
+
+/**
+ * The seed-to-seed spread of a KID averaged over subsets of `subsetSize` out of `num` samples,
+ * from the standard deviation `subsetStd` of the per-subset estimates: `subsetStd · √(m / n)`,
+ * as if the estimate used n/m independent subsets (docs/metrics.md §3 compares it with measured
+ * spreads).
+ */
+export function kidSpread(subsetStd: number, subsetSize: number, num: number): number {
+  if (!(subsetSize > 0 && num > 0)) throw new RangeError(`kidSpread: m ${subsetSize}, n ${num}`);
+  return subsetStd * Math.sqrt(Math.min(1, subsetSize / num));
 }
 
 /** `a` against `b`: `better` (a is better), `worse`, or `within noise`. */

@@ -60,7 +60,12 @@ import {
 import { mnistDataset } from "../data/dataset.ts";
 import type { ImageDataset } from "../data/dataset.ts";
 import { SIGMA_INIT } from "../metrics/generate.ts";
-import { compareGenerators, DEFAULT_NOISE_Z } from "../metrics/compare.ts";
+import {
+  compareGenerators,
+  DEFAULT_NOISE_Z,
+  kidSpread,
+  type SpaceScore,
+} from "../metrics/compare.ts";
 import { loadRefStats, saveRefStats } from "../metrics/ref_stats.ts";
 import { datasetFeatures } from "../metrics/evaluate.ts";
 import type { Detector } from "../metrics/detector.ts";
@@ -110,6 +115,7 @@ import {
   relativeTo,
   REPORT_FORMAT,
   type SnapshotMetrics,
+  type SpaceScores,
   type StageReport,
   type TeacherFid,
   writeReport,
@@ -1406,14 +1412,20 @@ async function buildReport(p: Plan, teacherPath: string): Promise<ChainReport> {
   // Claims: a generator beats another only when every feature space agrees beyond the noise.
   const names = p.spaces.map((s) => s.name);
   const comparisons: ComparisonReport[] = [];
-  const compare = (
-    a: string,
-    sa: Record<string, SpaceScoreLike> | null,
-    b: string,
-    sb: Record<string, SpaceScoreLike> | null,
-    why?: string,
-  ) => {
-    const c = compareGenerators(sa ?? {}, sb ?? {}, names, DEFAULT_NOISE_Z);
+  // Each KID's spread: its subsets' standard deviation scaled to the whole sample (compare.ts).
+  type Scored = { num: number; spaces: Record<string, SpaceScores> } | null | undefined;
+  const spreads = (m: Scored): Record<string, SpaceScore> =>
+    m
+      ? Object.fromEntries(
+        Object.entries(m.spaces).map(([k, v]) => [k, {
+          fid: v.fid,
+          kid: v.kid,
+          kidStd: kidSpread(v.kidStd, v.kidSubsetSize ?? m.num, m.num),
+        }]),
+      )
+      : {};
+  const compare = (a: string, sa: Scored, b: string, sb: Scored, why?: string) => {
+    const c = compareGenerators(spreads(sa), spreads(sb), names, DEFAULT_NOISE_Z);
     const reason = (c.verdict === "not compared" && why) ? why : c.reason;
     comparisons.push({ a, b, verdict: c.verdict, reason, spaces: c.spaces });
   };
@@ -1424,9 +1436,9 @@ async function buildReport(p: Plan, teacherPath: string): Promise<ChainReport> {
     if (evaluated || shipped) {
       compare(
         label(s, used),
-        used.metrics?.spaces ?? null,
+        used.metrics,
         `the teacher (${teacherFid!.nfe ?? "?"} NFE)`,
-        evaluated?.spaces ?? null,
+        evaluated?.spaces ? { num: evaluated.num!, spaces: evaluated.spaces } : null,
         evaluated
           ? undefined
           : "the teacher's shipped record holds one FID and no KID: `--eval-teacher` scores it",
@@ -1437,15 +1449,15 @@ async function buildReport(p: Plan, teacherPath: string): Promise<ChainReport> {
     const [a, b] = [stages[1], stages[0]];
     const ua = a.used === "best" ? a.best! : a.last!;
     const ub = b.used === "best" ? b.best! : b.last!;
-    compare(label(a, ua), ua.metrics?.spaces ?? null, label(b, ub), ub.metrics?.spaces ?? null);
+    compare(label(a, ua), ua.metrics, label(b, ub), ub.metrics);
   }
   for (const s of stages) {
     if (s.best && s.best.kimg !== s.last!.kimg) {
       compare(
         label(s, s.best),
-        s.best.metrics?.spaces ?? null,
+        s.best.metrics,
         label(s, s.last!),
-        s.last!.metrics?.spaces ?? null,
+        s.last!.metrics,
       );
     }
   }
@@ -1504,8 +1516,6 @@ async function buildReport(p: Plan, teacherPath: string): Promise<ChainReport> {
   await writeReport(out, report);
   return report;
 }
-
-type SpaceScoreLike = { fid: number; kid: number; kidStd: number };
 
 function kimgLabelText(k: number): string {
   return Number.isInteger(k) ? String(k) : String(Math.round(k * 1000) / 1000);
@@ -1649,7 +1659,8 @@ export async function distillChainTask(args: string[]): Promise<void> {
     console.log(`${summary}; ${((performance.now() - t0) / 60000).toFixed(1)} min`);
     const names = r.report?.evaluation.spaces.map((s) => s.name) ?? [];
     for (const s of r.report?.stages ?? []) {
-      for (const x of [s.best, s.last]) {
+      const one = s.best?.snapshot === s.last.snapshot && s.best?.kimg === s.last.kimg;
+      for (const x of one ? [s.best] : [s.best, s.last]) {
         if (!x) continue;
         const scores = names.map((n) => {
           const m = x.metrics?.spaces[n];
@@ -1658,9 +1669,9 @@ export async function distillChainTask(args: string[]): Promise<void> {
           }`;
         }).join("  ");
         console.log(
-          `${`${s.title} ${x.which}${s.used === x.which ? "*" : ""}`.padEnd(12)} ${
-            String(x.kimg).padStart(8)
-          } kimg  ${scores}`,
+          `${
+            `${s.title} ${one ? "best=last" : x.which}${s.used === x.which ? "*" : ""}`.padEnd(16)
+          } ${String(x.kimg).padStart(8)} kimg  ${scores}`,
         );
       }
     }

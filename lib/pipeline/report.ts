@@ -471,9 +471,9 @@ export function renderReportMarkdown(r: ChainReport): string {
       "## Claims",
       "",
       `A generator beats another only when, in every feature space, both its FID and its KID ` +
-        `are lower and its KID lead exceeds ${e.noiseZ} × √(std₁² + std₂²) of the two KIDs ` +
-        "(docs/metrics.md); otherwise the pair is within noise. Differences are first minus " +
-        "second.",
+        `are lower and its KID lead exceeds ${e.noiseZ} × √(s₁² + s₂²), s the spread of each ` +
+        "KID (its subsets' standard deviation × √(subset size / samples); docs/metrics.md); " +
+        "otherwise the pair is within noise. Differences are first minus second.",
       "",
     );
     for (const c of r.comparisons) lines.push(`- ${claimText(c)}`);
