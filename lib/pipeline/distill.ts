@@ -184,12 +184,14 @@ export interface DistillChainOptions {
    */
   snapshotNum?: number;
   /**
-   * The second feature space (MNIST features only): detector and reference statistics; default
-   * the shipped `mnist-b` network with its statistics (or the `--ref` zip) when the first space
-   * is the default one. `false`: none.
+   * The second feature space `mnist-b` (MNIST features only): its detector and reference
+   * statistics (`.npz` or a dataset zip). Default: the shipped second network
+   * (`DEFAULT_MNIST_FEATURES_B`) when `detector` is not given, with its shipped statistics when
+   * `ref` is not given, or with the `ref` zip.
    */
   detectorB?: string;
   refB?: string;
+  /** No second feature space (`--one-space`): no claim can then be made (docs/metrics.md §3). */
   noSpaceB?: boolean;
   /** Backend (`webgpu`, `native`, `cpu`, `auto`). */
   backend?: string;
