@@ -1,9 +1,9 @@
 /**
- * Evaluation of generators, shared by `deno task eval` ({@linkcode evaluateNetwork}) and the
- * evaluation stage of `deno task distill`: FID and IS of generators (one-step, or a teacher
- * with the EDM Heun sampler) against one set of reference statistics, with one detector, written
- * as `metrics.json` files in the format of `deno task eval` (plus the detector, the evaluation
- * time and the settings) and a PNG grid of the first samples.
+ * Evaluation of generators, shared by `deno task eval` ({@linkcode evaluateNetwork}: one
+ * detector, FID / IS / precision-recall) and `deno task distill` ({@linkcode evaluateNetwork} for
+ * the snapshots scored during training; {@linkcode evaluateInSpaces} for the final comparison:
+ * one-step generators or a teacher with the EDM Heun sampler, sampled once and scored in every
+ * feature space, FID and KID, written as JSON with a PNG grid of the first samples).
  *
  * @module
  */
@@ -52,43 +52,9 @@ export interface SamplerSpec {
   steps?: number;
 }
 
-/** A `metrics.json` of the chain (the `deno task eval` fields plus the chain's). */
-export interface GeneratorMetrics {
-  generator: string;
-  num: number;
-  seed: number;
-  sampler: "onestep" | "heun";
-  steps?: number;
-  sigmaInit?: number;
-  /** Network evaluations per image. */
-  nfe: number;
-  features: FeatureKind;
-  detector: string;
-  ref: string;
-  backend: string;
-  generateSeconds: number;
-  evalSeconds: number;
-  fid: number;
-  is: MeanStd;
-}
-
 /** Loads a detector. */
 export async function loadDetector(kind: FeatureKind, path: string): Promise<Detector> {
   return kind === "mnist" ? await MnistFeatureNet.load(path) : await InceptionV3.load(path);
-}
-
-/** True when a saved `metrics.json` was made with these settings for this generator and sampler. */
-export function sameEvaluation(
-  m: Partial<GeneratorMetrics> | null,
-  generator: string,
-  s: EvalSettings,
-  sampler: SamplerSpec,
-): boolean {
-  return !!m && m.generator === generator && m.num === s.num && m.seed === s.seed &&
-    m.features === s.features && m.detector === s.detector && m.ref === s.ref &&
-    m.sampler === sampler.sampler &&
-    (sampler.sampler === "onestep" || m.steps === (sampler.steps ?? 18)) &&
-    Number.isFinite(m.fid);
 }
 
 /** Reads a JSON file, or null when it is missing or not valid JSON. */
@@ -179,74 +145,6 @@ export async function evaluateNetwork(
   }
   const results = await computeMetrics(gen, o.metrics, o.ref, detector.numClasses);
   return { results, grid, gridCount, generateSeconds: genSeconds };
-}
-
-/**
- * Generates `settings.num` images with the network in `generatorPath`, runs the detector, and
- * writes FID and IS (10 splits) to `metricsPath` (atomically); with `gridPath`, also a PNG grid of
- * the first `gridCount` samples. Returns the metrics.
- */
-export async function evaluateGenerator(
-  generatorPath: string,
-  detector: Detector,
-  refStats: Stats,
-  settings: EvalSettings,
-  sampler: SamplerSpec,
-  paths: { metricsPath: string; gridPath?: string; gridCount?: number },
-  opts: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
-): Promise<GeneratorMetrics | null> {
-  const t0 = performance.now();
-  const net = await loadNetwork(generatorPath);
-  try {
-    const steps = sampler.steps ?? 18;
-    const e = await evaluateNetwork(net, detector, {
-      num: settings.num,
-      seed: settings.seed,
-      batch: settings.batch,
-      sampler: sampler.sampler,
-      steps,
-      sigmaInit: SIGMA_INIT,
-      metrics: new Set(["fid", "is"]),
-      ref: { stats: refStats },
-      gridCount: paths.gridCount,
-      signal: opts.signal,
-      onProgress: opts.onProgress,
-    });
-    if (!e) return null;
-    const metrics: GeneratorMetrics = {
-      generator: generatorPath,
-      num: settings.num,
-      seed: settings.seed,
-      sampler: sampler.sampler,
-      ...(sampler.sampler === "heun" ? { steps } : { sigmaInit: SIGMA_INIT }),
-      nfe: sampler.sampler === "heun" ? 2 * steps - 1 : 1,
-      features: settings.features,
-      detector: settings.detector,
-      ref: settings.ref,
-      backend: currentBackend()?.name ?? "unknown",
-      generateSeconds: Math.round(e.generateSeconds * 10) / 10,
-      evalSeconds: Math.round((performance.now() - t0) / 100) / 10,
-      fid: e.results.fid!,
-      is: e.results.is!,
-    };
-    await writeFileAtomic(
-      paths.metricsPath,
-      new TextEncoder().encode(JSON.stringify(metrics, null, 2) + "\n"),
-    );
-    if (paths.gridPath && e.gridCount > 0) {
-      await writeImageGrid(
-        paths.gridPath,
-        e.grid,
-        e.gridCount,
-        net.imgResolution,
-        net.imgChannels,
-        8,
-      );
-    }
-    return metrics;
-  } finally {
-    net.dispose();
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
