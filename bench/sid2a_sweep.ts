@@ -40,7 +40,7 @@ import {
   DEFAULT_MNIST_REF_STATS_B,
 } from "../lib/metrics/mnist_features.ts";
 import { loadRefStats } from "../lib/metrics/ref_stats.ts";
-import type { Stats } from "../lib/metrics/ref_stats.ts";
+import type { Stats } from "../lib/metrics/stats.ts";
 import { loadNetwork } from "../lib/nets/network.ts";
 import type { EDMPrecond } from "../lib/nets/precond.ts";
 import { evaluateNetwork } from "../lib/pipeline/evaluate.ts";
