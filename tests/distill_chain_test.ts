@@ -541,7 +541,7 @@ Deno.test("distill chain: every distillation flag reaches its stage's saved conf
     dropout: 0,
     seed: 1,
   }, "both stages");
-  assertEquals(opts.stageOverrides?.sid, { lsg: 90, augment: false }, "sid stage");
+  assertEquals(opts.stageOverrides?.sid, { lsg: 90, augment: 0 }, "sid stage");
   assertEquals(opts.stageOverrides?.sida, { lsgGan: 0.02, alpha: 1.2, ganWarmupNimg: 0 }, "sida");
   const r = await runDistillChain(opts);
   assertEquals(r.stages, { import: "ran", sid: "ran", sida: "ran", eval: "not selected" });
