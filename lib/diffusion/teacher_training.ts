@@ -50,7 +50,8 @@
  */
 import { tf } from "../deps.ts";
 import type { NamedTensorMap } from "../deps.ts";
-import { type ImageDataset, loadImageZip, mnistDataset } from "../data/dataset.ts";
+import type { ImageDataset } from "../data/dataset.ts";
+import { loadTrainingData } from "../train/data.ts";
 import { InfiniteSampler, makeBatch, type SamplerState } from "../data/sampler.ts";
 import { dataMismatch, networkShape } from "../data/fit.ts";
 import { mixSeed, seededRandom } from "../runtime/random.ts";
@@ -91,6 +92,7 @@ import {
   ensureBackend,
   numberFlag,
   parseFlags,
+  positiveOption,
   UsageError,
 } from "../runtime/cli.ts";
 import { withDropoutSeed } from "../nets/layers.ts";
@@ -753,29 +755,12 @@ export interface TeacherResult {
   loss: number;
 }
 
-function positive(name: string, v: number): number {
-  if (!(v > 0) || !Number.isFinite(v)) throw new UsageError(`--${name} must be > 0, got ${v}`);
-  return v;
-}
-
 async function isDirectory(path: string): Promise<boolean> {
   try {
     return (await Deno.stat(path)).isDirectory;
   } catch {
     return false;
   }
-}
-
-async function loadData(source: string): Promise<ImageDataset> {
-  if (source === "mnist") return await mnistDataset();
-  try {
-    const st = await Deno.stat(source);
-    if (!st.isFile) throw new UsageError(`data '${source}' is not a file`);
-  } catch (e) {
-    if (e instanceof UsageError) throw e;
-    throw new UsageError(`data file '${source}' not found`);
-  }
-  return await loadImageZip(source);
 }
 
 /** The network configuration of the options (preset or explicit, with the dropout override). */
@@ -826,10 +811,10 @@ export async function trainTeacher(o: TeacherOptions): Promise<TeacherResult> {
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
-  const kimg = positive("kimg", o.kimg ?? TEACHER_CADENCE.kimg);
-  const tickKimg = positive("tick", o.tickKimg ?? TEACHER_CADENCE.tickKimg);
-  const snapKimg = positive("snap", o.snapKimg ?? TEACHER_CADENCE.snapKimg);
-  const dumpKimg = positive("dump", o.dumpKimg ?? TEACHER_CADENCE.dumpKimg);
+  const kimg = positiveOption("kimg", o.kimg ?? TEACHER_CADENCE.kimg);
+  const tickKimg = positiveOption("tick", o.tickKimg ?? TEACHER_CADENCE.tickKimg);
+  const snapKimg = positiveOption("snap", o.snapKimg ?? TEACHER_CADENCE.snapKimg);
+  const dumpKimg = positiveOption("dump", o.dumpKimg ?? TEACHER_CADENCE.dumpKimg);
   checkBackendName(o.backend);
   if (o.export !== undefined) {
     if (!o.export.toLowerCase().endsWith(".safetensors")) {
@@ -842,7 +827,7 @@ export async function trainTeacher(o: TeacherOptions): Promise<TeacherResult> {
   }
   const net = networkOf(o);
   const dataSource = typeof o.data === "string" ? o.data : o.data ? o.data.name : "mnist";
-  const dataset = typeof o.data === "object" ? o.data : await loadData(o.data ?? "mnist");
+  const dataset = typeof o.data === "object" ? o.data : await loadTrainingData(o.data ?? "mnist");
   const mismatch = teacherDataMismatch(dataset, net.config, `data ${dataSource}`);
   if (mismatch) throw new UsageError(mismatch);
   const run: TeacherRunInfo = {
