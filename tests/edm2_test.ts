@@ -1,0 +1,180 @@
+/**
+ * EDM2 networks (lib/nets/edm2.ts): parity with NVlabs/edm2 `training.networks_edm2.Precond`
+ * (denoised output, `return_logvar`, SiDA encoder logits) at small widths to 1e-4, forced weight
+ * normalisation, and no tensor leaks over forward/backward. Fixtures:
+ * tests/fixtures/nets/edm2_*.safetensors, made by tests/fixtures/make_edm2_fixtures.py.
+ */
+import assert from "node:assert/strict";
+import { tf } from "../lib/deps.ts";
+import { readSafetensors } from "../lib/io/safetensors.ts";
+import {
+  EDM2Precond,
+  edm2Preset,
+  estimateEdm2Parameters,
+  fromEdm2Kwargs,
+  toEdm2Kwargs,
+} from "../lib/nets/edm2.ts";
+import { fixturePath, maxAbs, maxAbsDiff, nhwc, setupBackend, TEST_BACKEND } from "./helpers.ts";
+
+const TOL = 1e-4;
+
+async function load(name: string) {
+  const { tensors, metadata } = await readSafetensors(fixturePath(`nets/edm2_${name}.safetensors`));
+  const config = fromEdm2Kwargs(JSON.parse(metadata.config));
+  const net = new EDM2Precond(config, { init: "zeros" });
+  const isState = (k: string) => !/^c\d+\./.test(k) && !k.startsWith("renorm.");
+  net.loadStateDict(new Map([...tensors].filter(([k]) => isState(k))));
+  return { net, tensors, cases: JSON.parse(metadata.cases) as { labels: boolean }[] };
+}
+
+for (const name of ["cond", "uncond"]) {
+  Deno.test(`EDM2 parity with the reference: ${name} (${TEST_BACKEND})`, async () => {
+    await setupBackend();
+    const fx = await load(name);
+    try {
+      for (let i = 0; i < fx.cases.length; i++) {
+        const get = (k: string) => nhwc(fx.tensors.get(`c${i}.${k}`)!);
+        const x = get("x") as tf.Tensor4D;
+        const sigma = get("sigma");
+        const labels = fx.cases[i].labels ? get("labels") as tf.Tensor2D : undefined;
+        const wantD = get("denoised"), wantL = get("logits"), wantV = get("logvar");
+        const before = tf.memory().numTensors;
+        const d = fx.net.denoise(x, sigma, { labels });
+        const l = fx.net.denoise(x, sigma, { labels, returnFlag: "encoder" });
+        const both = fx.net.denoise(x, sigma, { labels, returnFlag: "encoder_decoder" });
+        const v = fx.net.logvar(sigma);
+        assert.equal(tf.memory().numTensors, before + 5, "denoise/logvar leaked tensors");
+        assert.ok(await maxAbs(wantD) > 0.01, "reference output is degenerate");
+        assert.ok(await maxAbs(wantL) > 0.01, "reference logits are degenerate");
+        const errs = {
+          denoised: await maxAbsDiff(d, wantD),
+          logits: await maxAbsDiff(l, wantL),
+          "e_d denoised": await maxAbsDiff(both.denoised, wantD),
+          "e_d logits": await maxAbsDiff(both.logits, wantL),
+          logvar: await maxAbsDiff(v, wantV),
+        };
+        console.log(`edm2 ${name} c${i}: ${JSON.stringify(errs)}`);
+        for (const [what, err] of Object.entries(errs)) {
+          assert.ok(err < TOL, `${name} case ${i} ${what}: max abs error ${err}`);
+        }
+        tf.dispose([x, sigma, wantD, wantL, wantV, d, l, both.denoised, both.logits, v]);
+        if (labels) labels.dispose();
+      }
+    } finally {
+      fx.net.dispose();
+    }
+  });
+}
+
+Deno.test("EDM2 forced weight normalisation: as the reference, each row at unit magnitude", async () => {
+  await setupBackend();
+  const fx = await load("uncond");
+  try {
+    // Scale some rows far from unit magnitude first: renormalisation must undo any scale.
+    const sd = await fx.net.stateDict();
+    fx.net.renormalize();
+    const after = await fx.net.stateDict();
+    let checked = 0;
+    for (const [name, want] of fx.tensors) {
+      if (!name.startsWith("renorm.")) continue;
+      const key = name.slice("renorm.".length);
+      const got = after.get(key)!;
+      assert.ok(sd.get(key), key);
+      let err = 0;
+      for (let j = 0; j < got.data.length; j++) {
+        err = Math.max(
+          err,
+          Math.abs((got.data as Float32Array)[j] - (want.data as Float32Array)[j]),
+        );
+      }
+      assert.ok(err < 1e-5, `${key}: differs from the reference's renormalised weight by ${err}`);
+      // Each output row: sum of squares = fan_in (unit magnitude per element), up to eps.
+      const rows = got.shape[0], fan = got.data.length / rows;
+      for (let r = 0; r < rows; r++) {
+        let ss = 0;
+        for (let j = 0; j < fan; j++) ss += (got.data as Float32Array)[r * fan + j] ** 2;
+        assert.ok(
+          Math.abs(Math.sqrt(ss / fan) - 1) < 1e-3,
+          `${key} row ${r}: rms ${Math.sqrt(ss / fan)}`,
+        );
+      }
+      checked++;
+    }
+    assert.equal(checked, fx.net.mpConvs().length);
+    // Scale invariance: a weight times 7 renormalises to the same value; outputs do not change.
+    const x = tf.randomNormal([2, 8, 8, 3], 0, 1, "float32", 3) as tf.Tensor4D;
+    const d0 = fx.net.denoise(x, [0.5, 3]);
+    const w = fx.net.unet.outConv.weight;
+    w.assign(tf.tidy(() => tf.mul(w, 7)));
+    const d1 = fx.net.denoise(x, [0.5, 3]);
+    fx.net.renormalize();
+    const d2 = fx.net.denoise(x, [0.5, 3]);
+    assert.ok(await maxAbsDiff(d0, d1) < 1e-4, "output not invariant to weight scale");
+    assert.ok(await maxAbsDiff(d0, d2) < 1e-5);
+    tf.dispose([x, d0, d1, d2]);
+  } finally {
+    fx.net.dispose();
+  }
+});
+
+Deno.test("EDM2: tf.memory().numTensors flat over repeated forward/backward + renormalize", async () => {
+  await setupBackend();
+  const fx = await load("cond");
+  try {
+    const x = tf.randomNormal([2, 16, 16, 4], 0, 1, "float32", 5) as tf.Tensor4D;
+    const labels = tf.oneHot([1, 7], 10).toFloat() as tf.Tensor2D;
+    const sigma = tf.tensor1d([0.3, 4]);
+    const vars = fx.net.namedParameters().map(([, v]) => v);
+    const counts: number[] = [];
+    for (let it = 0; it < 4; it++) {
+      const { value, grads } = tf.variableGrads(() => {
+        const { denoised, logits } = fx.net.denoise(x, sigma, {
+          labels,
+          returnFlag: "encoder_decoder",
+          training: true,
+        });
+        const lv = fx.net.logvar(sigma);
+        return tf.addN([
+          tf.mean(tf.div(tf.square(tf.sub(denoised, x)), tf.exp(lv))),
+          tf.mean(lv),
+          tf.mean(logits),
+        ]) as tf.Scalar;
+      }, vars);
+      assert.ok(Number.isFinite((await value.data())[0]));
+      assert.ok(Object.keys(grads).length > 0);
+      tf.tidy(() => {
+        for (const v of vars) if (grads[v.name]) v.assign(tf.sub(v, tf.mul(grads[v.name], 1e-3)));
+      });
+      tf.dispose([value, ...Object.values(grads)]);
+      fx.net.renormalize();
+      counts.push(tf.memory().numTensors);
+    }
+    assert.deepEqual(counts, counts.map(() => counts[0]), `tensor counts: ${counts}`);
+    tf.dispose([x, labels, sigma]);
+  } finally {
+    fx.net.dispose();
+  }
+});
+
+Deno.test("EDM2 configs: kwargs round trip, presets and parameter counts", () => {
+  const c = edm2Preset("edm2-img512-xs");
+  assert.deepEqual(fromEdm2Kwargs(toEdm2Kwargs(c)), c);
+  assert.equal(c.imgChannels, 4);
+  assert.equal(edm2Preset("edm2-img64-s").imgChannels, 3);
+  assert.throws(() => edm2Preset("edm2-img64-xxl"));
+  assert.throws(() => fromEdm2Kwargs({ img_resolution: 8, img_channels: 3, label_dim: 0, foo: 1 }));
+  // Parameter counts of the official presets, counted with the reference classes.
+  const counts = JSON.parse(Deno.readTextFileSync(fixturePath("nets/edm2_presets.json")));
+  assert.equal(Object.keys(counts).length, 12);
+  for (const [name, n] of Object.entries(counts)) {
+    assert.equal(estimateEdm2Parameters(edm2Preset(name)), n, name);
+  }
+});
+
+Deno.test("EDM2: built networks have the parameter count the estimate gives", async () => {
+  for (const name of ["cond", "uncond"]) {
+    const fx = await load(name);
+    assert.equal(fx.net.numParameters(), estimateEdm2Parameters(fx.net.config));
+    fx.net.dispose();
+  }
+});
