@@ -14,6 +14,7 @@ import {
   fromEdm2Kwargs,
   toEdm2Kwargs,
 } from "../lib/nets/edm2.ts";
+import { importEdm2Network, loadEdm2Network, saveEdm2Network } from "../lib/nets/import_edm2.ts";
 import { fixturePath, maxAbs, maxAbsDiff, nhwc, setupBackend, TEST_BACKEND } from "./helpers.ts";
 
 const TOL = 1e-4;
@@ -176,5 +177,58 @@ Deno.test("EDM2: built networks have the parameter count the estimate gives", as
     const fx = await load(name);
     assert.equal(fx.net.numParameters(), estimateEdm2Parameters(fx.net.config));
     fx.net.dispose();
+  }
+});
+
+Deno.test("EDM2 pickle import (fp16 EMA, safe reader): exact weights, parity, save/load round trip", async () => {
+  await setupBackend();
+  const { net, summary } = await importEdm2Network(fixturePath("pickles/edm2_tiny_fp16.pkl"));
+  const fx = await load("cond");
+  const tmp = await Deno.makeTempFile({ suffix: ".safetensors" });
+  try {
+    assert.equal(summary.key, "ema");
+    assert.equal(summary.className, "Precond");
+    assert.deepEqual(summary.sourceDtypes, ["float16"]);
+    assert.deepEqual(net.config, fx.net.config);
+    // Parameters were float16 already: identical. Buffers were rounded to float16 by the save.
+    const got = await net.stateDict();
+    for (const [name, want] of await fx.net.stateDict()) {
+      const g = got.get(name)!.data as Float32Array, w = want.data as Float32Array;
+      const isBuffer = name.endsWith("freqs") || name.endsWith("phases");
+      for (let j = 0; j < w.length; j++) {
+        const tol = isBuffer ? Math.abs(w[j]) * 1e-3 + 1e-3 : 0;
+        assert.ok(Math.abs(g[j] - w[j]) <= tol, `${name}[${j}]: ${g[j]} vs ${w[j]}`);
+      }
+    }
+    // The imported network with the fixture's (float32) buffers reproduces the reference.
+    net.loadStateDict(
+      new Map([...fx.tensors].filter(([k]) => k.endsWith("freqs") || k.endsWith("phases"))),
+      { strict: false },
+    );
+    const x = nhwc(fx.tensors.get("c0.x")!) as tf.Tensor4D;
+    const sigma = nhwc(fx.tensors.get("c0.sigma")!);
+    const labels = nhwc(fx.tensors.get("c0.labels")!) as tf.Tensor2D;
+    const want = nhwc(fx.tensors.get("c0.denoised")!);
+    const d = net.denoise(x, sigma, { labels });
+    const err = await maxAbsDiff(d, want);
+    console.log(`imported pickle, c0 denoised max abs error ${err}`);
+    assert.ok(err < TOL);
+    await saveEdm2Network(net, tmp);
+    const again = await loadEdm2Network(tmp);
+    const d2 = again.denoise(x, sigma, { labels });
+    assert.equal(await maxAbsDiff(d, d2), 0);
+    again.dispose();
+    tf.dispose([x, sigma, labels, want, d, d2]);
+    await assert.rejects(
+      () => importEdm2Network(fixturePath("pickles/edm_songunet.pkl")),
+      /not an EDM2 Precond/,
+    );
+    await assert.rejects(
+      () => importEdm2Network(fixturePath("pickles/malicious_os_system.pkl")),
+    );
+  } finally {
+    net.dispose();
+    fx.net.dispose();
+    await Deno.remove(tmp);
   }
 });

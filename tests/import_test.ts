@@ -151,7 +151,10 @@ Deno.test("edm2_fp16.pkl: float16 weights bit-exact; EDM2 networks are refused c
   } finally {
     f.close();
   }
-  await assertIoError(importNetwork(P("edm2_fp16.pkl")), /EDM2 UNet not supported yet/);
+  await assertIoError(
+    importNetwork(P("edm2_fp16.pkl")),
+    /is an EDM2 network \(Precond\); load it with importEdm2Network/,
+  );
   await assertIoError(importNetwork(P("edm2_fp16.pkl"), { key: "loss_fn" }), /'EDM2Loss'/);
   await assertIoError(
     importNetwork(P("edm2_fp16.pkl"), { key: "nope" }),
@@ -277,7 +280,10 @@ Deno.test("import-teacher task: end to end, then loadNetwork of the output", asy
     }
     const bad = await runTask(P("edm2_fp16.pkl"), `${dir}/x.safetensors`);
     assert.notEqual(bad.code, 0);
-    assert.match(bad.stderr, /^(backend: .*\n)?error: .*EDM2 UNet not supported yet\n$/);
+    assert.match(
+      bad.stderr,
+      /^(backend: .*\n)?error: .*is an EDM2 network .*importEdm2Network.*\n$/,
+    );
     assert.ok(!existsSync(`${dir}/x.safetensors`));
   } finally {
     Deno.removeSync(dir, { recursive: true });

@@ -176,7 +176,7 @@ function plan(path: string, options: ImportOptions): Plan {
       moduleSrcHash = obj.moduleSrcHash;
       if (className === "Precond" || className.startsWith("EDM_2_Precond")) {
         throw new IoError(
-          `${path}: ${where} is an EDM2 network (${className}); EDM2 UNet not supported yet`,
+          `${path}: ${where} is an EDM2 network (${className}); load it with importEdm2Network / loadEdm2Network (lib/nets/import_edm2.ts)`,
         );
       }
       if (!PRECOND_CLASSES.has(className)) {
