@@ -15,6 +15,8 @@ import {
   toEdm2Kwargs,
 } from "../lib/nets/edm2.ts";
 import { importEdm2Network, loadEdm2Network, saveEdm2Network } from "../lib/nets/import_edm2.ts";
+import { fakeScoreLoss } from "../lib/distill/losses.ts";
+import { EDM2_P_MEAN, EDM2_P_STD } from "../lib/distill/sigma.ts";
 import { fixturePath, maxAbs, maxAbsDiff, nhwc, setupBackend, TEST_BACKEND } from "./helpers.ts";
 
 const TOL = 1e-4;
@@ -231,4 +233,29 @@ Deno.test("EDM2 pickle import (fp16 EMA, safe reader): exact weights, parity, sa
     fx.net.dispose();
     await Deno.remove(tmp);
   }
+});
+
+Deno.test("EDM2 fake-score loss with the logvar head: λ e^{-u} Σ(D̂-x)² + HWC·u per sample", async () => {
+  await setupBackend();
+  const x = tf.tensor4d([1, 2, 3, 4, 0, 0, 0, 0], [2, 2, 2, 1]);
+  const d = tf.tensor4d([1.5, 2, 3, 3, 0, 1, 0, 0], [2, 2, 2, 1]);
+  const sigma = tf.tensor1d([0.5, 2]);
+  const u = tf.tensor4d([0.3, -1], [2, 1, 1, 1]);
+  const plain = fakeScoreLoss({ x, denoised: d, sigma });
+  const withU = fakeScoreLoss({ x, denoised: d, sigma, logvar: u });
+  const lam = [(0.25 + 0.25) / (0.25 * 0.25), (4 + 0.25) / (1 * 1)];
+  const sse = [0.25 + 1, 1];
+  const want = [lam[0] * Math.exp(-0.3) * sse[0] + 4 * 0.3, lam[1] * Math.exp(1) * sse[1] + 4 * -1];
+  const got = await withU.perSample.data();
+  const gotPlain = await plain.perSample.data();
+  for (let i = 0; i < 2; i++) {
+    assert.ok(Math.abs(got[i] - want[i]) < 1e-4 * Math.abs(want[i]), `${got[i]} vs ${want[i]}`);
+    assert.ok(Math.abs(gotPlain[i] - lam[i] * sse[i]) < 1e-4 * lam[i] * sse[i]);
+  }
+  assert.ok(Math.abs((await withU.loss.data())[0] - (want[0] + want[1])) < 1e-3);
+  // EDM2's own noise distribution for the fake-score σ (P_mean −0.4, P_std 1.0).
+  assert.equal(EDM2_P_MEAN, -0.4);
+  assert.equal(EDM2_P_STD, 1.0);
+  tf.dispose([x, d, sigma, u, plain.loss, plain.perSample, plain.keep]);
+  tf.dispose([withU.loss, withU.perSample, withU.keep]);
 });

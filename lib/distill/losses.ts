@@ -243,6 +243,11 @@ export interface FakeScoreLossInputs {
   sigmaData?: number;
   /** Extra samples to drop (ANDed with the NaN filter). */
   keep?: tf.Tensor1D;
+  /**
+   * u_n, the fake net's log-variance head at σ_n (`[N]` or `[N, 1, 1, 1]`, EDM2 networks'
+   * `logvar`): when given, the EDM2 uncertainty-weighted form (see below).
+   */
+  logvar?: tf.Tensor;
 }
 
 /**
@@ -253,19 +258,26 @@ export interface FakeScoreLossInputs {
  *   L_n  = λ(σ_n) · Σ_{h,w,c} ( D̂_n − x̃_g,n )²
  *   loss = Σ_n L_n                      (the loop scales by ls/B, {@linkcode fakeStepObjective})
  *
- * NaN filter: samples with a NaN in x̃_g or D̂ are dropped. Gradient flows into D̂ only in
- * practice (x̃_g is produced under no-grad by the caller).
+ * With `logvar` (EDM2, `--return_logvar 1`; `sid:sida_training_edm2/sida_loss_edm2.py:326-333`,
+ * Eq. 21 of the EDM2 paper) each pixel's term is λ e^{−u_n} (D̂ − x̃_g)² + u_n, so
+ *   L_n = λ(σ_n) e^{−u_n} Σ_{h,w,c} (D̂_n − x̃_g,n)² + H·W·C·u_n.
+ *
+ * NaN filter: samples with a NaN in x̃_g or D̂ (or u) are dropped. Gradient flows into D̂ (and
+ * u) only in practice (x̃_g is produced under no-grad by the caller).
  */
 export function fakeScoreLoss(inputs: FakeScoreLossInputs): LossResult {
   return tf.tidy(() => {
-    const keep = sampleKeepMask([inputs.x, inputs.denoised], inputs.keep);
+    const u = inputs.logvar ? tf.reshape(inputs.logvar, [-1]) : undefined;
+    const keep = sampleKeepMask([inputs.x, inputs.denoised, ...(u ? [u] : [])], inputs.keep);
     const x = zeroDropped(inputs.x, keep);
     const d = zeroDropped(inputs.denoised, keep);
     const lambda = edmLossWeight(inputs.sigma, inputs.sigmaData ?? SIGMA_DATA);
-    const perSample = tf.mul(
-      tf.mul(lambda, tf.sum(tf.square(tf.sub(d, x)), [1, 2, 3])),
-      tf.cast(keep, "float32"),
-    ) as tf.Tensor1D;
+    let per: tf.Tensor = tf.mul(lambda, tf.sum(tf.square(tf.sub(d, x)), [1, 2, 3]));
+    if (u) {
+      const uk = zeroDropped(u, keep);
+      per = tf.add(tf.mul(per, tf.exp(tf.neg(uk))), tf.mul(uk, x.size / x.shape[0]));
+    }
+    const perSample = tf.mul(per, tf.cast(keep, "float32")) as tf.Tensor1D;
     return { loss: tf.sum(perSample) as tf.Scalar, perSample, keep };
   });
 }
