@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { tf } from "../lib/deps.ts";
 import { readSafetensors } from "../lib/io/safetensors.ts";
 import {
+  createEdm2Network,
   EDM2Precond,
   edm2Preset,
   estimateEdm2Parameters,
@@ -258,4 +259,49 @@ Deno.test("EDM2 fake-score loss with the logvar head: λ e^{-u} Σ(D̂-x)² + HW
   assert.equal(EDM2_P_STD, 1.0);
   tf.dispose([x, d, sigma, u, plain.loss, plain.perSample, plain.keep]);
   tf.dispose([withU.loss, withU.perSample, withU.keep]);
+});
+
+Deno.test("EDM2 createEdm2Network: random init at unit magnitude, copyFrom, input checks", async () => {
+  await setupBackend();
+  const cfg = {
+    imgResolution: 8,
+    imgChannels: 3,
+    labelDim: 4,
+    logvarChannels: 8,
+    unet: {
+      modelChannels: 8,
+      channelMult: [1, 2],
+      numBlocks: 1,
+      attnResolutions: [4],
+      channelsPerHead: 8,
+      dropout: 0.5,
+    },
+  };
+  const a = createEdm2Network(cfg, { seed: 3 });
+  const b = createEdm2Network(cfg, { init: "zeros" });
+  try {
+    for (const m of a.mpConvs()) {
+      const rms = tf.tidy(() => tf.sqrt(tf.mean(tf.square(m.weight))).dataSync()[0]);
+      assert.ok(Math.abs(rms - 1) < 1e-3, `rms ${rms}`);
+    }
+    b.copyFrom(a);
+    const x = tf.randomNormal([2, 8, 8, 3], 0, 1, "float32", 9) as tf.Tensor4D;
+    const da = a.denoise(x, 1.5), db = b.denoise(x, 1.5);
+    assert.equal(await maxAbsDiff(da, db), 0);
+    // out_gain starts at zero (so D = c_skip·x); the encoder logits show dropout (p 0.5) at work.
+    const le = a.denoise(x, 1.5, { returnFlag: "encoder" });
+    const dt = a.denoise(x, 1.5, { returnFlag: "encoder", training: true });
+    assert.ok(await maxAbsDiff(le, dt) > 1e-3, "dropout had no effect in training mode");
+    const lb = b.denoise(x, 1.5, { returnFlag: "encoder" });
+    assert.equal(await maxAbsDiff(le, lb), 0, "copyFrom did not copy every weight");
+    assert.equal(a.training, false);
+    const logits = a.denoise(x, [1, 2], { returnFlag: "encoder" });
+    assert.deepEqual(logits.shape, [2, 4, 4, 1]);
+    assert.throws(() => a.denoise(x, [1, 2, 3]), /sigma/);
+    assert.throws(() => a.denoise(tf.zeros([1, 8, 8, 4]) as tf.Tensor4D, 1), /expected images/);
+    tf.dispose([x, da, db, le, lb, dt, logits]);
+  } finally {
+    a.dispose();
+    b.dispose();
+  }
 });
