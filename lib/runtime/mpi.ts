@@ -20,9 +20,9 @@
  *   Vulkan device-select layer honours (`MESA_VK_DEVICE_SELECT` is left to the user);
  * - `OMPI_MCA_mpi_yield_when_idle=1` unless set: a rank waiting in a collective yields its core.
  *
- * When the process exits, the world is finalised (`MPI_Finalize`) after a zero exit status, and
- * aborted (`MPI_Abort`, which stops every rank of the job) after any other: a rank that fails or is
- * interrupted alone never leaves the others waiting in a collective.
+ * When the process exits, the world is finalised (`MPI_Finalize`) after a zero exit status (or an
+ * agreed one, {@linkcode exitTogether}), and aborted (`MPI_Abort`, which stops every rank of the
+ * job) after any other: a rank that fails alone never leaves the others waiting in a collective.
  *
  * @module
  */
@@ -277,6 +277,16 @@ export class MpiComm {
 }
 
 let comm: MpiComm | null | undefined;
+let agreedExit = false;
+
+/**
+ * Declares that every rank is about to exit with the same status by agreement (an interrupt all
+ * ranks stopped for): the exit then finalises MPI instead of aborting the job, whatever the
+ * status.
+ */
+export function exitTogether(): void {
+  agreedExit = true;
+}
 
 /**
  * `MPI_COMM_WORLD` of a job of two or more processes, initialised on the first call (compiling
@@ -302,7 +312,7 @@ export function worldComm(): MpiComm | null {
   comm = c;
   globalThis.addEventListener("unload", () => {
     const code = Deno.exitCode;
-    if (code !== 0) c.abort(code);
+    if (code !== 0 && !agreedExit) c.abort(code);
     try {
       c.finalize();
     } catch { /* exiting anyway */ }

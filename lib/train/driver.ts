@@ -34,6 +34,7 @@ import { lockRunFolder } from "../io/lock.ts";
 import { saveNetwork } from "../nets/network.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
 import { UsageError } from "../runtime/cli.ts";
+import { exitTogether, mpiWorld } from "../runtime/mpi.ts";
 import { anyRank, type DataParallel, dataParallel, isWriter } from "./parallel.ts";
 import {
   DEFAULT_NON_FINITE_LIMIT,
@@ -445,7 +446,9 @@ async function loop<S, St extends TrainerState, Run, R extends TickSummary>(
  * Runs `body` with SIGINT wired to an abort signal, as every training task does: the first
  * Ctrl-C finishes the current iteration, writes a state and exits with status 130 (when `body`
  * reports `interrupted`); a second one exits at once (states are written atomically, so none is
- * ever half-written).
+ * ever half-written). Under MPI, SIGUSR1 does the same (`kill -USR1 <mpirun's pid>`: mpirun
+ * forwards it to every rank, while it answers SIGINT by terminating the ranks); the ranks agree
+ * to stop after the same iteration (docs/mpi.md).
  */
 export async function withInterrupt(
   body: (signal: AbortSignal) => Promise<{ interrupted: boolean }>,
@@ -453,16 +456,23 @@ export async function withInterrupt(
 ): Promise<void> {
   const controller = new AbortController();
   let interrupts = 0;
-  const onInterrupt = () => {
-    if (++interrupts > 1) Deno.exit(130);
-    console.error(`\nSIGINT: ${message}…`);
-    controller.abort();
-  };
-  Deno.addSignalListener("SIGINT", onInterrupt);
+  const signals: Deno.Signal[] = mpiWorld() ? ["SIGINT", "SIGUSR1"] : ["SIGINT"];
+  const handlers = signals.map((sig) => {
+    const onInterrupt = () => {
+      if (++interrupts > 1) Deno.exit(130);
+      if (isWriter()) console.error(`\n${sig}: ${message}…`);
+      controller.abort();
+    };
+    Deno.addSignalListener(sig, onInterrupt);
+    return [sig, onInterrupt] as const;
+  });
   try {
     const r = await body(controller.signal);
-    if (r.interrupted) Deno.exit(130);
+    if (r.interrupted) {
+      exitTogether(); // every rank stopped after the same iteration (the driver's agreement)
+      Deno.exit(130);
+    }
   } finally {
-    Deno.removeSignalListener("SIGINT", onInterrupt);
+    for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
   }
 }
