@@ -181,6 +181,19 @@ export {
   importToSafetensors,
 } from "./lib/nets/import.ts";
 
+// EDM2 networks (magnitude-preserving UNet, logvar head) and their checkpoints (docs/edm2.md).
+export {
+  createEdm2Network,
+  type Edm2Config,
+  type Edm2ConfigInput,
+  EDM2Precond,
+  edm2Preset,
+  estimateEdm2Parameters,
+  fromEdm2Kwargs,
+  toEdm2Kwargs,
+} from "./lib/nets/edm2.ts";
+export { importEdm2Network, loadEdm2Network, saveEdm2Network } from "./lib/nets/import_edm2.ts";
+
 // Evaluation.
 export {
   FeatureStats,
