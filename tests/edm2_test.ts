@@ -16,7 +16,11 @@ import {
   toEdm2Kwargs,
 } from "../lib/nets/edm2.ts";
 import { importEdm2Network, loadEdm2Network, saveEdm2Network } from "../lib/nets/import_edm2.ts";
-import { fakeScoreLoss } from "../lib/distill/losses.ts";
+import {
+  fakeScoreLoss,
+  sidaGeneratorAdversarialLoss,
+  sidGeneratorLoss,
+} from "../lib/distill/losses.ts";
 import { EDM2_P_MEAN, EDM2_P_STD } from "../lib/distill/sigma.ts";
 import { fixturePath, maxAbs, maxAbsDiff, nhwc, setupBackend, TEST_BACKEND } from "./helpers.ts";
 
@@ -304,4 +308,33 @@ Deno.test("EDM2 createEdm2Network: random init at unit magnitude, copyFrom, inpu
     a.dispose();
     b.dispose();
   }
+});
+
+Deno.test("EDM2 generator losses with logvar: SiD and adversarial terms divided by e^u per sample", async () => {
+  await setupBackend();
+  const xg = tf.randomNormal([2, 2, 2, 1], 0, 1, "float32", 1) as tf.Tensor4D;
+  const yReal = tf.randomNormal([2, 2, 2, 1], 0, 1, "float32", 2) as tf.Tensor4D;
+  const yFake = tf.randomNormal([2, 2, 2, 1], 0, 1, "float32", 3) as tf.Tensor4D;
+  const logits = tf.randomNormal([2, 1, 1, 1], 0, 1, "float32", 4) as tf.Tensor4D;
+  const u = tf.tensor1d([0.7, -0.2]);
+  const scale = [Math.exp(-0.7), Math.exp(0.2)];
+  const a = sidGeneratorLoss({ xg, yReal, yFake, alpha: 1.2 });
+  const b = sidGeneratorLoss({ xg, yReal, yFake, alpha: 1.2, logvar: u });
+  const ga = sidaGeneratorAdversarialLoss({ logits, weightFactor: a.weightFactor, chw: 4 });
+  const gb = sidaGeneratorAdversarialLoss({
+    logits,
+    weightFactor: a.weightFactor,
+    chw: 4,
+    logvar: u,
+  });
+  const [pa, pb, qa, qb] = await Promise.all(
+    [a.perSample, b.perSample, ga.perSample, gb.perSample].map((t) => t.data()),
+  );
+  for (let i = 0; i < 2; i++) {
+    assert.ok(Math.abs(pb[i] - pa[i] * scale[i]) < 1e-5 * (1 + Math.abs(pa[i])));
+    assert.ok(Math.abs(qb[i] - qa[i] * scale[i]) < 1e-5 * (1 + Math.abs(qa[i])));
+  }
+  tf.dispose([xg, yReal, yFake, logits, u]);
+  for (const r of [a, b, ga, gb]) tf.dispose([r.loss, r.perSample, r.keep]);
+  tf.dispose([a.weightFactor, b.weightFactor, ga.bce, gb.bce]);
 });

@@ -185,6 +185,11 @@ export interface SidGeneratorLossInputs {
   alpha: number;
   /** Extra samples to drop (ANDed with the NaN filter). */
   keep?: tf.Tensor1D;
+  /**
+   * u_n, the fake net's log-variance at σ_n (`[N]` or `[N, 1, 1, 1]`; EDM2 with logvar): each
+   * L_n is divided by e^{u_n} (`sid:sida_training_edm2/sida_loss_edm2.py:274-276`). Detached.
+   */
+  logvar?: tf.Tensor;
 }
 
 /** Result of {@linkcode sidGeneratorLoss}. */
@@ -213,7 +218,11 @@ export interface SidGeneratorLossResult extends LossResult {
 export function sidGeneratorLoss(inputs: SidGeneratorLossInputs): SidGeneratorLossResult {
   const { alpha } = inputs;
   return tf.tidy(() => {
-    const keep = sampleKeepMask([inputs.xg, inputs.yReal, inputs.yFake], inputs.keep);
+    const u = inputs.logvar ? stopGradient(tf.reshape(inputs.logvar, [-1])) : undefined;
+    const keep = sampleKeepMask(
+      [inputs.xg, inputs.yReal, inputs.yFake, ...(u ? [u] : [])],
+      inputs.keep,
+    );
     const x = zeroDropped(inputs.xg, keep);
     const r = zeroDropped(inputs.yReal, keep);
     const f = zeroDropped(inputs.yFake, keep);
@@ -223,10 +232,9 @@ export function sidGeneratorLoss(inputs: SidGeneratorLossInputs): SidGeneratorLo
     ) as tf.Tensor1D;
     const d = tf.sub(r, f);
     const perPixel = tf.mul(d, tf.sub(tf.sub(r, x), tf.mul(alpha, d)));
-    const perSample = tf.mul(
-      tf.div(tf.sum(perPixel, [1, 2, 3]), w),
-      tf.cast(keep, "float32"),
-    ) as tf.Tensor1D;
+    let per: tf.Tensor = tf.div(tf.sum(perPixel, [1, 2, 3]), w);
+    if (u) per = tf.mul(per, tf.exp(tf.neg(zeroDropped(u, keep))));
+    const perSample = tf.mul(per, tf.cast(keep, "float32")) as tf.Tensor1D;
     return { loss: tf.sum(perSample) as tf.Scalar, perSample, keep, weightFactor: w };
   });
 }
@@ -392,6 +400,11 @@ export interface GeneratorAdversarialInputs {
    * mean runs over all N·h·w logits; the EDM2 loss does filter (true).
    */
   filterLogits?: boolean;
+  /**
+   * u_n `[N]` or `[N, 1, 1, 1]` (EDM2 with logvar): each L_GAN,n is divided by e^{u_n}
+   * (`sid:sida_training_edm2/sida_loss_edm2.py:281-283`). Detached.
+   */
+  logvar?: tf.Tensor;
 }
 
 /** Result of {@linkcode sidaGeneratorAdversarialLoss}. */
@@ -431,10 +444,12 @@ export function sidaGeneratorAdversarialLoss(
       ? keptBceMean(clipped, keep, -1)
       : tf.mean(tf.softplus(tf.neg(clipped))) as tf.Scalar;
     const w = stopGradient(inputs.weightFactor);
-    const perSample = tf.mul(
-      tf.div(tf.mul(bce, chw), w),
-      tf.cast(keep, "float32"),
-    ) as tf.Tensor1D;
+    let per: tf.Tensor = tf.div(tf.mul(bce, chw), w);
+    if (inputs.logvar) {
+      const u = zeroDropped(stopGradient(tf.reshape(inputs.logvar, [-1])), keep);
+      per = tf.mul(per, tf.exp(tf.neg(u)));
+    }
+    const perSample = tf.mul(per, tf.cast(keep, "float32")) as tf.Tensor1D;
     return { loss: tf.sum(perSample) as tf.Scalar, perSample, keep: tf.clone(keep), bce };
   }) as GeneratorAdversarialResult;
 }
