@@ -1,5 +1,11 @@
 /**
- * The quickstart notebook, `notebooks/quickstart.ipynb`:
+ * The notebooks of `notebooks/` on the Deno kernel.
+ *
+ * Every notebook: its code cells import only `../mod.ts` (the public API, imported by path as a
+ * user imports it by URL) and never reach into `lib/`; stored outputs are at most a few KB (none,
+ * as committed).
+ *
+ * The quickstart, `notebooks/quickstart.ipynb`:
  *
  * - as committed: a Deno-kernel notebook with no stored outputs, importing `../mod.ts`, pointing
  *   to `deno task distill`;
@@ -9,6 +15,16 @@
  *   the teacher loaded (or clearly flagged as untrained when `data/mnist-teacher.safetensors` is
  *   absent), finite losses on every iteration line, and at least two inline PNG grids of the
  *   expected size.
+ *
+ * `cifar10.ipynb` and `imagenet64.ipynb`: parameters in the first cell, a markdown explanation
+ * per stage, type-checked code; executed (a copy whose run folder is in a temporary directory)
+ * in their smoke configuration: no cell error, the first output line says SMOKE, no control
+ * characters in any saved output, one progress display holding its final state, a FID table,
+ * two plots and three grids of one row per class (teacher, this run's generator, the released-
+ * format generator fixture), no tensor left. The CIFAR-10 run also presses the kernel's stop
+ * button (SIGINT to the kernel's process group, as Jupyter does) during the distillation: the
+ * cell ends with the SiD stage interrupted, the kernel lives, and executing the cell again
+ * resumes it.
  *
  * The execution test is skipped, saying why, only when no Python with nbclient, nbformat and
  * jupyter_client is found, or when the `deno` kernelspec is missing and `deno jupyter --install`
@@ -223,22 +239,42 @@ Deno.test("quickstart notebook's code type-checks against mod.ts", async () => {
   }
 });
 
-Deno.test({
-  name: "quickstart notebook runs top to bottom on the Deno kernel",
-  ignore: setup.skip !== undefined,
-  fn: async () => {
-    const out = await Deno.makeTempDir({ prefix: "sida-notebook-" });
-    const executed = `${out}/quickstart.executed.ipynb`;
-    const driver = `
-import sys, nbformat
+/**
+ * nbclient driver: executes every code cell; with a watch file and a cell id, it presses the
+ * kernel's stop button during that cell (SIGINT to the kernel's process group, as Jupyter's
+ * LocalProvisioner does) once the watch file exists, keeps that run's outputs in the cell's
+ * metadata (`sida_interrupted_outputs`), and executes the cell again.
+ */
+const DRIVER = `
+import os, signal, sys, threading, time, nbformat
 from nbclient import NotebookClient
 src, dst, cwd, timeout = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+watch, stop_cell = (sys.argv[5], sys.argv[6]) if len(sys.argv) > 6 else (None, None)
 nb = nbformat.read(src, as_version=4)
 client = NotebookClient(nb, timeout=timeout, startup_timeout=180, kernel_name="deno",
                         allow_errors=False, resources={"metadata": {"path": cwd}})
+
+def press_stop():
+    t0 = time.time()
+    while not os.path.exists(watch) and time.time() - t0 < timeout:
+        time.sleep(0.05)
+    pid = client.km.provisioner.process.pid
+    os.killpg(os.getpgid(pid), signal.SIGINT)
+    print(f"stop button pressed after {time.time() - t0:.1f} s", file=sys.stderr)
+
 status = 0
 try:
-    client.execute()
+    with client.setup_kernel():
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            if stop_cell is not None and cell.get("id") == stop_cell:
+                th = threading.Thread(target=press_stop, daemon=True)
+                th.start()
+                client.execute_cell(cell, i)
+                th.join()
+                cell.metadata["sida_interrupted_outputs"] = cell.outputs
+            client.execute_cell(cell, i)
 except Exception as e:
     print(f"nbclient: {type(e).__name__}: {e}", file=sys.stderr)
     status = 1
@@ -246,16 +282,37 @@ finally:
     nbformat.write(nb, dst)
 sys.exit(status)
 `;
-    const t0 = performance.now();
-    const r = await run(setup.python!, [
-      "-c",
-      driver,
-      NOTEBOOK,
-      executed,
-      NOTEBOOK_DIR, // the kernel's working directory: the notebook's folder, as in Jupyter
-      String(CELL_TIMEOUT_S),
-    ], { cwd: NOTEBOOK_DIR, signal: AbortSignal.timeout(TOTAL_TIMEOUT_MS) });
-    const seconds = (performance.now() - t0) / 1000;
+
+/**
+ * Executes the notebook `src` top to bottom on the Deno kernel (nbclient) into `dst`, with the
+ * kernel's working directory in `notebooks/` (as Jupyter does for a notebook there; `src` may be
+ * a patched copy elsewhere). The committed notebook is never written.
+ */
+async function executeNotebook(
+  src: string,
+  dst: string,
+  stop?: { watch: string; cell: string },
+): Promise<{ r: { code: number; stdout: string; stderr: string }; seconds: number }> {
+  const t0 = performance.now();
+  const r = await run(setup.python!, [
+    "-c",
+    DRIVER,
+    src,
+    dst,
+    NOTEBOOK_DIR, // the kernel's working directory: the notebooks' folder, as in Jupyter
+    String(CELL_TIMEOUT_S),
+    ...(stop ? [stop.watch, stop.cell] : []),
+  ], { cwd: NOTEBOOK_DIR, signal: AbortSignal.timeout(TOTAL_TIMEOUT_MS) });
+  return { r, seconds: (performance.now() - t0) / 1000 };
+}
+
+Deno.test({
+  name: "quickstart notebook runs top to bottom on the Deno kernel",
+  ignore: setup.skip !== undefined,
+  fn: async () => {
+    const out = await Deno.makeTempDir({ prefix: "sida-notebook-" });
+    const executed = `${out}/quickstart.executed.ipynb`;
+    const { r, seconds } = await executeNotebook(NOTEBOOK, executed);
     let ok = false;
     try {
       assert.ok(
@@ -354,3 +411,240 @@ sys.exit(status)
     }
   },
 });
+
+// ---------------------------------------------------------------------------------------------
+// All notebooks: public API only, no stored outputs; the CIFAR-10 and ImageNet 64 notebooks run
+// their smoke configuration.
+
+/** Every notebook of `notebooks/`. */
+const ALL_NOTEBOOKS = ["quickstart", "cifar10", "imagenet64"];
+
+/** Largest stored output of a committed notebook (JSON characters). */
+const MAX_STORED_OUTPUT = 4096;
+
+/** The module specifiers a code cell imports (static, dynamic, re-exports). */
+function cellImports(source: string): string[] {
+  const out: string[] = [];
+  const code = source.replace(/\/\*[\s\S]*?\*\//g, "").replace(/^\s*\/\/.*$/gm, "");
+  for (const m of code.matchAll(/\b(?:import|export)\b[^;"'`]*?\bfrom\s*["']([^"']+)["']/g)) {
+    out.push(m[1]);
+  }
+  for (const m of code.matchAll(/^\s*import\s*["']([^"']+)["']/gm)) out.push(m[1]);
+  for (const m of code.matchAll(/\bimport\s*\(\s*([^)]*)\)/g)) out.push(m[1].trim());
+  return out;
+}
+
+Deno.test("notebooks: code cells import only ../mod.ts; no stored outputs over a few KB", async () => {
+  const found = [...Deno.readDirSync(NOTEBOOK_DIR)].filter((e) => e.name.endsWith(".ipynb"))
+    .map((e) => e.name.replace(/\.ipynb$/, "")).sort();
+  assert.deepEqual(found, [...ALL_NOTEBOOKS].sort(), "a notebook is not covered by these tests");
+  for (const name of ALL_NOTEBOOKS) {
+    const nb = await readNotebook(`${NOTEBOOK_DIR}/${name}.ipynb`);
+    assert.equal(nb.metadata.kernelspec?.name, "deno", `${name}: not a Deno-kernel notebook`);
+    let importsMod = false;
+    for (const [i, c] of nb.cells.entries()) {
+      const size = JSON.stringify(c.outputs ?? []).length;
+      assert.ok(size <= MAX_STORED_OUTPUT, `${name} cell ${i}: ${size} characters of outputs`);
+      if (c.cell_type !== "code") continue;
+      const src = joined(c.source);
+      for (const spec of cellImports(src)) {
+        assert.equal(spec, "../mod.ts", `${name} cell ${i} (${c.id}) imports ${spec}`);
+        importsMod = true;
+      }
+      assert.doesNotMatch(src, /\.\.\/lib\//, `${name} cell ${i} (${c.id}) reaches into lib/`);
+    }
+    assert.ok(importsMod, `${name} never imports ../mod.ts`);
+  }
+});
+
+/** The smoke notebooks and what their outputs must show. */
+const SMOKE_NOTEBOOKS = [
+  {
+    name: "cifar10",
+    res: 32,
+    classes: 10,
+    perClass: 4,
+    fixture: "sid_cifar10_tiny.pkl",
+    stop: true, // press the stop button during the distillation, then resume
+  },
+  {
+    name: "imagenet64",
+    res: 64,
+    classes: 8,
+    perClass: 2,
+    fixture: "sida_imagenet64_tiny.pkl",
+    stop: false,
+  },
+];
+
+for (const nbCase of SMOKE_NOTEBOOKS) {
+  Deno.test(`${nbCase.name} notebook is committed without outputs, parameters first`, async () => {
+    const nb = await readNotebook(`${NOTEBOOK_DIR}/${nbCase.name}.ipynb`);
+    assert.equal(nb.nbformat, 4);
+    assert.equal(nb.metadata.kernelspec?.language, "typescript");
+    const code = nb.cells.filter((c) => c.cell_type === "code");
+    for (const [i, c] of code.entries()) {
+      assert.deepEqual(c.outputs, [], `code cell ${i} (${c.id}) has stored outputs`);
+      assert.equal(c.execution_count, null, `code cell ${i} (${c.id}) has an execution count`);
+    }
+    const params = joined(code[0].source);
+    for (const p of ["TEACHER", "DATA", "FID_REF", "DETECTOR", "RELEASED", "BUDGET", "BACKEND"]) {
+      assert.match(params, new RegExp(`^const ${p} = `, "m"), `no ${p} in the first cell`);
+    }
+    assert.match(params, /^const OUT = "\.\.\/runs\/notebook-[\w-]+";/m);
+    const markdown = nb.cells.filter((c) => c.cell_type === "markdown").map((c) =>
+      joined(c.source)
+    );
+    assert.ok(markdown.length >= code.length - 1, "every stage should have a markdown explanation");
+    const text = markdown.join("\n");
+    for (const word of ["35", "SiD²A", "smoke", "stop button", "released"]) {
+      assert.ok(text.includes(word), `the markdown never mentions '${word}'`);
+    }
+  });
+
+  Deno.test(`${nbCase.name} notebook's code type-checks against mod.ts`, async () => {
+    const nb = await readNotebook(`${NOTEBOOK_DIR}/${nbCase.name}.ipynb`);
+    const modUrl = new URL("../mod.ts", import.meta.url).href;
+    const source = nb.cells.filter((c) => c.cell_type === "code")
+      .map((c) => joined(c.source).replaceAll('"../mod.ts"', JSON.stringify(modUrl)))
+      .join("\n\n");
+    const dir = await Deno.makeTempDir({ prefix: "sida-notebook-check-" });
+    try {
+      await Deno.writeTextFile(`${dir}/${nbCase.name}.ts`, source);
+      const r = await run(Deno.execPath(), ["check", "--no-config", `${dir}/${nbCase.name}.ts`]);
+      assert.equal(r.code, 0, `deno check of the notebook's code failed:\n${stripAnsi(r.stderr)}`);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+
+  Deno.test({
+    name: `${nbCase.name} notebook runs its smoke configuration on the Deno kernel` +
+      (nbCase.stop ? ", survives the stop button and resumes" : ""),
+    ignore: setup.skip !== undefined,
+    fn: async () => {
+      const tmp = await Deno.makeTempDir({ prefix: `sida-notebook-${nbCase.name}-` });
+      let ok = false;
+      try {
+        // Like papermill: a copy with the run folder in the temporary directory.
+        const nb = await readNotebook(`${NOTEBOOK_DIR}/${nbCase.name}.ipynb`);
+        const params = nb.cells.find((c) => c.cell_type === "code")!;
+        const out = `${tmp}/run`;
+        const patched = joined(params.source).replace(
+          /^const OUT = .*$/m,
+          `const OUT = ${JSON.stringify(out)};`,
+        );
+        assert.notEqual(patched, joined(params.source));
+        params.source = patched;
+        const src = `${tmp}/${nbCase.name}.ipynb`;
+        const executed = `${tmp}/${nbCase.name}.executed.ipynb`;
+        await Deno.writeTextFile(src, JSON.stringify(nb));
+        const stop = nbCase.stop
+          ? { watch: `${out}-smoke/sid/log.jsonl`, cell: "distill" }
+          : undefined;
+        const { r, seconds } = await executeNotebook(src, executed, stop);
+        assert.ok(
+          await exists(executed),
+          `nbclient wrote no notebook (exit ${r.code}):\n${stripAnsi(r.stderr)}`,
+        );
+        const done = await readNotebook(executed);
+        const code = done.cells.filter((c) => c.cell_type === "code");
+        const outputs = code.flatMap((c) => c.outputs ?? []);
+        const errors = code.flatMap((c, i) =>
+          (c.outputs ?? []).filter((o) => o.output_type === "error").map((e) =>
+            stripAnsi(
+              `code cell ${i} (${c.id}): ${e.ename}: ${e.evalue}\n` +
+                (e.traceback ?? []).join("\n"),
+            )
+          )
+        );
+        assert.equal(errors.length, 0, `error outputs:\n${errors.join("\n---\n")}`);
+        assert.equal(r.code, 0, `nbclient failed (exit ${r.code}):\n${stripAnsi(r.stderr)}`);
+        for (const [i, c] of code.entries()) {
+          assert.ok(c.execution_count, `code cell ${i} (${c.id}) was not executed`);
+        }
+
+        // No terminal control characters anywhere in the saved outputs (\n and \t allowed).
+        const strings: string[] = [];
+        JSON.stringify(outputs, (_k, v) => {
+          if (typeof v === "string") strings.push(v);
+          return v;
+        });
+        // deno-lint-ignore no-control-regex
+        const control = strings.find((t) => /[\x00-\x08\x0b-\x1f\x7f]/.test(t));
+        assert.equal(control, undefined, `control characters in a saved output: ${control}`);
+
+        // The first line of output says smoke.
+        const streams = outputs.filter((o) => o.output_type === "stream").map((o) =>
+          joined(o.text)
+        );
+        assert.match(streams[0] ?? "", /^mode: SMOKE configuration \(/);
+        const shown = stripAnsi(streams.join(""));
+        const backend = shown.match(/^backend: (\w+)/m);
+        assert.ok(backend && (BACKEND_NAMES as readonly string[]).includes(backend[1]), shown);
+
+        // The distillation cell: one progress display, updated in place (its last state).
+        const distill = code.find((c) => c.id === "distill")!;
+        const progress = (distill.outputs ?? []).filter((o) =>
+          joined(o.data?.["text/html"] as string | string[] | undefined).includes("<progress")
+        );
+        assert.equal(progress.length, 1, "not exactly one progress display");
+        assert.match(
+          joined(progress[0].data!["text/plain"] as string),
+          /^distillation: 100% sida /,
+        );
+        const chainLine = (c: Cell | Output[]) =>
+          (Array.isArray(c) ? c : c.outputs ?? []).map((o) => joined(o.text)).join("")
+            .match(/^chain: (.*) in [\d.]+ s$/m)?.[1];
+        if (nbCase.stop) {
+          const first = (distill as unknown as { metadata: Record<string, Output[]> }).metadata
+            .sida_interrupted_outputs;
+          assert.ok(first, "the interrupted run's outputs were not kept");
+          assert.equal(
+            chainLine(first),
+            "import ran, sid interrupted, sida not selected, eval not selected",
+          );
+          assert.equal(chainLine(distill), "import skipped, sid resumed, sida ran, eval ran");
+        } else {
+          assert.equal(chainLine(distill), "import ran, sid ran, sida ran, eval ran");
+        }
+
+        // The metric table, the curves and the grids.
+        const html = outputs.map((o) => joined(o.data?.["text/html"] as string | undefined));
+        assert.ok(html.some((h) => h.includes("<table>") && h.includes("FID")), "no FID table");
+        const pngs = outputs.map((o) => o.data?.["image/png"])
+          .filter((d): d is string | string[] => d !== undefined)
+          .map((d) => pngHeader(decodeBase64(joined(d))));
+        const tile = nbCase.res * 2;
+        const grid = {
+          width: nbCase.perClass * tile + (nbCase.perClass - 1) * 2,
+          height: nbCase.classes * tile + (nbCase.classes - 1) * 2,
+        };
+        const grids = pngs.filter((p) => p.width === grid.width && p.height === grid.height);
+        // Teacher, this run's generator, the released generator: one row per class.
+        assert.equal(
+          grids.length,
+          3,
+          `grids ${JSON.stringify(pngs)}, want 3 of ${JSON.stringify(grid)}`,
+        );
+        assert.equal(pngs.length, 5, `images ${JSON.stringify(pngs)}: want 3 grids and 2 plots`);
+        assert.match(
+          shown,
+          new RegExp(
+            `^released generator: \\.\\./tests/fixtures/generators/${nbCase.fixture}: `,
+            "m",
+          ),
+        );
+        assert.match(shown, /^released generator: \d+ images in one step/m);
+        assert.match(shown, /^tensors still allocated: 0$/m);
+        console.log(
+          `notebook_test: ${nbCase.name} executed in ${seconds.toFixed(1)} s; ${backend[0]}`,
+        );
+        ok = true;
+      } finally {
+        if (ok) await Deno.remove(tmp, { recursive: true });
+        else console.error(`notebook_test: ${nbCase.name}: kept ${tmp}`);
+      }
+    },
+  });
+}
