@@ -133,6 +133,17 @@ export {
   type MakeBatchOptions,
   type SamplerState,
 } from "./lib/data/sampler.ts";
+export {
+  augment,
+  AUGMENT_DEFAULTS,
+  augmentDim,
+  type AugmentOptions,
+  type AugmentRandom,
+  augmentRandomFrom,
+  edmAugmentOptions,
+  seededAugmentRandom,
+} from "./lib/data/augment.ts";
+export { kid, type KidOptions, type KidResult } from "./lib/metrics/kid.ts";
 
 // Distillation: losses (pure functions of tensors), noise levels, optimiser, EMA.
 export {
