@@ -26,6 +26,7 @@
  *
  * @module
  */
+import { cacheDir, fnv1a } from "./build_cache.ts";
 
 /** The launcher's view of this process: rank and size, globally and on this host. */
 export interface MpiWorld {
@@ -110,22 +111,6 @@ const SYMBOLS = {
 type Symbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 
 const VERSION = 1;
-
-function fnv1a(text: string): string {
-  let h = 0xcbf29ce484222325n;
-  for (let i = 0; i < text.length; i++) {
-    h ^= BigInt(text.charCodeAt(i));
-    h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
-  }
-  return h.toString(16).padStart(16, "0");
-}
-
-function cacheDir(): string {
-  const env = (k: string) => Deno.env.get(k);
-  if (env("SIDA_CACHE_DIR")) return env("SIDA_CACHE_DIR")!;
-  if (env("XDG_CACHE_HOME")) return `${env("XDG_CACHE_HOME")}/sida`;
-  return `${env("HOME") ?? "/tmp"}/.cache/sida`;
-}
 
 /** Compiles the shim (once per source and compiler; atomically) and returns its path. */
 function buildShim(): string {

@@ -19,6 +19,7 @@
  */
 
 import { pinLibrary } from "./pin_library.ts";
+import { cacheDir, fnv1a } from "../build_cache.ts";
 
 const SYMBOLS = {
   sida_version: { parameters: [], result: "i32" },
@@ -119,22 +120,6 @@ export interface CKernels {
     dims: [number, number, number, number],
     eps: number,
   ): void;
-}
-
-function fnv1a(text: string): string {
-  let h = 0xcbf29ce484222325n;
-  for (let i = 0; i < text.length; i++) {
-    h ^= BigInt(text.charCodeAt(i));
-    h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
-  }
-  return h.toString(16).padStart(16, "0");
-}
-
-function cacheDir(): string {
-  const env = (k: string) => Deno.env.get(k);
-  if (env("SIDA_CACHE_DIR")) return env("SIDA_CACHE_DIR")!;
-  if (env("XDG_CACHE_HOME")) return `${env("XDG_CACHE_HOME")}/sida`;
-  return `${env("HOME") ?? "/tmp"}/.cache/sida`;
 }
 
 function compile(srcs: string[], out: string): string | undefined {
