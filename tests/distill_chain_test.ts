@@ -223,6 +223,10 @@ Deno.test("distill chain: bad arguments fail before anything is written", async 
       /second feature space needs --detector-b as well/,
     ],
     ["one snapshot sample", [...base, "--snapshot-num", "1"], /--snapshot-num must be 0 or ≥ 2/],
+    ["under mpirun", base, /does not run under mpirun yet \(rank 1 of 2\)/, {
+      OMPI_COMM_WORLD_SIZE: "2",
+      OMPI_COMM_WORLD_RANK: "1",
+    }],
     ["no shipped teacher", ["--out", out], /deno task teacher/, {
       SIDA_MNIST_TEACHER: join(f.dir, "missing-teacher.safetensors"),
     }],

@@ -34,6 +34,7 @@ import { basename, join } from "node:path";
 import { loadImageZip } from "../data/dataset.ts";
 import { appendTextNamed, mkdirNamed, PARTIAL_FILE_RE, writeFileAtomic } from "../io/atomic.ts";
 import { LOCK_FILE, lockRunFolder } from "../io/lock.ts";
+import { mpiWorld } from "../runtime/mpi.ts";
 import { checkFiniteWeights, IoError } from "../io/host_tensor.ts";
 import { readSafetensors, readSafetensorsHeader } from "../io/safetensors.ts";
 import { importToSafetensors } from "../nets/import.ts";
@@ -505,6 +506,16 @@ interface Plan {
 
 async function plan(o: DistillChainOptions): Promise<Plan> {
   // ---- pure checks ----
+  // The chain's import, scoring, eval and report are not rank-aware yet (each rank would lock the
+  // folder): under mpirun only the training tasks run (docs/mpi.md).
+  const world = mpiWorld();
+  if (world && world.size > 1) {
+    throw new UsageError(
+      `deno task distill does not run under mpirun yet (rank ${world.rank} of ${world.size}): ` +
+        "run its stages as mpirun -np N deno task sid|sida, and deno task eval in one process " +
+        "(docs/mpi.md)",
+    );
+  }
   const stages = new Set<StageName>();
   for (const s of o.stages ?? STAGE_NAMES) {
     if (!(STAGE_NAMES as readonly string[]).includes(s)) {
