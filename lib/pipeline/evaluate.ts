@@ -112,39 +112,56 @@ export async function evaluateNetwork(
   detector: Detector,
   o: NetworkEvalOptions,
 ): Promise<NetworkEvaluation | null> {
-  const res = net.imgResolution;
-  const ch = net.imgChannels;
   const gen = new DetectorAccumulator(detector, {
     captureFeatures: o.metrics.has("pr"),
     captureProbs: o.metrics.has("is"),
   });
-  const gridCount = Math.min(o.gridCount ?? 64, o.num);
+  const s = await sampleInto(net, [gen], {
+    num: o.num,
+    seed: o.seed,
+    batch: o.batch,
+    sampler: o.sampler,
+    steps: o.steps,
+    sigmaInit: o.sigmaInit,
+  }, { gridCount: o.gridCount, signal: o.signal, onProgress: o.onProgress });
+  if (!s) return null;
+  const results = await computeMetrics(gen, o.metrics, o.ref, detector.numClasses);
+  return { results, grid: s.grid, gridCount: s.gridCount, generateSeconds: s.generateSeconds };
+}
+
+/**
+ * Generates `g.num` images with `net` in batches and feeds every batch to each accumulator,
+ * keeping the first `gridCount` (default 64) samples for a grid: the sampling loop of
+ * {@linkcode evaluateNetwork} and {@linkcode evaluateInSpaces}. Null when `signal` stopped it.
+ */
+async function sampleInto(
+  net: EDMPrecond,
+  accs: readonly DetectorAccumulator[],
+  g: Parameters<typeof generateBatches>[1],
+  o: {
+    gridCount?: number;
+    signal?: AbortSignal;
+    onProgress?: (done: number, total: number) => void;
+  },
+): Promise<{ grid: Uint8Array; gridCount: number; generateSeconds: number } | null> {
+  const res = net.imgResolution, ch = net.imgChannels;
+  const gridCount = Math.min(o.gridCount ?? 64, g.num);
   const per = res * res * ch;
   const grid = new Uint8Array(gridCount * per);
-  let genSeconds = 0;
+  let generateSeconds = 0;
   let tGen = performance.now();
-  for await (
-    const b of generateBatches(net, {
-      num: o.num,
-      seed: o.seed,
-      batch: o.batch,
-      sampler: o.sampler,
-      steps: o.steps,
-      sigmaInit: o.sigmaInit,
-    })
-  ) {
-    genSeconds += (performance.now() - tGen) / 1000;
+  for await (const b of generateBatches(net, g)) {
+    generateSeconds += (performance.now() - tGen) / 1000;
     if (b.start < gridCount) {
       const n = Math.min(b.n, gridCount - b.start);
       grid.set(b.pixels.subarray(0, n * per), b.start * per);
     }
-    await gen.addImages(b.pixels, b.n, res, ch);
-    o.onProgress?.(b.start + b.n, o.num);
+    for (const a of accs) await a.addImages(b.pixels, b.n, res, ch);
+    o.onProgress?.(b.start + b.n, g.num);
     if (o.signal?.aborted) return null;
     tGen = performance.now();
   }
-  const results = await computeMetrics(gen, o.metrics, o.ref, detector.numClasses);
-  return { results, grid, gridCount, generateSeconds: genSeconds };
+  return { grid, gridCount, generateSeconds };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -278,35 +295,20 @@ export async function evaluateInSpaces(
   const sha256 = await fileSha256(generatorPath);
   const net = await loadNetwork(generatorPath);
   try {
-    const res = net.imgResolution, ch = net.imgChannels;
     const accs = spaces.map((s, i) =>
       new DetectorAccumulator(s.det, { captureFeatures: true, captureProbs: i === 0 })
     );
     const steps = sampler.steps ?? 18;
-    const gridCount = Math.min(paths.gridCount ?? 64, settings.num);
-    const per = res * res * ch;
-    const grid = new Uint8Array(gridCount * per);
-    let genSeconds = 0;
-    let tGen = performance.now();
-    for await (
-      const b of generateBatches(net, {
-        num: settings.num,
-        seed: settings.seed,
-        batch: settings.batch,
-        sampler: sampler.sampler,
-        steps,
-        sigmaInit: SIGMA_INIT,
-      })
-    ) {
-      genSeconds += (performance.now() - tGen) / 1000;
-      if (b.start < gridCount) {
-        const n = Math.min(b.n, gridCount - b.start);
-        grid.set(b.pixels.subarray(0, n * per), b.start * per);
-      }
-      for (const a of accs) await a.addImages(b.pixels, b.n, res, ch);
-      if (opts.signal?.aborted) return null;
-      tGen = performance.now();
-    }
+    const sampled = await sampleInto(net, accs, {
+      num: settings.num,
+      seed: settings.seed,
+      batch: settings.batch,
+      sampler: sampler.sampler,
+      steps,
+      sigmaInit: SIGMA_INIT,
+    }, { gridCount: paths.gridCount, signal: opts.signal });
+    if (!sampled) return null;
+    const { grid, gridCount, generateSeconds: genSeconds } = sampled;
     const out: Record<string, SpaceMetrics> = {};
     for (const [i, s] of spaces.entries()) {
       const st = accs[i].stats;
@@ -347,7 +349,7 @@ export async function evaluateInSpaces(
       new TextEncoder().encode(JSON.stringify(metrics, null, 2) + "\n"),
     );
     if (paths.gridPath && gridCount > 0) {
-      await writeImageGrid(paths.gridPath, grid, gridCount, res, ch, 8);
+      await writeImageGrid(paths.gridPath, grid, gridCount, net.imgResolution, net.imgChannels, 8);
     }
     return metrics;
   } finally {
