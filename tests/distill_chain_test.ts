@@ -223,6 +223,12 @@ Deno.test("distill chain: bad arguments fail before anything is written", async 
       /second feature space needs --detector-b as well/,
     ],
     ["one snapshot sample", [...base, "--snapshot-num", "1"], /--snapshot-num must be 0 or ≥ 2/],
+    ["augment out of range", [...base, "--augment", "1.5"], /augment must be a probability/],
+    [
+      "augment without an embedding",
+      [...base, "--sida-augment", "0.12"],
+      /augmentation needs a teacher with an augmentation embedding/,
+    ],
     ["under mpirun", base, /does not run under mpirun yet \(rank 1 of 2\)/, {
       OMPI_COMM_WORLD_SIZE: "2",
       OMPI_COMM_WORLD_RANK: "1",
