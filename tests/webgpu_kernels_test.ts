@@ -15,7 +15,7 @@ import {
 } from "../lib/runtime/webgpu/backend.ts";
 import { chooseKChunk } from "../lib/runtime/webgpu/gemm.ts";
 import { adamApply, adamSecondMoment, lerp } from "../lib/runtime/webgpu/optim.ts";
-import { groupNorm, nanToNum, silu } from "../lib/runtime/native/fused.ts";
+import { groupNorm, nanToNum, silu, softmax } from "../lib/runtime/native/fused.ts";
 
 ensureXdgRuntimeDir();
 const adapter = await (navigator as { gpu?: GPU }).gpu?.requestAdapter().catch(() => null);
@@ -186,7 +186,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "webgpu kernels: fused SiLU, group norm (+SiLU) and nan_to_num, values and gradients",
+  name:
+    "webgpu kernels: fused SiLU, group norm (+SiLU), softmax and nan_to_num, values and gradients",
   ignore,
   fn: async () => {
     await initBackend("webgpu");
@@ -206,6 +207,17 @@ Deno.test({
         f(x, g, b),
         ...tf.grads(f)([x, g, b]),
       ];
+    });
+    // Softmax over rows of 37 (not a multiple of any workgroup), large logits, and its gradient.
+    for (const k of ["SidaSoftmax", "SidaSoftmaxGrad"]) {
+      assert.ok(tf.getKernel(k, "webgpu"), `${k} is registered for webgpu`);
+    }
+    await expectSame("softmax", [host([3, 5, 37], 14)], (x) => {
+      const f = (t: tf.Tensor) => {
+        const y = softmax(tf.mul(t, 20));
+        return tf.sum(tf.mul(y, tf.sin(tf.reshape(tf.range(0, y.size), y.shape))));
+      };
+      return [softmax(tf.mul(x, 20)), f(x), tf.grad(f)(x)];
     });
     const special = tf.tensor1d([NaN, Infinity, -Infinity, 1.5, -0]);
     assert.deepEqual(Array.from(await nanToNum(special, 0, 7, -7).data()), [0, 7, -7, 1.5, -0]);

@@ -24,6 +24,7 @@ import { Module } from "./module.ts";
 import { InputError } from "./precond.ts";
 import type { DenoiseOptions, Denoiser, DenoiseResult, ReturnFlag } from "./types.ts";
 import { Initializer } from "./init.ts";
+import { softmax } from "../runtime/native/fused.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Configuration.
@@ -406,7 +407,7 @@ export class Edm2Block extends Module {
           hc,
         ]) as tf.Tensor3D
       );
-      const att = tf.softmax(tf.div(tf.matMul(q, k, false, true), Math.sqrt(hc)));
+      const att = softmax(tf.div(tf.matMul(q, k, false, true), Math.sqrt(hc)));
       const out = tf.matMul(att as tf.Tensor3D, v); // [b·heads, hw, hc]
       const back = tf.reshape(tf.transpose(tf.reshape(out, [b, heads, hw, hc]), [0, 2, 1, 3]), [
         b,

@@ -110,8 +110,11 @@ export function groupNorm(
 
 let gradientsRegistered = false;
 
-/** Registers the fused kernels' gradients (backend-independent; once per process). */
-function registerFusedGradients(): void {
+/**
+ * Registers the fused kernels' gradients (backend-independent: tfjs' gradient registry is
+ * global; once per process). Both the native and the webgpu kernel sets call it.
+ */
+export function registerFusedGradients(): void {
   if (gradientsRegistered) return;
   gradientsRegistered = true;
   tf.registerGradient({

@@ -19,7 +19,7 @@
  * @module
  */
 import { tf } from "../../deps.ts";
-import { FUSED } from "../native/fused.ts";
+import { FUSED, registerFusedGradients } from "../native/fused.ts";
 import {
   f32Lit,
   flatProgram,
@@ -193,30 +193,38 @@ function gnParamGradProgram(d: GnDims, withXhat: boolean): GpuProgram {
   return p;
 }
 
-function registerGradients(): void {
-  // The same gradients as `../native/fused.ts` registers (tfjs' gradient registry is global;
-  // whichever registers last wins, and both compute the same thing).
-  tf.registerGradient({
-    kernelName: FUSED.silu,
-    inputsToSave: ["x"],
-    gradFunc: (dy, saved) => {
-      const [x] = saved;
-      return { x: () => tf.engine().runKernel(FUSED.siluGrad, { dy: dy as tf.Tensor, x }) };
-    },
-  });
-  tf.registerGradient({
-    kernelName: FUSED.groupNorm,
-    inputsToSave: ["x", "gamma"],
-    gradFunc: (dy, saved, attrs) => {
-      const [x, gamma] = saved;
-      const [dx, dgamma, dbeta] = tf.engine().runKernel(
-        FUSED.groupNormGrad,
-        { dy: dy as tf.Tensor, x, gamma },
-        attrs,
-      ) as tf.Tensor[];
-      return { x: () => dx, gamma: () => dgamma, beta: () => dbeta };
-    },
-  });
+/**
+ * Softmax over the last axis, one invocation per row of n (three passes over the row: max,
+ * Σ exp(x − max), then the quotient; tfjs' `softmax` arithmetic), or its gradient at the output
+ * y, dx = y·(dy − Σ dy·y). Replaces the 5 forward and 4–6 backward dispatches of the composed
+ * form in every attention layer.
+ */
+function softmaxProgram(shape: number[], grad: boolean): GpuProgram {
+  const n = shape.at(-1) ?? 1;
+  const size = shape.reduce((a, b) => a * b, 1);
+  const rows = n > 0 ? size / n : 0;
+  const body = grad
+    ? `
+    var s = 0.0;
+    for (var j = 0; j < ${n}; j = j + 1) { s = s + dy[o + j] * y[o + j]; }
+    for (var j = 0; j < ${n}; j = j + 1) { result[o + j] = y[o + j] * (dy[o + j] - s); }`
+    : `
+    var m = x[o];
+    for (var j = 1; j < ${n}; j = j + 1) { m = max(m, x[o + j]); }
+    var s = 0.0;
+    for (var j = 0; j < ${n}; j = j + 1) { let e = exp(x[o + j] - m); result[o + j] = e; s = s + e; }
+    for (var j = 0; j < ${n}; j = j + 1) { result[o + j] = result[o + j] / s; }`;
+  return flatProgram(
+    `softmax${grad ? "grad" : ""}_${rows}_${n}`,
+    grad ? ["dy", "y"] : ["x"],
+    shape,
+    `  _ = uniforms.NAN;
+  if (index < ${rows}) {
+    let o = index * ${n};${body}
+  }`,
+    "",
+    rows,
+  );
 }
 
 const unary = (key: string, names: string[], shape: number[], expr: string) =>
@@ -229,7 +237,7 @@ const unary = (key: string, names: string[], shape: number[], expr: string) =>
 
 /** The fused kernels for the webgpu backend (and their gradients, registered once). */
 export function fusedWebGpuKernels(): Record<string, GpuKernelFunc> {
-  registerGradients();
+  registerFusedGradients();
   const f32Only = (...ts: (TensorInfo | undefined)[]) => {
     for (const t of ts) {
       if (t && t.dtype !== "float32") throw new TypeError("fused kernels: float32 inputs expected");
@@ -284,6 +292,16 @@ export function fusedWebGpuKernels(): Record<string, GpuKernelFunc> {
         [x],
         "float32",
       );
+    },
+    [FUSED.softmax]: ({ inputs, backend }) => {
+      const x = inputs.x!;
+      f32Only(x);
+      return backend.runWebGPUProgram(softmaxProgram(x.shape, false), [x], "float32");
+    },
+    [FUSED.softmaxGrad]: ({ inputs, backend }) => {
+      const { dy, y } = inputs;
+      f32Only(dy, y);
+      return backend.runWebGPUProgram(softmaxProgram(y!.shape, true), [dy!, y!], "float32");
     },
     [FUSED.groupNorm]: ({ inputs, backend, attrs }) => {
       const { x, gamma, beta } = inputs;
