@@ -13,7 +13,7 @@ import {
   unregisterWebGpuKernels,
   webGpuKernelsActive,
 } from "../lib/runtime/webgpu/backend.ts";
-import { chooseKChunk } from "../lib/runtime/webgpu/gemm.ts";
+import { chooseKChunk, type GemmTuning, gemmTuning } from "../lib/runtime/webgpu/gemm.ts";
 import { adamApply, adamSecondMoment, lerp } from "../lib/runtime/webgpu/optim.ts";
 import { groupNorm, nanToNum, silu, softmax } from "../lib/runtime/native/fused.ts";
 
@@ -45,11 +45,18 @@ async function runOn(
   f: (...t: tf.Tensor[]) => tf.Tensor[],
 ): Promise<Float32Array[]> {
   await tf.setBackend(backend);
+  // A shader that fails validation leaves its output unwritten without throwing: catch it.
+  const device = backend === "webgpu"
+    ? (tf.backend() as unknown as { device: GPUDevice }).device
+    : null;
+  device?.pushErrorScope("validation");
   const ts = inputs.map((h) => tf.tensor(h.data, h.shape, "float32"));
   const outs = f(...ts);
   const vals: Float32Array[] = [];
   for (const o of outs) vals.push(await o.data() as Float32Array);
   tf.dispose([...ts, ...outs]);
+  const error = await device?.popErrorScope();
+  assert.equal(error ?? null, null, `${backend}: ${error?.message}`);
   return vals;
 }
 
@@ -79,6 +86,29 @@ async function expectSame(
   }
 }
 
+/**
+ * The GEMM styles every product test runs under: the GPU one (workgroup tiles), the software
+ * adapters' one at its default block, and a small odd block (tails on every side).
+ */
+const STYLES: Partial<GemmTuning>[] = [
+  { style: "tiled" },
+  { style: "register", rm: 16, rn: 32 },
+  { style: "register", rm: 3, rn: 8 },
+];
+
+/** Runs `f` under each of {@linkcode STYLES}, restoring the tuning afterwards. */
+async function eachStyle(f: (tag: string) => Promise<void>): Promise<void> {
+  const saved = { ...gemmTuning };
+  try {
+    for (const t of STYLES) {
+      Object.assign(gemmTuning, saved, t);
+      await f(`${t.style}${t.rm ? ` ${t.rm}x${t.rn}` : ""}`);
+    }
+  } finally {
+    Object.assign(gemmTuning, saved);
+  }
+}
+
 // [batch, size, ci, co, kernel, stride, pad]
 const CONV_CASES: [number, number, number, number, number, number, number | "same" | "valid"][] = [
   [1, 5, 3, 7, 3, 1, 1], // batch 1, odd channels, 3x3 same
@@ -95,27 +125,83 @@ Deno.test({
   fn: async () => {
     await initBackend("webgpu");
     assert.ok(webGpuKernelsActive(), "initBackend('webgpu') registers our kernels");
-    for (const [n, h, ci, co, k, s, pad] of CONV_CASES) {
-      const tag = `${n}x${h}x${h}x${ci}->${co} ${k}x${k} s${s} pad ${pad}`;
-      const inputs = [host([n, h, h, ci], 1), host([k, k, ci, co], 2), host([co], 3)];
-      await expectSame(`conv ${tag}`, inputs, (x, w, b) => {
-        const plain = (x4: tf.Tensor4D, w4: tf.Tensor4D) => tf.conv2d(x4, w4, s, pad);
-        const fused = (x4: tf.Tensor4D, w4: tf.Tensor4D, b1: tf.Tensor) =>
-          tf.fused.conv2d({ x: x4, filter: w4, strides: s, pad, bias: b1 });
-        // Gradients of a weighted sum, so that every output element matters differently.
-        const loss = (...t: tf.Tensor[]) => {
-          const [x4, w4, b1] = t as [tf.Tensor4D, tf.Tensor4D, tf.Tensor];
-          const y = tf.add(plain(x4, w4), fused(x4, w4, b1));
-          return tf.sum(tf.mul(y, tf.sin(tf.reshape(tf.range(0, y.size), y.shape))));
+    await eachStyle(async (style) => {
+      for (const [n, h, ci, co, k, s, pad] of CONV_CASES) {
+        const tag = `${n}x${h}x${h}x${ci}->${co} ${k}x${k} s${s} pad ${pad} (${style})`;
+        const inputs = [host([n, h, h, ci], 1), host([k, k, ci, co], 2), host([co], 3)];
+        await expectSame(`conv ${tag}`, inputs, (x, w, b) => {
+          const plain = (x4: tf.Tensor4D, w4: tf.Tensor4D) => tf.conv2d(x4, w4, s, pad);
+          const fused = (x4: tf.Tensor4D, w4: tf.Tensor4D, b1: tf.Tensor) =>
+            tf.fused.conv2d({ x: x4, filter: w4, strides: s, pad, bias: b1 });
+          // Gradients of a weighted sum, so that every output element matters differently.
+          const loss = (...t: tf.Tensor[]) => {
+            const [x4, w4, b1] = t as [tf.Tensor4D, tf.Tensor4D, tf.Tensor];
+            const y = tf.add(plain(x4, w4), fused(x4, w4, b1));
+            return tf.sum(tf.mul(y, tf.sin(tf.reshape(tf.range(0, y.size), y.shape))));
+          };
+          const grads = tf.grads(loss)([x, w, b]);
+          return [
+            plain(x as tf.Tensor4D, w as tf.Tensor4D),
+            fused(x as tf.Tensor4D, w as tf.Tensor4D, b),
+            ...grads,
+          ];
+        });
+      }
+    });
+  },
+});
+
+Deno.test({
+  name: "webgpu kernels: matrix products (transposes, batches, broadcast, bias) equal cpu",
+  ignore,
+  fn: async () => {
+    await initBackend("webgpu");
+    for (const k of ["BatchMatMul", "_FusedMatMul"]) {
+      assert.ok(tf.getKernel(k, "webgpu"), `${k} is registered for webgpu`);
+    }
+    // [a shape, b shape, transposeA, transposeB]
+    const cases: [number[], number[], boolean, boolean][] = [
+      [[5, 70], [70, 3], false, false], // thin output
+      [[1, 9], [9, 33], false, false], // one row
+      [[2, 7, 6], [2, 6, 5], false, false], // batched
+      [[3, 6, 7], [3, 5, 6], true, true], // both transposed
+      [[4, 17, 8], [1, 17, 9], true, false], // b broadcast
+      [[1, 6, 40], [3, 40, 6], false, false], // a broadcast
+      [[2, 3, 12, 5], [2, 3, 12, 7], true, false], // two batch axes
+    ];
+    await eachStyle(async (style) => {
+      for (const [as, bs, tA, tB] of cases) {
+        const tag = `${as} x ${bs} tA ${tA} tB ${tB} (${style})`;
+        await expectSame(`matmul ${tag}`, [host(as, 7), host(bs, 8)], (a, b) => {
+          const loss = (x: tf.Tensor, y: tf.Tensor) => {
+            const c = tf.matMul(x, y, tA, tB);
+            return tf.sum(tf.mul(c, tf.cos(tf.reshape(tf.range(0, c.size), c.shape))));
+          };
+          // (tfjs' own BatchMatMul gradient does not sum over a broadcast batch.)
+          const broadcast = as.length === 3 && as[0] !== bs[0];
+          return [tf.matMul(a, b, tA, tB), ...(broadcast ? [] : tf.grads(loss)([a, b]))];
+        });
+      }
+      // One-hot labels (an int32 buffer that tfjs' cast only relabels float32) into a dense layer.
+      await expectSame(`int32-backed input (${style})`, [host([3, 7], 12)], (w) => [
+        tf.matMul(tf.oneHot(tf.tensor1d([0, 2, 1, 2], "int32"), 3).toFloat(), w),
+      ]);
+      // A dense layer: bias of N, and its gradients.
+      await expectSame(`fused matmul + bias (${style})`, [
+        host([6, 10], 9),
+        host([10, 7], 10),
+        host([7], 11),
+      ], (a, b, bias) => {
+        const f = (x: tf.Tensor, y: tf.Tensor, z: tf.Tensor) => {
+          const c = tf.fused.matMul({ a: x as tf.Tensor2D, b: y as tf.Tensor2D, bias: z });
+          return tf.sum(tf.mul(c, tf.sin(tf.reshape(tf.range(0, c.size), c.shape))));
         };
-        const grads = tf.grads(loss)([x, w, b]);
         return [
-          plain(x as tf.Tensor4D, w as tf.Tensor4D),
-          fused(x as tf.Tensor4D, w as tf.Tensor4D, b),
-          ...grads,
+          tf.fused.matMul({ a: a as tf.Tensor2D, b: b as tf.Tensor2D, bias }),
+          ...tf.grads(f)([a, b, bias]),
         ];
       });
-    }
+    });
   },
 });
 
@@ -127,14 +213,16 @@ Deno.test({
     // A K (N·H·W) many times the chunk: 2·16·16 = 512 pixels, chunks of 128.
     assert.ok(chooseKChunk(9 * 3, 5, 512, 256, 8) < 512);
     const dy = host([2, 16, 16, 5], 5), x = host([2, 16, 16, 3], 6);
-    await expectSame("split-K filter gradient", [x, dy], (xt, dyt) => [
-      tf.engine().runKernel("Conv2DBackpropFilter", { x: xt, dy: dyt }, {
-        strides: 1,
-        pad: "same",
-        dataFormat: "NHWC",
-        filterShape: [3, 3, 3, 5],
-      }) as tf.Tensor,
-    ]);
+    await eachStyle((style) =>
+      expectSame(`split-K filter gradient (${style})`, [x, dy], (xt, dyt) => [
+        tf.engine().runKernel("Conv2DBackpropFilter", { x: xt, dy: dyt }, {
+          strides: 1,
+          pad: "same",
+          dataFormat: "NHWC",
+          filterShape: [3, 3, 3, 5],
+        }) as tf.Tensor,
+      ])
+    );
   },
 });
 

@@ -16,6 +16,7 @@ import { tf } from "../deps.ts";
 import { registerNativeBackend } from "./native/backend.ts";
 import { cKernelsUnavailableReason, loadCKernels } from "./native/ckernels.ts";
 import { registerWebGpuKernels, webGpuKernelsDisabledByEnv } from "./webgpu/backend.ts";
+import { type GemmTuning, gemmTuning } from "./webgpu/gemm.ts";
 
 function cKernelsSummary(): string {
   const c = loadCKernels();
@@ -30,6 +31,26 @@ export const BACKEND_NAMES = ["webgpu", "native", "cpu"] as const;
 /** A backend name accepted by {@linkcode initBackend}. */
 export type BackendName = typeof BACKEND_NAMES[number];
 
+/**
+ * The GEMM style for an adapter: `SIDA_WEBGPU_GEMM` (`tiled` or `register`) when set, else
+ * `register` on a software adapter and `tiled` on a GPU.
+ */
+export function gemmStyleFor(isFallbackAdapter: boolean): GemmTuning["style"] {
+  let v: string | undefined;
+  try {
+    v = Deno.env.get("SIDA_WEBGPU_GEMM")?.trim();
+  } catch {
+    v = undefined;
+  }
+  if (v) {
+    if (v !== "tiled" && v !== "register") {
+      throw new BackendError(`SIDA_WEBGPU_GEMM must be 'tiled' or 'register', not '${v}'`);
+    }
+    return v;
+  }
+  return isFallbackAdapter ? "register" : "tiled";
+}
+
 /** What {@linkcode initBackend} chose. */
 export interface BackendInfo {
   /** The tfjs backend now active. */
@@ -43,6 +64,12 @@ export interface BackendInfo {
    * provide the fused kernels, `"tfjs"` when `SIDA_WEBGPU_KERNELS=0` keeps tfjs' stock ones.
    */
   gpuKernels?: "sida" | "tfjs";
+  /**
+   * On `webgpu` with our kernels: the matrix-product style of the convolutions and matrix
+   * products (`webgpu/gemm.ts`): `tiled` (workgroup memory) on a GPU, `register` on a software
+   * adapter; `SIDA_WEBGPU_GEMM=tiled|register` overrides.
+   */
+  gemmStyle?: GemmTuning["style"];
   /** The BLAS library behind the `native` backend (path and configuration). */
   blas?: string;
   /**
@@ -183,12 +210,16 @@ export async function initBackend(name?: string): Promise<BackendInfo> {
       if (ok) {
         await tf.ready();
         const stock = webGpuKernelsDisabledByEnv();
-        if (!stock) registerWebGpuKernels();
+        if (!stock) {
+          gemmTuning.style = gemmStyleFor(probe.isFallbackAdapter ?? false);
+          registerWebGpuKernels();
+        }
         current = {
           name: "webgpu",
           adapter: probe.adapter,
           isFallbackAdapter: probe.isFallbackAdapter,
           gpuKernels: stock ? "tfjs" : "sida",
+          ...(stock ? {} : { gemmStyle: gemmTuning.style }),
         };
         return current;
       }
@@ -231,7 +262,11 @@ export async function initBackend(name?: string): Promise<BackendInfo> {
 export function describeBackend(info: BackendInfo): string {
   if (info.name === "webgpu") {
     const kind = info.isFallbackAdapter ? "software fallback adapter" : "hardware adapter";
-    const k = info.gpuKernels === "tfjs" ? ", tfjs kernels" : "";
+    const k = info.gpuKernels === "tfjs"
+      ? ", tfjs kernels"
+      : info.gemmStyle
+      ? `, ${info.gemmStyle} GEMMs`
+      : "";
     return `backend: webgpu on ${info.adapter} (${kind}${k})`;
   }
   if (info.name === "native") {

@@ -1,7 +1,7 @@
 /**
  * Registers our WGSL kernels for tfjs' `webgpu` backend, in place of tfjs-backend-webgpu's own
  * (the way `../native/backend.ts` replaces tfjs-cpu's kernels with C and BLAS ones): the
- * convolutions as tiled implicit GEMMs (`conv.ts`), and the fused kernels of
+ * convolutions as implicit GEMMs (`conv.ts`), the matrix products (`matmul.ts`), and the fused kernels of
  * `../native/fused.ts` (SiLU, group normalisation) so that the networks take their one-kernel
  * path on WebGPU too (`fused.ts`), and one-dispatch optimizer and EMA updates (`optim.ts`).
  *
@@ -19,6 +19,7 @@
 import { tf } from "../../deps.ts";
 import { convKernels } from "./conv.ts";
 import { fusedWebGpuKernels } from "./fused.ts";
+import { matMulKernels } from "./matmul.ts";
 import { optimWebGpuKernels } from "./optim.ts";
 import type { GpuKernelFunc } from "./program.ts";
 
@@ -59,6 +60,7 @@ export function registerWebGpuKernels(): string[] {
   if (webGpuKernelsActive()) return WEBGPU_KERNEL_NAMES;
   const ours: Record<string, GpuKernelFunc> = {
     ...convKernels(stock),
+    ...matMulKernels(stock),
     ...fusedWebGpuKernels(),
     ...optimWebGpuKernels(),
   };

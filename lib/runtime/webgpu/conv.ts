@@ -77,7 +77,7 @@ const GATHER_X = `
   let hi = ho * C_SH - C_PT + kh * C_DH;
   let wi = wo * C_SW - C_PL + kw * C_DW;
   if (hi < 0 || hi >= C_H || wi < 0 || wi >= C_W) { return 0.0; }
-  return x[((n * C_H + hi) * C_W + wi) * C_CI + ci];`;
+  return f32(x[((n * C_H + hi) * C_W + wi) * C_CI + ci]);`;
 
 /** The forward convolution's program (bias added in the epilogue when `withBias`). */
 export function conv2dProgram(c: ConvInfo, withBias: boolean) {
@@ -92,7 +92,7 @@ export function conv2dProgram(c: ConvInfo, withBias: boolean) {
     decls: geometry(c),
     a: {
       columnsContiguous: true,
-      load: pointwise(c) ? `  return x[r * C_CI + c];` : `
+      load: pointwise(c) ? `  return f32(x[r * C_CI + c]);` : `
   let n = r / (C_HO * C_WO);
   let p = r % (C_HO * C_WO);
   let ho = p / C_WO;
@@ -102,8 +102,8 @@ export function conv2dProgram(c: ConvInfo, withBias: boolean) {
   let kw = q / C_CI;
   let ci = q % C_CI;${GATHER_X}`,
     },
-    b: { columnsContiguous: true, load: `  return w[r * C_CO + c];` },
-    epilogue: withBias ? "v + bias[n]" : "v",
+    b: { columnsContiguous: true, load: `  return f32(w[r * C_CO + c]);` },
+    epilogue: withBias ? "v + f32(bias[n])" : "v",
     outputShape: [c.batchSize, c.outHeight, c.outWidth, c.outChannels],
   });
 }
@@ -121,7 +121,7 @@ export function conv2dBackpropInputProgram(c: ConvInfo) {
     decls: geometry(c),
     a: {
       columnsContiguous: true,
-      load: pointwise(c) ? `  return dy[r * C_CO + c];` : `
+      load: pointwise(c) ? `  return f32(dy[r * C_CO + c]);` : `
   let n = r / (C_H * C_W);
   let p = r % (C_H * C_W);
   let hi = p / C_W;
@@ -136,7 +136,7 @@ export function conv2dBackpropInputProgram(c: ConvInfo) {
   let ho = th / C_SH;
   let wo = tw / C_SW;
   if (ho >= C_HO || wo >= C_WO) { return 0.0; }
-  return dy[((n * C_HO + ho) * C_WO + wo) * C_CO + co];`,
+  return f32(dy[((n * C_HO + ho) * C_WO + wo) * C_CO + co]);`,
     },
     // B[(kh,kw,co), ci] = w[kh, kw, ci, co]: consecutive rows (co) are adjacent.
     b: {
@@ -144,7 +144,7 @@ export function conv2dBackpropInputProgram(c: ConvInfo) {
       load: `
   let t = r / C_CO;
   let co = r % C_CO;
-  return w[(t * C_CI + c) * C_CO + co];`,
+  return f32(w[(t * C_CI + c) * C_CO + co]);`,
     },
     outputShape: [c.batchSize, c.inHeight, c.inWidth, c.inChannels],
   });
@@ -172,7 +172,7 @@ export function conv2dBackpropFilterPrograms(c: ConvInfo, targetWorkgroups = 256
     // A[(kh,kw,ci), (n,ho,wo)]: consecutive rows (ci) are adjacent in x.
     a: {
       columnsContiguous: false,
-      load: pointwise(c) ? `  return x[c * C_CI + r];` : `
+      load: pointwise(c) ? `  return f32(x[c * C_CI + r]);` : `
   let kh = r / (C_KW * C_CI);
   let q = r % (C_KW * C_CI);
   let kw = q / C_CI;
@@ -182,7 +182,7 @@ export function conv2dBackpropFilterPrograms(c: ConvInfo, targetWorkgroups = 256
   let ho = p / C_WO;
   let wo = p % C_WO;${GATHER_X}`,
     },
-    b: { columnsContiguous: true, load: `  return dy[r * C_CO + c];` },
+    b: { columnsContiguous: true, load: `  return f32(dy[r * C_CO + c]);` },
     outputShape: S > 1 ? [S, M, N] : filterShape,
   });
   return { gemm, reduce: S > 1 ? splitKReduceProgram(S, filterShape) : undefined, splits: S };
