@@ -18,7 +18,6 @@
  *
  * @module
  */
-import { tf } from "../../deps.ts";
 import { FUSED, registerFusedGradients } from "../native/fused.ts";
 import {
   f32Lit,
