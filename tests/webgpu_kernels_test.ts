@@ -92,7 +92,7 @@ async function expectSame(
  */
 const STYLES: Partial<GemmTuning>[] = [
   { style: "tiled" },
-  { style: "register", rm: 16, rn: 32 },
+  { style: "register", rm: 16, rn: 16 },
   { style: "register", rm: 3, rn: 8 },
 ];
 

@@ -72,12 +72,16 @@ function pointwise(c: ConvInfo): boolean {
     c.strideWidth === 1 && c.padInfo.top === 0 && c.padInfo.left === 0;
 }
 
-/** x[n, hi, wi, ci] for output pixel (n, ho, wo) and filter tap (kh, kw), 0 in the padding. */
+/**
+ * x[n, hi, wi, ci] for output pixel (n, ho, wo) and filter tap (kh, kw), 0 in the padding.
+ * Branch-free (an in-range index is loaded and masked): a branch per load multiplies the basic
+ * blocks of the unrolled GEMM bodies, and with them llvmpipe's compile time.
+ */
 const GATHER_X = `
   let hi = ho * C_SH - C_PT + kh * C_DH;
   let wi = wo * C_SW - C_PL + kw * C_DW;
-  if (hi < 0 || hi >= C_H || wi < 0 || wi >= C_W) { return 0.0; }
-  return f32(x[((n * C_H + hi) * C_W + wi) * C_CI + ci]);`;
+  let ok = (hi >= 0) & (hi < C_H) & (wi >= 0) & (wi < C_W);
+  return select(0.0, f32(x[select(0, ((n * C_H + hi) * C_W + wi) * C_CI + ci, ok)]), ok);`;
 
 /** The forward convolution's program (bias added in the epilogue when `withBias`). */
 export function conv2dProgram(c: ConvInfo, withBias: boolean) {
@@ -132,11 +136,11 @@ export function conv2dBackpropInputProgram(c: ConvInfo) {
   let co = q % C_CO;
   let th = hi + C_PT - kh * C_DH;
   let tw = wi + C_PL - kw * C_DW;
-  if (th < 0 || tw < 0 || th % C_SH != 0 || tw % C_SW != 0) { return 0.0; }
   let ho = th / C_SH;
   let wo = tw / C_SW;
-  if (ho >= C_HO || wo >= C_WO) { return 0.0; }
-  return f32(dy[((n * C_HO + ho) * C_WO + wo) * C_CO + co]);`,
+  let ok = (th >= 0) & (tw >= 0) & (th % C_SH == 0) & (tw % C_SW == 0) & (ho < C_HO) &
+    (wo < C_WO);
+  return select(0.0, f32(dy[select(0, ((n * C_HO + ho) * C_WO + wo) * C_CO + co, ok)]), ok);`,
     },
     // B[(kh,kw,co), ci] = w[kh, kw, ci, co]: consecutive rows (co) are adjacent.
     b: {

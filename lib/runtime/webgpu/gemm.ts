@@ -82,7 +82,7 @@ export function tileCols(n: number): number {
  * key): `tk`, the k depth of a shared-memory step; `micro64`, the thread block of a full 64×64
  * tile (4 or 8).
  */
-export const gemmTuning: GemmTuning = { style: "tiled", tk: 16, micro64: 8, rm: 16, rn: 32 };
+export const gemmTuning: GemmTuning = { style: "tiled", tk: 16, micro64: 8, rm: 16, rn: 16 };
 
 /**
  * `style`: `tiled`, workgroup tiles in workgroup memory (for GPUs), or `register`, no workgroup
@@ -162,7 +162,9 @@ export function gemmProgram(spec: GemmSpec): GpuProgram {
 
 /**
  * The C block per invocation of {@linkcode registerGemmProgram}: `gemmTuning.rm`×`gemmTuning.rn`
- * (16×32 measured best on llvmpipe: 12–16 GFLOP/s on the U-Net convolutions, 0.3 s to compile),
+ * (16×16 on llvmpipe: 8–10 GFLOP/s on the batch-64 U-Net convolutions, ~1 s to compile each
+ * shader; 16×32 is ~10% faster but takes 2–4 s to compile, 8×16 compiles in 0.6 s and runs ~30%
+ * slower; measured with Mesa's shader cache off),
  * shrunk to M rows and to N columns rounded up to 4 for thin products (a 3-channel output).
  */
 export function registerBlock(M: number, N: number): [number, number] {

@@ -3,7 +3,9 @@
  * (attention's q·kᵀ and weights·v, and every `tf.matMul`) and `_FusedMatMul` with a bias and a
  * linear activation (the U-Nets' dense layers), float32, with either operand transposed and a
  * batch of one broadcast against the other's. Other cases (non-float32, an activation, batch
- * shapes that broadcast otherwise) go to tfjs' stock kernels.
+ * shapes that broadcast otherwise) go to tfjs' stock kernels, and so does every product in the
+ * `tiled` GEMM style: on a GPU tfjs' own vec4 matrix product is the tuned one, and ours has not
+ * been measured against it there (on llvmpipe the `register` style is 3-5× faster than tfjs').
  *
  *   C[b, m, n] = Σ_k A[b, m, k] · B[b, k, n]   (+ bias[n])
  *
@@ -13,7 +15,7 @@
  *
  * @module
  */
-import { gemmProgram, type GemmSpec } from "./gemm.ts";
+import { gemmProgram, type GemmSpec, gemmTuning } from "./gemm.ts";
 import type { GpuKernelArgs, GpuKernelFunc, GpuProgram, TensorInfo } from "./program.ts";
 
 /** Sizes of a batched product, or null when ours does not cover the shapes. */
@@ -92,6 +94,9 @@ export function matMulProgram(
   return gemmProgram(spec);
 }
 
+/** Whether our products run (the `register` style; see the module comment). */
+const ours = () => gemmTuning.style === "register";
+
 const f32 = (...ts: (TensorInfo | undefined)[]) => ts.every((t) => !t || t.dtype === "float32");
 
 /**
@@ -105,7 +110,7 @@ export function matMulKernels(
     BatchMatMul: (args: GpuKernelArgs) => {
       const { a, b } = args.inputs as Record<string, TensorInfo>;
       const tA = !!args.attrs?.transposeA, tB = !!args.attrs?.transposeB;
-      const d = f32(a, b) ? matMulDims(a.shape, b.shape, tA, tB) : null;
+      const d = ours() && f32(a, b) ? matMulDims(a.shape, b.shape, tA, tB) : null;
       if (!d) return stock("BatchMatMul")(args);
       return args.backend.runWebGPUProgram(matMulProgram(d, tA, tB, false), [a, b], "float32");
     },
@@ -114,7 +119,7 @@ export function matMulKernels(
       const attrs = args.attrs ?? {};
       const tA = !!attrs.transposeA, tB = !!attrs.transposeB;
       const linear = (attrs.activation ?? "linear") === "linear" && !preluActivationWeights;
-      const d = linear && f32(a, b, bias) ? matMulDims(a!.shape, b!.shape, tA, tB) : null;
+      const d = ours() && linear && f32(a, b, bias) ? matMulDims(a!.shape, b!.shape, tA, tB) : null;
       // A bias of N values (shape [N] or [1, …, 1, N]); other broadcasts go to tfjs.
       const biasOk = !bias || (bias.shape.at(-1) === d?.N && prod(bias.shape) === d?.N);
       if (!d || !biasOk) {
