@@ -206,6 +206,38 @@ Deno.test({
 });
 
 Deno.test({
+  name: "webgpu kernels: Sum over leading axes (bias gradients, whole tensors) equals cpu",
+  ignore,
+  fn: async () => {
+    await initBackend("webgpu");
+    assert.ok(tf.getKernel("Sum", "webgpu"), "Sum is registered for webgpu");
+    // [shape, axis, keepDims]: one chunk, many chunks (R ≫ 64), everything, a scalar sum of a
+    // vector, negative axes, and an innermost axis (tfjs' kernel).
+    const cases: [number[], number | number[], boolean][] = [
+      [[3, 5], 0, false],
+      [[4, 33, 17, 7], [0, 1, 2], false],
+      [[4, 33, 17, 7], [0, 1, 2], true],
+      [[2, 3, 4], [0, 1, 2], false],
+      [[1000], 0, false],
+      [[6, 5, 4], [-3, -2], true],
+      [[6, 5, 4], 2, false],
+    ];
+    for (const [shape, axis, keepDims] of cases) {
+      await expectSame(`sum ${shape} over ${axis} keepDims ${keepDims}`, [host(shape, 16)], (x) => {
+        const y = tf.sum(x, axis, keepDims);
+        const want = keepDims
+          ? shape.map((d, i) =>
+            [axis].flat().map((a) => a < 0 ? a + shape.length : a).includes(i) ? 1 : d
+          )
+          : null;
+        if (want) assert.deepEqual(y.shape, want);
+        return [y];
+      });
+    }
+  },
+});
+
+Deno.test({
   name: "webgpu kernels: filter gradient split over N·H·W sums every chunk",
   ignore,
   fn: async () => {
@@ -295,6 +327,15 @@ Deno.test({
         f(x, g, b),
         ...tf.grads(f)([x, g, b]),
       ];
+    });
+    // Statistics in one shifted pass: a mean 100× the spread must not cancel.
+    await expectSame("group norm, large mean", [host([2, 4, 4, 6], 15)], (x) => {
+      const g = tf.ones([6]), b = tf.zeros([6]);
+      const f = (t: tf.Tensor) => {
+        const y = groupNorm(tf.add(tf.mul(t, 0.5), 50) as tf.Tensor4D, g, b, 2, 1e-5);
+        return tf.sum(tf.mul(y, tf.sin(tf.reshape(tf.range(0, y.size), y.shape))));
+      };
+      return [groupNorm(tf.add(tf.mul(x, 0.5), 50) as tf.Tensor4D, g, b, 2, 1e-5), tf.grad(f)(x)];
     });
     // Softmax over rows of 37 (not a multiple of any workgroup), large logits, and its gradient.
     for (const k of ["SidaSoftmax", "SidaSoftmaxGrad"]) {

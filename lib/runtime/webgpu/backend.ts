@@ -1,7 +1,7 @@
 /**
  * Registers our WGSL kernels for tfjs' `webgpu` backend, in place of tfjs-backend-webgpu's own
  * (the way `../native/backend.ts` replaces tfjs-cpu's kernels with C and BLAS ones): the
- * convolutions as implicit GEMMs (`conv.ts`), the matrix products (`matmul.ts`), and the fused kernels of
+ * convolutions as implicit GEMMs (`conv.ts`), the matrix products (`matmul.ts`), sums over leading axes (`reduce.ts`), and the fused kernels of
  * `../native/fused.ts` (SiLU, group normalisation) so that the networks take their one-kernel
  * path on WebGPU too (`fused.ts`), and one-dispatch optimizer and EMA updates (`optim.ts`).
  *
@@ -20,6 +20,7 @@ import { tf } from "../../deps.ts";
 import { convKernels } from "./conv.ts";
 import { fusedWebGpuKernels } from "./fused.ts";
 import { matMulKernels } from "./matmul.ts";
+import { reduceKernels } from "./reduce.ts";
 import { optimWebGpuKernels } from "./optim.ts";
 import type { GpuKernelFunc } from "./program.ts";
 
@@ -61,6 +62,7 @@ export function registerWebGpuKernels(): string[] {
   const ours: Record<string, GpuKernelFunc> = {
     ...convKernels(stock),
     ...matMulKernels(stock),
+    ...reduceKernels(stock),
     ...fusedWebGpuKernels(),
     ...optimWebGpuKernels(),
   };

@@ -32,6 +32,19 @@ const RED = 256;
 /** Workgroup tree reduction of one f32 per thread (call in uniform control flow). */
 const REDUCE = `
 var<workgroup> red : array<f32, ${RED}>;
+var<workgroup> red4 : array<vec4<f32>, ${RED}>;
+fn wgSum4(v : vec4<f32>) -> vec4<f32> {
+  let t = i32(localIndex);
+  red4[t] = v;
+  workgroupBarrier();
+  for (var s = ${RED / 2}; s > 0; s = s >> 1u) {
+    if (t < s) { red4[t] = red4[t] + red4[t + s]; }
+    workgroupBarrier();
+  }
+  let r = red4[0];
+  workgroupBarrier();
+  return r;
+}
 fn wgSum(v : f32) -> f32 {
   let t = i32(localIndex);
   red[t] = v;
@@ -97,32 +110,41 @@ fn gIndex(n : i32, g : i32, e : i32) -> i32 {
 function gnStatsProgram(d: GnDims, eps: number, backward: boolean): GpuProgram {
   const w = backward ? 4 : 2;
   const key = `gnstats_${backward ? "b" : "f"}_${d.n}_${d.hw}_${d.c}_${d.g}_${eps}`;
-  const grad = backward
-    ? `
-  var s1 = 0.0;
-  var s2 = 0.0;
-  for (var e = t; e < GN_L; e = e + ${RED}) {
-    let i = gIndex(n, g, e);
-    let gv = dy[i] * gamma[g * GN_CG + e % GN_CG];
-    s1 = s1 + gv;
-    s2 = s2 + gv * (x[i] - mean) * rstd;
-  }
-  let m1 = wgSum(s1) / f32(GN_L);
-  let m2 = wgSum(s2) / f32(GN_L);
-  if (t == 0) { result[grp * 4 + 2] = m1; result[grp * 4 + 3] = m2; }`
-    : "";
+  // One pass over the group: sums of x' = x − x₀ and x'² (shifted by the group's first value, so
+  // that var = E[x'²] − E[x']² does not cancel when |mean| ≫ σ), and for the gradient Σ g and
+  // Σ g·x' (g = dy·γ), from which mean(g·x̂) = σ⁻¹·(E[g·x'] − E[x']·E[g]).
   const body = `
   let grp = i32(workgroupId.x);
   let n = grp / GN_G;
   let g = grp % GN_G;
   let t = i32(localIndex);
-  var s = 0.0;
-  for (var e = t; e < GN_L; e = e + ${RED}) { s = s + x[gIndex(n, g, e)]; }
-  let mean = wgSum(s) / f32(GN_L);
-  var q = 0.0;
-  for (var e = t; e < GN_L; e = e + ${RED}) { let v = x[gIndex(n, g, e)] - mean; q = q + v * v; }
-  let rstd = inverseSqrt(wgSum(q) / f32(GN_L) + ${f32Lit(eps)});
-  if (t == 0) { result[grp * ${w}] = mean; result[grp * ${w} + 1] = rstd; }${grad}`;
+  let x0 = x[gIndex(n, g, 0)];
+  var acc = vec4<f32>(0.0);
+  for (var e = t; e < GN_L; e = e + ${RED}) {
+    let i = gIndex(n, g, e);
+    let v = x[i] - x0;${
+    backward
+      ? `
+    let gv = dy[i] * gamma[g * GN_CG + e % GN_CG];
+    acc = acc + vec4<f32>(v, v * v, gv, gv * v);`
+      : `
+    acc = acc + vec4<f32>(v, v * v, 0.0, 0.0);`
+  }
+  }
+  let tot = wgSum4(acc) / f32(GN_L);
+  let shifted = tot.x;
+  let mean = x0 + shifted;
+  let rstd = inverseSqrt(max(tot.y - shifted * shifted, 0.0) + ${f32Lit(eps)});
+  if (t == 0) {
+    result[grp * ${w}] = mean;
+    result[grp * ${w} + 1] = rstd;${
+    backward
+      ? `
+    result[grp * 4 + 2] = tot.z;
+    result[grp * 4 + 3] = rstd * (tot.w - shifted * tot.z);`
+      : ""
+  }
+  }`;
   const p = perGroupProgram(
     key,
     backward ? ["x", "dy", "gamma"] : ["x"],
