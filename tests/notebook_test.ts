@@ -40,6 +40,7 @@ const ROOT = new URL("..", import.meta.url).pathname;
 const NOTEBOOK_DIR = `${ROOT}notebooks`;
 const NOTEBOOK = `${NOTEBOOK_DIR}/quickstart.ipynb`;
 const TEACHER = `${ROOT}data/mnist-teacher.safetensors`;
+const SHIPPED = `${ROOT}data/mnist-generator.safetensors`;
 
 /** The notebook's grids: one row of 8 images, 32×32 upscaled 3×, 2-pixel gaps (`imageGridPng`). */
 const GRID_IMAGES = 8;
@@ -380,6 +381,13 @@ Deno.test({
       assert.match(shown, /^distilled \d+ iterations in /m);
       assert.match(shown, /^generator: \d+ images in one step/m);
       assert.match(shown, /^tensors still allocated: \d+$/m);
+      // The shipped generator beside the teacher, with the time per image of each.
+      if (await exists(SHIPPED)) {
+        assert.match(shown, /^teacher \(NFE 35\): [\d.]+ ms per image$/m);
+        assert.match(shown, /^shipped generator \(NFE 1\): [\d.]+ ms per image; sida after /m);
+      } else {
+        assert.match(shown, /^shipped generator: .* not found/m);
+      }
 
       // At least two inline PNG grids (teacher, generator) of the expected size.
       const pngs = outputs
