@@ -21,7 +21,7 @@ import { generate } from "../lib/distill/generator.ts";
 import { readTrainingState } from "../lib/distill/run.ts";
 import { findLatestState } from "../lib/train/run_folder.ts";
 import { type DistillationOptions, runDistillation } from "../lib/distill/train.ts";
-import { setupBackend, TEST_BACKEND } from "./helpers.ts";
+import { setupBackend, TEST_BACKEND, tinyImageDataset } from "./helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -53,17 +53,7 @@ interface Fixture {
 
 let fixture: Promise<Fixture> | undefined;
 
-function tinyDataset(n: number, res: number, labelled = true): ImageDataset {
-  const pixels = new Uint8Array(n * res * res * 3);
-  for (let i = 0; i < pixels.length; i++) pixels[i] = (i * 37 + (i >> 5) * 11) % 256;
-  return createImageDataset({
-    name: "tiny",
-    resolution: res,
-    channels: 3,
-    pixels,
-    labels: labelled ? Array.from({ length: n }, (_, i) => i % 3) : null,
-  });
-}
+const tinyDataset = tinyImageDataset;
 
 function setup(): Promise<Fixture> {
   fixture ??= (async () => {

@@ -12,6 +12,7 @@ import { type HostTensor, toFloat32 } from "../lib/io/host_tensor.ts";
 import { readSafetensors } from "../lib/io/safetensors.ts";
 import { fromEdmKwargs, type NetworkConfig } from "../lib/nets/config.ts";
 import { EDMPrecond } from "../lib/nets/precond.ts";
+import { createImageDataset, type ImageDataset } from "../lib/data/dataset.ts";
 
 /**
  * A one-level SongUNet with 8 channels and one block, no attention or dropout: the smallest
@@ -108,4 +109,20 @@ export function setupNativeTests(what: string): { ignore: boolean; withC: boolea
     return { ignore: true, withC: false };
   }
   return { ignore: false, withC: loadCKernels() !== null };
+}
+
+/**
+ * A deterministic RGB data set of `n` images of `res`×`res` (a fixed byte pattern), labelled
+ * `i mod 3` unless `labelled` is false: the distillation tests' training data.
+ */
+export function tinyImageDataset(n: number, res: number, labelled = true): ImageDataset {
+  const pixels = new Uint8Array(n * res * res * 3);
+  for (let i = 0; i < pixels.length; i++) pixels[i] = (i * 37 + (i >> 5) * 11) % 256;
+  return createImageDataset({
+    name: "tiny",
+    resolution: res,
+    channels: 3,
+    pixels,
+    labels: labelled ? Array.from({ length: n }, (_, i) => i % 3) : null,
+  });
 }

@@ -12,7 +12,7 @@
 import assert from "node:assert/strict";
 import { tf } from "../lib/deps.ts";
 import { ensureXdgRuntimeDir, initBackend } from "../lib/runtime/backend.ts";
-import { createImageDataset } from "../lib/data/dataset.ts";
+import { tinyImageDataset } from "./helpers.ts";
 import { createNetwork } from "../lib/nets/network.ts";
 import { Distiller, type IterationStats } from "../lib/distill/distiller.ts";
 
@@ -48,25 +48,12 @@ const CONFIG = {
 
 const LOSSES = ["lossFake", "lossD", "lossG", "lossGGan", "bceReal", "bceFake", "bceG"] as const;
 
-function dataset() {
-  const res = 8, n = 16;
-  const pixels = new Uint8Array(n * res * res * 3);
-  for (let i = 0; i < pixels.length; i++) pixels[i] = (i * 37 + (i >> 5) * 11) % 256;
-  return createImageDataset({
-    name: "tiny",
-    resolution: res,
-    channels: 3,
-    pixels,
-    labels: Array.from({ length: n }, (_, i) => i % 3),
-  });
-}
-
 /** Three iterations on `backend`; the stats and numTensors after each. */
 async function run(backend: string): Promise<{ stats: IterationStats[]; counts: number[] }> {
   const info = await initBackend(backend);
   assert.equal(info.name, backend);
   const teacher = createNetwork(NET, { seed: 2 });
-  const d = new Distiller({ teacher, dataset: dataset(), config: CONFIG });
+  const d = new Distiller({ teacher, dataset: tinyImageDataset(16, 8), config: CONFIG });
   const stats: IterationStats[] = [], counts: number[] = [];
   for (let i = 0; i < 3; i++) {
     stats.push(await d.step());

@@ -155,6 +155,24 @@ export function microTile(tm: number, tn: number): [number, number] {
   return tm === 64 && tn === 64 ? [r, r] : [4, 4];
 }
 
+/** WGSL shared by both styles: the sizes, the batch index `bz`, and the two loaders. */
+function preamble(spec: GemmSpec, kChunk: number, S: number): string {
+  return `const G_M = ${spec.M};
+const G_N = ${spec.N};
+const G_K = ${spec.K};
+const G_KCHUNK = ${kChunk};
+const G_SPLITS = ${S};
+// The batch index of a batched product (workgroup z / splits); loaders may read it.
+var<private> bz : i32;
+${spec.decls ?? ""}
+fn loadA(r : i32, c : i32) -> f32 {
+${spec.a.load}
+}
+fn loadB(r : i32, c : i32) -> f32 {
+${spec.b.load}
+}`;
+}
+
 /** The GEMM program of the current {@linkcode gemmTuning} style (see the module comment). */
 export function gemmProgram(spec: GemmSpec): GpuProgram {
   return gemmTuning.style === "register" ? registerGemmProgram(spec) : tiledGemmProgram(spec);
@@ -197,20 +215,7 @@ export function registerGemmProgram(spec: GemmSpec): GpuProgram {
   const rows = [...Array(RM).keys()], vecs = [...Array(RN / 4).keys()];
   const cols = [...Array(RN).keys()];
   const code = `
-const G_M = ${M};
-const G_N = ${N};
-const G_K = ${K};
-const G_KCHUNK = ${kChunk};
-const G_SPLITS = ${S};
-// The batch index of a batched product (workgroup z / splits); loaders may read it.
-var<private> bz : i32;
-${spec.decls ?? ""}
-fn loadA(r : i32, c : i32) -> f32 {
-${spec.a.load}
-}
-fn loadB(r : i32, c : i32) -> f32 {
-${spec.b.load}
-}
+${preamble(spec, kChunk, S)}
 
 fn main() {
   _ = uniforms.NAN;
@@ -313,25 +318,11 @@ export function tiledGemmProgram(spec: GemmSpec): GpuProgram {
     `    } }`,
   ]);
   const code = `
-const G_M = ${M};
-const G_N = ${N};
-const G_K = ${K};
-const G_KCHUNK = ${kChunk};
-const G_SPLITS = ${S};
-// The batch index of a batched product (workgroup z / splits); loaders may read it.
-var<private> bz : i32;
-${spec.decls ?? ""}
+${preamble(spec, kChunk, S)}
 // A tile stored k-major (As[kk * TM + mm]) and B tile k-major (Bs[kk * TN + nn]), so that the
 // inner loop reads each thread's rows / columns as consecutive words.
 var<workgroup> As : array<f32, ${TM * TK}>;
 var<workgroup> Bs : array<f32, ${TK * TN}>;
-
-fn loadA(r : i32, c : i32) -> f32 {
-${spec.a.load}
-}
-fn loadB(r : i32, c : i32) -> f32 {
-${spec.b.load}
-}
 
 fn main() {
   // A static use of the uniforms, which the backend always binds ('auto' layouts drop unused
