@@ -321,6 +321,13 @@ export {
   type TeacherFid,
 } from "./lib/pipeline/report.ts";
 export { fidPlotSvg, lossPlotSvg, svgToPng, writeChainPlots } from "./lib/pipeline/plots.ts";
+export {
+  ShipError,
+  shipGenerator,
+  SHIPPED_FORMAT,
+  type ShippedGenerator,
+  type ShippedScores,
+} from "./lib/pipeline/ship.ts";
 
 // Notebooks (Deno Jupyter kernel): inline grids, plots, tables, progress, stop button, smoke files.
 export {
