@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { tf } from "../lib/deps.ts";
-import { ensureXdgRuntimeDir, initBackend } from "../lib/runtime/backend.ts";
+import { ensureXdgRuntimeDir, gemmStyleFor, initBackend } from "../lib/runtime/backend.ts";
 import {
   registerWebGpuKernels,
   unregisterWebGpuKernels,
@@ -370,4 +370,12 @@ Deno.test({
       ];
     }, 1e-6);
   },
+});
+
+Deno.test("GEMM style: register on a software adapter, tiled on a GPU, SIDA_WEBGPU_GEMM overrides", () => {
+  assert.equal(gemmStyleFor(true, undefined), "register");
+  assert.equal(gemmStyleFor(false, ""), "tiled");
+  assert.equal(gemmStyleFor(false, "register"), "register");
+  assert.equal(gemmStyleFor(true, " tiled "), "tiled");
+  assert.throws(() => gemmStyleFor(true, "fast"), /SIDA_WEBGPU_GEMM must be 'tiled' or 'register'/);
 });

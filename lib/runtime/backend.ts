@@ -32,16 +32,14 @@ export const BACKEND_NAMES = ["webgpu", "native", "cpu"] as const;
 export type BackendName = typeof BACKEND_NAMES[number];
 
 /**
- * The GEMM style for an adapter: `SIDA_WEBGPU_GEMM` (`tiled` or `register`) when set, else
- * `register` on a software adapter and `tiled` on a GPU.
+ * The GEMM style for an adapter: `setting` (by default the environment's `SIDA_WEBGPU_GEMM`,
+ * `tiled` or `register`) when set, else `register` on a software adapter and `tiled` on a GPU.
  */
-export function gemmStyleFor(isFallbackAdapter: boolean): GemmTuning["style"] {
-  let v: string | undefined;
-  try {
-    v = Deno.env.get("SIDA_WEBGPU_GEMM")?.trim();
-  } catch {
-    v = undefined;
-  }
+export function gemmStyleFor(
+  isFallbackAdapter: boolean,
+  setting: string | undefined = envGemmStyle(),
+): GemmTuning["style"] {
+  const v = setting?.trim();
   if (v) {
     if (v !== "tiled" && v !== "register") {
       throw new BackendError(`SIDA_WEBGPU_GEMM must be 'tiled' or 'register', not '${v}'`);
@@ -49,6 +47,14 @@ export function gemmStyleFor(isFallbackAdapter: boolean): GemmTuning["style"] {
     return v;
   }
   return isFallbackAdapter ? "register" : "tiled";
+}
+
+function envGemmStyle(): string | undefined {
+  try {
+    return Deno.env.get("SIDA_WEBGPU_GEMM");
+  } catch {
+    return undefined;
+  }
 }
 
 /** What {@linkcode initBackend} chose. */
