@@ -7,7 +7,7 @@
 set -euo pipefail
 grep -qx '/.dev/' .git/info/exclude 2>/dev/null || printf '/.dev/\n/.gl/\n' >>.git/info/exclude
 D=$(mktemp -d)/devdeno
-DENO_DIR=$D deno cache bench/distill.ts bench/kernels.ts tasks/eval.ts tasks/distill.ts \
+DENO_DIR=$D deno cache bench/distill.ts bench/kernels.ts bench/conv_styles.ts tasks/eval.ts tasks/distill.ts \
   tests/nets_parity_test.ts tests/nets_test.ts >/dev/null 2>&1
 R=$D/npm/registry.npmjs.org
 find "$R" \( -name '*.map' -o -name '*.min.js' -o -name '*.d.ts' \) -delete

@@ -3,6 +3,8 @@
 # after bench/gpu/make_bundle.sh here (carry .dev and .gl):
 #   LIM=540 OUT=$OUT bash bench/gpu/run.sh
 # prints the adapter, then (each step under its share of LIM seconds, every row as it is measured):
+#   0. bench/conv_styles.ts: the convolutions in both GEMM styles (tiled, register 16x16), which
+#      tells whether the tiled style really is the one for a GPU;
 #   1. bench/kernels.ts on webgpu: kernel GFLOP/s, host cost of a tiny kernel (stock and ours),
 #      one mnist SiDA iteration (batch 64, rounds of 32) profiled per kernel;
 #   2. bench/distill.ts: the mnist SiDA iteration at batch 64;
@@ -35,6 +37,8 @@ else
   K="--batch 64 --repeats 3 --sida-batch 64 --sida-micro 32"
   M="--max-seconds 100000"; C="--batch 32 --max-seconds 100000"
 fi
+echo "== 0. convolutions per GEMM style (webgpu) =="
+timeout $(($(left) / 8)) $R bench/conv_styles.ts --styles tiled,register:16x16
 echo "== 1. kernels (webgpu) =="
 timeout $(($(left) / 3)) $R bench/kernels.ts --backends webgpu $K --json "$OUT/kernels.json"
 echo "== 2. mnist SiDA iteration (webgpu) =="
