@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { tf } from "../lib/deps.ts";
-import { createImageDataset, type ImageDataset, writeImageZip } from "../lib/data/dataset.ts";
+import { type ImageDataset, writeImageZip } from "../lib/data/dataset.ts";
 import type { HostTensor } from "../lib/io/host_tensor.ts";
 import { writeSafetensors } from "../lib/io/safetensors.ts";
 import { createNetwork, networkMetadata, saveNetwork } from "../lib/nets/network.ts";
@@ -53,8 +53,6 @@ interface Fixture {
 
 let fixture: Promise<Fixture> | undefined;
 
-const tinyDataset = tinyImageDataset;
-
 function setup(): Promise<Fixture> {
   fixture ??= (async () => {
     await setupBackend();
@@ -63,7 +61,7 @@ function setup(): Promise<Fixture> {
     const teacherPath = join(dir, "teacher.safetensors");
     await saveNetwork(teacher, teacherPath);
     teacher.dispose();
-    const dataset = tinyDataset(32, 8);
+    const dataset = tinyImageDataset(32, 8);
     const dataPath = join(dir, "data.zip");
     await writeImageZip(dataPath, dataset);
     return { dir, teacherPath, dataPath, dataset };
@@ -364,9 +362,9 @@ Deno.test("tasks: bad input gives one error line and leaves the run folder untou
   const corrupt = join(f.dir, "corrupt.zip");
   await Deno.writeFile(corrupt, new TextEncoder().encode("PK\x03\x04 this is not a zip"));
   const wrongRes = join(f.dir, "data16.zip");
-  await writeImageZip(wrongRes, tinyDataset(8, 16));
+  await writeImageZip(wrongRes, tinyImageDataset(8, 16));
   const unlabelled = join(f.dir, "unlabelled.zip");
-  await writeImageZip(unlabelled, tinyDataset(8, 8, false));
+  await writeImageZip(unlabelled, tinyImageDataset(8, 8, false));
   const base = runFlags(f, dir, 0.016);
   const replace = (flag: string, value: string) => {
     const a = [...base];
