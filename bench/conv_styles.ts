@@ -13,20 +13,24 @@ import { initBackend } from "../lib/runtime/backend.ts";
 import { type GemmTuning, gemmTuning } from "../lib/runtime/webgpu/gemm.ts";
 import { parseFlags, runMain, UsageError } from "../lib/runtime/cli.ts";
 
-const USAGE = "usage: bench/conv_styles.ts [--styles tiled,register:16x16]";
+const USAGE = "usage: bench/conv_styles.ts [--styles tiled,register:16x16] [--repeats 3]";
 const SHAPES = [[64, 32, 32, 32, 32], [64, 16, 16, 64, 64], [64, 8, 8, 128, 128]];
 
 function parseStyle(s: string): Partial<GemmTuning> {
-  const m = s.match(/^(tiled|register)(?::(\d+)x(\d+))?$/);
+  const m = s.match(/^(tiled|register)(?::(\d+)x(\d+)(s?))?$/);
   if (!m) throw new UsageError(`bad style '${s}' (${USAGE})`);
   return m[1] === "tiled"
     ? { style: "tiled" }
-    : { style: "register", rm: +(m[2] ?? 16), rn: +(m[3] ?? 16) };
+    : { style: "register", rm: +(m[2] ?? 16), rn: +(m[3] ?? 16), vec4: m[4] !== "s" };
 }
 
 await runMain(async () => {
-  const flags = parseFlags(Deno.args, { string: ["styles"], boolean: ["help"] }, USAGE);
+  const flags = parseFlags(Deno.args, { string: ["styles", "repeats"], boolean: ["help"] }, USAGE);
   if (flags.help) return console.log(USAGE);
+  const repeats = Number(flags.repeats ?? 3);
+  if (!Number.isInteger(repeats) || repeats < 1) {
+    throw new UsageError(`--repeats must be a positive integer (${USAGE})`);
+  }
   const styles = String(flags.styles ?? "tiled,register:16x16").split(",").map(parseStyle);
   const info = await initBackend("webgpu");
   console.log(`webgpu on ${info.adapter}`);
@@ -53,7 +57,9 @@ await runMain(async () => {
     const ref: Record<string, Float32Array> = {};
     for (const st of styles) {
       Object.assign(gemmTuning, saved, st);
-      const tag = st.style === "tiled" ? "tiled" : `register ${st.rm}x${st.rn}`;
+      const tag = st.style === "tiled"
+        ? "tiled"
+        : `register ${st.rm}x${st.rn}${st.vec4 ? "" : " scalar"}`;
       for (const [k, op] of Object.entries(ops)) {
         let t0 = performance.now();
         let t = op();
@@ -71,11 +77,14 @@ await runMain(async () => {
             throw new Error(`${tag} ${k}: relative error ${e / m} against the first style`);
           }
         }
-        t0 = performance.now();
-        t = op();
-        await t.data();
-        t.dispose();
-        const s = (performance.now() - t0) / 1e3;
+        let s = Infinity;
+        for (let r = 0; r < repeats; r++) {
+          t0 = performance.now();
+          t = op();
+          await t.data();
+          t.dispose();
+          s = Math.min(s, (performance.now() - t0) / 1e3);
+        }
         console.log(
           `| ${b}x${h}x${w}x${ci}->${co} | ${tag} | ${k} | ${first.toFixed(2)} | ${
             s.toFixed(3)

@@ -93,6 +93,7 @@ async function expectSame(
 const STYLES: Partial<GemmTuning>[] = [
   { style: "tiled" },
   { style: "register", rm: 16, rn: 16 },
+  { style: "register", rm: 16, rn: 16, vec4: false },
   { style: "register", rm: 3, rn: 8 },
 ];
 
@@ -102,7 +103,7 @@ async function eachStyle(f: (tag: string) => Promise<void>): Promise<void> {
   try {
     for (const t of STYLES) {
       Object.assign(gemmTuning, saved, t);
-      await f(`${t.style}${t.rm ? ` ${t.rm}x${t.rn}` : ""}`);
+      await f(`${t.style}${t.rm ? ` ${t.rm}x${t.rn}` : ""}${t.vec4 === false ? " scalar" : ""}`);
     }
   } finally {
     Object.assign(gemmTuning, saved);
@@ -117,6 +118,13 @@ const CONV_CASES: [number, number, number, number, number, number, number | "sam
   [1, 6, 1, 33, 3, 1, "same"], // one input channel, 33 outputs (tile tail)
   [3, 9, 66, 17, 3, 1, "valid"], // channels past a 64-wide tile
   [1, 4, 70, 65, 3, 1, 1], // 8x8 micro-tiles with tails on both sides
+  // Channels divisible by 4: the register style's vec4 loads (gemm.ts).
+  [2, 6, 8, 12, 3, 1, "same"], // both operands as vec4
+  [1, 7, 4, 8, 3, 2, 1], // stride 2 (the input gradient skips odd taps)
+  [2, 5, 12, 4, 1, 1, 0], // 1x1
+  [1, 5, 8, 6, 3, 1, 1], // vec4 input channels only
+  [1, 5, 6, 8, 3, 1, 1], // vec4 output channels only
+  [3, 9, 68, 20, 3, 1, "valid"], // tails of M and N past the 16x16 blocks
 ];
 
 Deno.test({
@@ -168,6 +176,11 @@ Deno.test({
       [[4, 17, 8], [1, 17, 9], true, false], // b broadcast
       [[1, 6, 40], [3, 40, 6], false, false], // a broadcast
       [[2, 3, 12, 5], [2, 3, 12, 7], true, false], // two batch axes
+      // Sizes divisible by 4: the register style's vec4 loads (gemm.ts).
+      [[2, 8, 12], [2, 12, 16], false, false], // A along k, B along n
+      [[3, 12, 8], [3, 12, 20], true, false], // A along m (transposed)
+      [[2, 5, 16], [2, 8, 16], false, true], // B transposed: scalar B
+      [[20, 36], [36, 4], false, false], // tails of M past the 16-row block
     ];
     await eachStyle(async (style) => {
       for (const [as, bs, tA, tB] of cases) {
@@ -221,6 +234,9 @@ Deno.test({
       [[1000], 0, false],
       [[6, 5, 4], [-3, -2], true],
       [[6, 5, 4], 2, false],
+      // Columns in whole quads: the vec4 partial sums, many chunks.
+      [[4, 33, 17, 12], [0, 1, 2], false],
+      [[4, 33, 17, 8], [0, 1, 2], true],
     ];
     for (const [shape, axis, keepDims] of cases) {
       await expectSame(`sum ${shape} over ${axis} keepDims ${keepDims}`, [host(shape, 16)], (x) => {
@@ -314,29 +330,44 @@ Deno.test({
     for (const k of ["SidaSilu", "SidaSiluGrad", "SidaGroupNorm", "SidaGroupNormGrad"]) {
       assert.ok(tf.getKernel(k, "webgpu"), `${k} is registered for webgpu`);
     }
-    // 6 channels in 3 groups, 5x3 pixels, batch 2; γ, β not 1 and 0.
-    const inputs = [host([2, 5, 3, 6], 11), host([6], 12), host([6], 13)];
-    await expectSame("group norm + silu", inputs, (x, g, b) => {
-      const f = (...t: tf.Tensor[]) => {
-        const [x4, g1, b1] = t as [tf.Tensor4D, tf.Tensor, tf.Tensor];
-        const y = silu(groupNorm(x4, tf.add(g1, 1.5), b1, 3, 1e-5));
-        return tf.sum(tf.mul(y, tf.cos(tf.reshape(tf.range(0, y.size), y.shape))));
-      };
-      return [
-        silu(groupNorm(x as tf.Tensor4D, g, b, 3, 1e-5)),
-        f(x, g, b),
-        ...tf.grads(f)([x, g, b]),
-      ];
-    });
+    // [x shape, groups]: 6 channels in 3 groups (scalar passes), then groups of whole channel
+    // quads (the vec4 passes), at odd pixel counts; γ, β not 1 and 0.
+    const cases: [number[], number][] = [
+      [[2, 5, 3, 6], 3],
+      [[2, 5, 3, 16], 2],
+      [[3, 4, 4, 8], 2],
+      [[1, 7, 5, 12], 3],
+    ];
+    for (const [shape, groups] of cases) {
+      const c = shape[3];
+      const inputs = [host(shape, 11), host([c], 12), host([c], 13)];
+      await expectSame(`group norm + silu ${shape} / ${groups}`, inputs, (x, g, b) => {
+        const f = (...t: tf.Tensor[]) => {
+          const [x4, g1, b1] = t as [tf.Tensor4D, tf.Tensor, tf.Tensor];
+          const y = silu(groupNorm(x4, tf.add(g1, 1.5), b1, groups, 1e-5));
+          return tf.sum(tf.mul(y, tf.cos(tf.reshape(tf.range(0, y.size), y.shape))));
+        };
+        return [
+          silu(groupNorm(x as tf.Tensor4D, g, b, groups, 1e-5)),
+          f(x, g, b),
+          ...tf.grads(f)([x, g, b]),
+        ];
+      });
+    }
     // Statistics in one shifted pass: a mean 100× the spread must not cancel.
-    await expectSame("group norm, large mean", [host([2, 4, 4, 6], 15)], (x) => {
-      const g = tf.ones([6]), b = tf.zeros([6]);
-      const f = (t: tf.Tensor) => {
-        const y = groupNorm(tf.add(tf.mul(t, 0.5), 50) as tf.Tensor4D, g, b, 2, 1e-5);
-        return tf.sum(tf.mul(y, tf.sin(tf.reshape(tf.range(0, y.size), y.shape))));
-      };
-      return [groupNorm(tf.add(tf.mul(x, 0.5), 50) as tf.Tensor4D, g, b, 2, 1e-5), tf.grad(f)(x)];
-    });
+    for (const c of [6, 8]) {
+      await expectSame(`group norm, large mean, ${c} channels`, [host([2, 4, 4, c], 15)], (x) => {
+        const g = tf.ones([c]), b = tf.zeros([c]);
+        const f = (t: tf.Tensor) => {
+          const y = groupNorm(tf.add(tf.mul(t, 0.5), 50) as tf.Tensor4D, g, b, 2, 1e-5);
+          return tf.sum(tf.mul(y, tf.sin(tf.reshape(tf.range(0, y.size), y.shape))));
+        };
+        return [
+          groupNorm(tf.add(tf.mul(x, 0.5), 50) as tf.Tensor4D, g, b, 2, 1e-5),
+          tf.grad(f)(x),
+        ];
+      });
+    }
     // Softmax over rows of 37 (not a multiple of any workgroup), large logits, and its gradient.
     for (const k of ["SidaSoftmax", "SidaSoftmaxGrad"]) {
       assert.ok(tf.getKernel(k, "webgpu"), `${k} is registered for webgpu`);
@@ -348,9 +379,20 @@ Deno.test({
       };
       return [softmax(tf.mul(x, 20)), f(x), tf.grad(f)(x)];
     });
+    // SiLU at a size that is not a multiple of 4 (the scalar pass; the others above are vec4).
+    await expectSame("silu, 15 elements", [host([3, 5], 17)], (x) => {
+      const f = (t: tf.Tensor) => tf.sum(tf.mul(silu(t), tf.reshape(tf.range(1, 16), [3, 5])));
+      return [silu(x), tf.grad(f)(x)];
+    });
+    // nan_to_num, scalar (5 elements) and vec4 (8) passes.
     const special = tf.tensor1d([NaN, Infinity, -Infinity, 1.5, -0]);
     assert.deepEqual(Array.from(await nanToNum(special, 0, 7, -7).data()), [0, 7, -7, 1.5, -0]);
-    special.dispose();
+    const special8 = tf.tensor1d([-2, NaN, Infinity, -Infinity, 1.5, -0, -Infinity, 3e38]);
+    assert.deepEqual(
+      Array.from(await nanToNum(special8, 0.5, 7, -7).data()),
+      [-2, 0.5, 7, -7, 1.5, -0, -7, Math.fround(3e38)],
+    );
+    tf.dispose([special, special8]);
   },
 });
 

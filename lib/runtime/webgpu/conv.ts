@@ -19,7 +19,15 @@
  * @module
  */
 import { tf } from "../../deps.ts";
-import { chooseKChunk, gemmProgram, splitKReduceProgram, splits } from "./gemm.ts";
+import {
+  chooseKChunk,
+  gemmProgram,
+  gemmTuning,
+  registerBlock,
+  splitKReduceProgram,
+  splits,
+} from "./gemm.ts";
+import { flatProgram } from "./program.ts";
 import type { GpuKernelArgs, GpuKernelFunc, TensorInfo } from "./program.ts";
 
 type ConvInfo = ReturnType<typeof tf.backend_util.computeConv2DInfo>;
@@ -83,20 +91,32 @@ const GATHER_X = `
   let ok = (hi >= 0) & (hi < C_H) & (wi >= 0) & (wi < C_W);
   return select(0.0, f32(x[select(0, ((n * C_H + hi) * C_W + wi) * C_CI + ci, ok)]), ok);`;
 
+/**
+ * Like {@linkcode GATHER_X}, four channels ci..ci+3 in one load from `x` bound as a vec4 array
+ * (C_CI divisible by 4, ci a multiple of 4).
+ */
+const GATHER_X4 = `
+  let hi = ho * C_SH - C_PT + kh * C_DH;
+  let wi = wo * C_SW - C_PL + kw * C_DW;
+  let ok = (hi >= 0) & (hi < C_H) & (wi >= 0) & (wi < C_W);
+  return select(vec4<f32>(0.0),
+    vec4<f32>(x[select(0, (((n * C_H + hi) * C_W + wi) * C_CI + ci) / 4, ok)]), ok);`;
+
+/**
+ * Whether programs built now read channel-contiguous operands four words at a time (the
+ * `register` style's vec4 loads; `gemm.ts`), for a channel count `c`.
+ */
+function quad(c: number): boolean {
+  return gemmTuning.style === "register" && gemmTuning.vec4 && c % 4 === 0;
+}
+
 /** The forward convolution's program (bias added in the epilogue when `withBias`). */
 export function conv2dProgram(c: ConvInfo, withBias: boolean) {
   const M = c.batchSize * c.outHeight * c.outWidth;
   const K = c.filterHeight * c.filterWidth * c.inChannels;
-  return gemmProgram({
-    name: `conv2d_${withBias ? "bias" : "nobias"}_${geometryKey(c)}`,
-    M,
-    N: c.outChannels,
-    K,
-    variableNames: withBias ? ["x", "w", "bias"] : ["x", "w"],
-    decls: geometry(c),
-    a: {
-      columnsContiguous: true,
-      load: pointwise(c) ? `  return f32(x[r * C_CI + c]);` : `
+  const pw = pointwise(c);
+  // The row (output pixel) and column (tap, input channel) of A.
+  const decompose = `
   let n = r / (C_HO * C_WO);
   let p = r % (C_HO * C_WO);
   let ho = p / C_WO;
@@ -104,28 +124,45 @@ export function conv2dProgram(c: ConvInfo, withBias: boolean) {
   let kh = c / (C_KW * C_CI);
   let q = c % (C_KW * C_CI);
   let kw = q / C_CI;
-  let ci = q % C_CI;${GATHER_X}`,
+  let ci = q % C_CI;`;
+  const aQuad = quad(c.inChannels), bQuad = quad(c.outChannels);
+  return gemmProgram({
+    name: `conv2d_${withBias ? "bias" : "nobias"}_${geometryKey(c)}`,
+    M,
+    N: c.outChannels,
+    K,
+    variableNames: withBias ? ["x", "w", "bias"] : ["x", "w"],
+    components: [aQuad ? 4 : 1, bQuad ? 4 : 1, 1].slice(0, withBias ? 3 : 2),
+    decls: geometry(c),
+    a: {
+      columnsContiguous: true,
+      load: pw ? `  return f32(x[r * C_CI + c]);` : `${decompose}${GATHER_X}`,
+      load4: !aQuad
+        ? undefined
+        : pw
+        ? `  return vec4<f32>(x[(r * C_CI + c) / 4]);`
+        : `${decompose}${GATHER_X4}`,
     },
-    b: { columnsContiguous: true, load: `  return f32(w[r * C_CO + c]);` },
+    b: {
+      columnsContiguous: true,
+      load: `  return f32(w[r * C_CO + c]);`,
+      load4: bQuad ? `  return vec4<f32>(w[(r * C_CO + c) / 4]);` : undefined,
+    },
     epilogue: withBias ? "v + f32(bias[n])" : "v",
     outputShape: [c.batchSize, c.outHeight, c.outWidth, c.outChannels],
   });
 }
 
-/** The input gradient's program. */
+/**
+ * The input gradient's program. With vec4 loads of the filter (`register` style, C_CI divisible
+ * by 4) it reads `wt`, the filter as [KH, KW, Co, Ci] ({@linkcode filterTransposeProgram}), so
+ * that the product's columns (ci) are adjacent; otherwise `w` itself.
+ */
 export function conv2dBackpropInputProgram(c: ConvInfo) {
   const M = c.batchSize * c.inHeight * c.inWidth;
   const K = c.filterHeight * c.filterWidth * c.outChannels;
-  return gemmProgram({
-    name: `conv2d_dx_${geometryKey(c)}`,
-    M,
-    N: c.inChannels,
-    K,
-    variableNames: ["dy", "w"],
-    decls: geometry(c),
-    a: {
-      columnsContiguous: true,
-      load: pointwise(c) ? `  return f32(dy[r * C_CO + c]);` : `
+  const pw = pointwise(c);
+  const decompose = `
   let n = r / (C_H * C_W);
   let p = r % (C_H * C_W);
   let hi = p / C_W;
@@ -140,18 +177,60 @@ export function conv2dBackpropInputProgram(c: ConvInfo) {
   let wo = tw / C_SW;
   let ok = (th >= 0) & (tw >= 0) & (th % C_SH == 0) & (tw % C_SW == 0) & (ho < C_HO) &
     (wo < C_WO);
-  return select(0.0, f32(dy[select(0, ((n * C_HO + ho) * C_WO + wo) * C_CO + co, ok)]), ok);`,
+  let at = select(0, ((n * C_HO + ho) * C_WO + wo) * C_CO + co, ok);`;
+  const aQuad = quad(c.outChannels), bQuad = quad(c.inChannels);
+  return gemmProgram({
+    name: `conv2d_dx_${geometryKey(c)}`,
+    M,
+    N: c.inChannels,
+    K,
+    variableNames: ["dy", bQuad ? "wt" : "w"],
+    components: [aQuad ? 4 : 1, bQuad ? 4 : 1],
+    decls: geometry(c),
+    a: {
+      columnsContiguous: true,
+      load: pw
+        ? `  return f32(dy[r * C_CO + c]);`
+        : `${decompose}\n  return select(0.0, f32(dy[at]), ok);`,
+      load4: !aQuad
+        ? undefined
+        : pw
+        ? `  return vec4<f32>(dy[(r * C_CO + c) / 4]);`
+        : `${decompose}\n  return select(vec4<f32>(0.0), vec4<f32>(dy[at / 4]), ok);`,
     },
-    // B[(kh,kw,co), ci] = w[kh, kw, ci, co]: consecutive rows (co) are adjacent.
-    b: {
-      columnsContiguous: false,
-      load: `
+    // B[(kh,kw,co), ci] = w[kh, kw, ci, co] = wt[kh, kw, co, ci].
+    b: bQuad
+      ? {
+        columnsContiguous: true,
+        load: "",
+        load4: `  return vec4<f32>(wt[(r * C_CI + c) / 4]);`,
+      }
+      : {
+        columnsContiguous: false,
+        load: `
   let t = r / C_CO;
   let co = r % C_CO;
   return f32(w[(t * C_CI + c) * C_CO + co]);`,
-    },
+      },
     outputShape: [c.batchSize, c.inHeight, c.inWidth, c.inChannels],
   });
+}
+
+/** The filter [KH, KW, Ci, Co] as [KH, KW, Co, Ci] (input of the vec4 input-gradient GEMM). */
+export function filterTransposeProgram(c: ConvInfo) {
+  const { filterHeight: kh, filterWidth: kw, inChannels: ci, outChannels: co } = c;
+  return flatProgram(
+    `filter_t_${kh}_${kw}_${ci}_${co}`,
+    ["w"],
+    [kh, kw, co, ci],
+    `  if (index < uniforms.size) {
+    let t = index / ${co * ci};
+    let q = index % ${co * ci};
+    let o = q / ${ci};
+    let i = q % ${ci};
+    result[index] = f32(w[(t * ${ci} + i) * ${co} + o]);
+  }`,
+  );
 }
 
 /**
@@ -165,18 +244,8 @@ export function conv2dBackpropFilterPrograms(c: ConvInfo, targetWorkgroups = 256
   const kChunk = chooseKChunk(M, N, K, targetWorkgroups);
   const filterShape = [c.filterHeight, c.filterWidth, c.inChannels, c.outChannels];
   const S = splits({ K, kChunk });
-  const gemm = gemmProgram({
-    name: `conv2d_dw_${geometryKey(c)}`,
-    M,
-    N,
-    K,
-    kChunk,
-    variableNames: ["x", "dy"],
-    decls: geometry(c),
-    // A[(kh,kw,ci), (n,ho,wo)]: consecutive rows (ci) are adjacent in x.
-    a: {
-      columnsContiguous: false,
-      load: pointwise(c) ? `  return f32(x[c * C_CI + r]);` : `
+  const pw = pointwise(c);
+  const decompose = `
   let kh = r / (C_KW * C_CI);
   let q = r % (C_KW * C_CI);
   let kw = q / C_CI;
@@ -184,9 +253,34 @@ export function conv2dBackpropFilterPrograms(c: ConvInfo, targetWorkgroups = 256
   let n = c / (C_HO * C_WO);
   let p = c % (C_HO * C_WO);
   let ho = p / C_WO;
-  let wo = p % C_WO;${GATHER_X}`,
+  let wo = p % C_WO;`;
+  // (A's vec4 loads run along m: four rows per load, so the block must hold whole quads.)
+  const aQuad = quad(c.inChannels) && registerBlock(M, N)[0] % 4 === 0;
+  const bQuad = quad(c.outChannels);
+  const gemm = gemmProgram({
+    name: `conv2d_dw_${geometryKey(c)}`,
+    M,
+    N,
+    K,
+    kChunk,
+    variableNames: ["x", "dy"],
+    components: [aQuad ? 4 : 1, bQuad ? 4 : 1],
+    decls: geometry(c),
+    // A[(kh,kw,ci), (n,ho,wo)]: consecutive rows (ci) are adjacent in x.
+    a: {
+      columnsContiguous: false,
+      load: pw ? `  return f32(x[c * C_CI + r]);` : `${decompose}${GATHER_X}`,
+      load4: !aQuad
+        ? undefined
+        : pw
+        ? `  return vec4<f32>(x[(c * C_CI + r) / 4]);`
+        : `${decompose}${GATHER_X4}`,
     },
-    b: { columnsContiguous: true, load: `  return f32(dy[r * C_CO + c]);` },
+    b: {
+      columnsContiguous: true,
+      load: `  return f32(dy[r * C_CO + c]);`,
+      load4: bQuad ? `  return vec4<f32>(dy[(r * C_CO + c) / 4]);` : undefined,
+    },
     outputShape: S > 1 ? [S, M, N] : filterShape,
   });
   return { gemm, reduce: S > 1 ? splitKReduceProgram(S, filterShape) : undefined, splits: S };
@@ -249,7 +343,15 @@ export function convKernels(
       const attrs = args.attrs ?? {};
       if (!channelsLast(attrs) || !isF32(dy, filter)) return stock("Conv2DBackpropInput")(args);
       const c = convInfoOf(attrs.inputShape as number[], filter.shape, attrs);
-      return args.backend.runWebGPUProgram(conv2dBackpropInputProgram(c), [dy, filter], "float32");
+      const program = conv2dBackpropInputProgram(c);
+      const b = args.backend;
+      if (program.variableNames[1] === "w") {
+        return b.runWebGPUProgram(program, [dy, filter], "float32");
+      }
+      const wt = b.runWebGPUProgram(filterTransposeProgram(c), [filter], "float32");
+      const out = b.runWebGPUProgram(program, [dy, wt], "float32");
+      b.disposeData(wt.dataId);
+      return out;
     },
     Conv2DBackpropFilter: (args: GpuKernelArgs) => {
       const { x, dy } = args.inputs as Record<string, TensorInfo>;

@@ -24,6 +24,7 @@ import {
   flatProgram,
   type GpuKernelFunc,
   type GpuProgram,
+  quadProgram,
   type TensorInfo,
 } from "./program.ts";
 
@@ -95,12 +96,31 @@ function gnDims(shape: number[], groups: number): GnDims {
 
 const gnConsts = (d: GnDims) =>
   `const GN_HW = ${d.hw}; const GN_C = ${d.c}; const GN_G = ${d.g}; ` +
-  `const GN_CG = ${d.c / d.g}; const GN_L = ${d.hw * (d.c / d.g)};`;
+  `const GN_CG = ${d.c / d.g}; const GN_L = ${d.hw * (d.c / d.g)};` +
+  (gnQuads(d)
+    ? ` const GN_C4 = ${d.c / 4}; const GN_CG4 = ${d.c / d.g / 4}; ` +
+      `const GN_L4 = ${(d.hw * (d.c / d.g)) / 4};`
+    : "");
+
+/**
+ * Whether every pass reads four channels at a time (vec4 loads and stores; see
+ * {@linkcode quadProgram}): when each group's channels come in whole quads (C/G divisible by 4,
+ * as in the EDM U-Nets, whose groups are min(32, C/4)).
+ */
+export function gnQuads(d: GnDims): boolean {
+  return (d.c / d.g) % 4 === 0;
+}
 
 /** Element e of group (n, g) of x: pixel e / (C/G), channel g·C/G + e % (C/G). */
 const GROUP_INDEX = `
 fn gIndex(n : i32, g : i32, e : i32) -> i32 {
   return (n * GN_HW + e / GN_CG) * GN_C + g * GN_CG + e % GN_CG;
+}`;
+
+/** Quad e (elements 4e..4e+3) of group (n, g) of x bound as vec4s (C/G divisible by 4). */
+const GROUP_INDEX4 = `
+fn gIndex4(n : i32, g : i32, e : i32) -> i32 {
+  return (n * GN_HW + e / GN_CG4) * GN_C4 + g * GN_CG4 + e % GN_CG4;
 }`;
 
 /**
@@ -113,24 +133,41 @@ function gnStatsProgram(d: GnDims, eps: number, backward: boolean): GpuProgram {
   // One pass over the group: sums of x' = x − x₀ and x'² (shifted by the group's first value, so
   // that var = E[x'²] − E[x']² does not cancel when |mean| ≫ σ), and for the gradient Σ g and
   // Σ g·x' (g = dy·γ), from which mean(g·x̂) = σ⁻¹·(E[g·x'] − E[x']·E[g]).
-  const body = `
-  let grp = i32(workgroupId.x);
-  let n = grp / GN_G;
-  let g = grp % GN_G;
-  let t = i32(localIndex);
+  const quads = gnQuads(d);
+  const loop = quads
+    ? `
+  let x0 = x[gIndex4(n, g, 0)].x;
+  var acc = vec4<f32>(0.0);
+  for (var e = t; e < GN_L4; e = e + ${RED}) {
+    let i = gIndex4(n, g, e);
+    let v = x[i] - x0;${
+      backward
+        ? `
+    let gv = dy[i] * gamma[g * GN_CG4 + e % GN_CG4];
+    acc = acc + vec4<f32>(dot(v, vec4<f32>(1.0)), dot(v, v), dot(gv, vec4<f32>(1.0)), dot(gv, v));`
+        : `
+    acc = acc + vec4<f32>(dot(v, vec4<f32>(1.0)), dot(v, v), 0.0, 0.0);`
+    }
+  }`
+    : `
   let x0 = x[gIndex(n, g, 0)];
   var acc = vec4<f32>(0.0);
   for (var e = t; e < GN_L; e = e + ${RED}) {
     let i = gIndex(n, g, e);
     let v = x[i] - x0;${
-    backward
-      ? `
+      backward
+        ? `
     let gv = dy[i] * gamma[g * GN_CG + e % GN_CG];
     acc = acc + vec4<f32>(v, v * v, gv, gv * v);`
-      : `
+        : `
     acc = acc + vec4<f32>(v, v * v, 0.0, 0.0);`
-  }
-  }
+    }
+  }`;
+  const body = `
+  let grp = i32(workgroupId.x);
+  let n = grp / GN_G;
+  let g = grp % GN_G;
+  let t = i32(localIndex);${loop}
   let tot = wgSum4(acc) / f32(GN_L);
   let shifted = tot.x;
   let mean = x0 + shifted;
@@ -146,14 +183,15 @@ function gnStatsProgram(d: GnDims, eps: number, backward: boolean): GpuProgram {
   }
   }`;
   const p = perGroupProgram(
-    key,
+    `${key}${quads ? "_q4" : ""}`,
     backward ? ["x", "dy", "gamma"] : ["x"],
     [d.n * d.g, w],
     d.n * d.g,
     body,
   );
+  if (quads) p.variableComponents = backward ? [4, 4, 4] : [4];
   const code = p.getUserCode();
-  p.getUserCode = () => `${gnConsts(d)}\n${GROUP_INDEX}\n${code}`;
+  p.getUserCode = () => `${gnConsts(d)}\n${quads ? GROUP_INDEX4 : GROUP_INDEX}\n${code}`;
   return p;
 }
 
@@ -162,7 +200,23 @@ const CHANNEL = `
     let c = index % GN_C;
     let row = (index / (GN_HW * GN_C)) * GN_G + c / GN_CG;`;
 
+/** Channel quad c4 and stats row of quad `index` (C/G divisible by 4). */
+const CHANNEL4 = `
+    let c4 = index % GN_C4;
+    let row = (index / (GN_HW * GN_C4)) * GN_G + c4 / GN_CG4;`;
+
 function gnApplyProgram(d: GnDims, shape: number[]): GpuProgram {
+  if (gnQuads(d)) {
+    return quadProgram(
+      `gnapply_${d.n}_${d.hw}_${d.c}_${d.g}`,
+      ["x", "stats", "gamma", "beta"],
+      [4, 1, 4, 4],
+      shape,
+      `${CHANNEL4}
+    result[index] = (x[index] - stats[row * 2]) * stats[row * 2 + 1] * gamma[c4] + beta[c4];`,
+      gnConsts(d),
+    );
+  }
   return flatProgram(
     `gnapply_${d.n}_${d.hw}_${d.c}_${d.g}`,
     ["x", "stats", "gamma", "beta"],
@@ -175,6 +229,19 @@ function gnApplyProgram(d: GnDims, shape: number[]): GpuProgram {
 }
 
 function gnDxProgram(d: GnDims, shape: number[]): GpuProgram {
+  if (gnQuads(d)) {
+    return quadProgram(
+      `gndx_${d.n}_${d.hw}_${d.c}_${d.g}`,
+      ["dy", "x", "stats", "gamma"],
+      [4, 4, 4, 4],
+      shape,
+      `${CHANNEL4}
+    let st = stats[row];
+    let xh = (x[index] - st.x) * st.y;
+    result[index] = st.y * (dy[index] * gamma[c4] - st.z - xh * st.w);`,
+      gnConsts(d),
+    );
+  }
   return flatProgram(
     `gndx_${d.n}_${d.hw}_${d.c}_${d.g}`,
     ["dy", "x", "stats", "gamma"],
@@ -215,6 +282,60 @@ function gnParamGradProgram(d: GnDims, withXhat: boolean): GpuProgram {
 }
 
 /**
+ * dγ and dβ with vec4 loads (C/G divisible by 4): partial sums of dy·x̂ and dy over chunks of
+ * each image's pixels, one invocation per (chunk, channel quad), into [S, 2, C]; then
+ * {@linkcode gnParamSumProgram} sums the S chunks of each half. (Each chunk lies in one image, so
+ * its four channels' statistics are one vec4 load before the loop.)
+ */
+function gnParamPartialProgram(d: GnDims): { program: GpuProgram; S: number } {
+  const c4 = d.c / 4;
+  const k = Math.max(1, Math.min(d.hw, Math.ceil(4096 / (d.n * c4))));
+  const per = Math.ceil(d.hw / k);
+  const S = d.n * k;
+  const program = quadProgram(
+    `gnparam_${d.n}_${d.hw}_${d.c}_${d.g}_${k}`,
+    ["dy", "x", "stats"],
+    [4, 4, 4],
+    [S, 2, d.c],
+    `    let s = index / GN_C4;
+    let c4 = index % GN_C4;
+    if (s < ${S}) {
+      let n = s / ${k};
+      let p0 = (s % ${k}) * ${per};
+      let p1 = min(GN_HW, p0 + ${per});
+      let st = stats[n * GN_G + c4 / GN_CG4];
+      var sg = vec4<f32>(0.0);
+      var sb = vec4<f32>(0.0);
+      for (var p = p0; p < p1; p = p + 1) {
+        let i = (n * GN_HW + p) * GN_C4 + c4;
+        let v = dy[i];
+        sb = sb + v;
+        sg = sg + v * (x[i] - st.x) * st.y;
+      }
+      result[s * 2 * GN_C4 + c4] = sg;
+      result[s * 2 * GN_C4 + GN_C4 + c4] = sb;
+    }`,
+    gnConsts(d),
+  );
+  // Only S·C/4 of its S·C/2 quads have an invocation with work (the guard above).
+  return { program, S };
+}
+
+/** Half `half` (0: dγ, 1: dβ) of {@linkcode gnParamPartialProgram}'s partials, summed over S. */
+function gnParamSumProgram(d: GnDims, S: number, half: number): GpuProgram {
+  return flatProgram(
+    `gnparamsum_${S}_${d.c}_${half}`,
+    ["P"],
+    [d.c],
+    `  if (index < uniforms.size) {
+    var v = 0.0;
+    for (var s = 0; s < ${S}; s = s + 1) { v = v + P[(s * 2 + ${half}) * ${d.c} + index]; }
+    result[index] = v;
+  }`,
+  );
+}
+
+/**
  * Softmax over the last axis, one invocation per row of n (three passes over the row: max,
  * Σ exp(x − max), then the quotient; tfjs' `softmax` arithmetic), or its gradient at the output
  * y, dx = y·(dy − Σ dy·y). Replaces the 5 forward and 4–6 backward dispatches of the composed
@@ -248,13 +369,27 @@ function softmaxProgram(shape: number[], grad: boolean): GpuProgram {
   );
 }
 
-const unary = (key: string, names: string[], shape: number[], expr: string) =>
-  flatProgram(
+/** SiLU, x·σ(x), of `x[index]` (an f32 or a vec4: the arithmetic is the same). */
+const SILU = `let v = x[index]; result[index] = v / (1.0 + exp(-v));`;
+/** d/dx x·σ(x) = σ(x)·(1 + x·(1 − σ(x))), times `dy[index]`. */
+const SILU_GRAD = `let v = x[index]; let s = 1.0 / (1.0 + exp(-v));
+    result[index] = dy[index] * s * (1.0 + v * (1.0 - s));`;
+
+/**
+ * An element-wise program: `expr` (WGSL storing `result[index]` from the inputs at `index`), or,
+ * when the size is a multiple of 4 and `expr4` is given, `expr4` on vec4s ({@linkcode quadProgram}).
+ */
+function unary(key: string, names: string[], shape: number[], expr: string, expr4?: string) {
+  if (expr4 && shape.reduce((a, b) => a * b, 1) % 4 === 0) {
+    return quadProgram(key, names, names.map(() => 4), shape, `    ${expr4}`);
+  }
+  return flatProgram(
     `${key}`,
     names,
     shape,
     `  if (index < uniforms.size) {\n    ${expr}\n  }`,
   );
+}
 
 /** The fused kernels for the webgpu backend (and their gradients, registered once). */
 export function fusedWebGpuKernels(): Record<string, GpuKernelFunc> {
@@ -269,7 +404,7 @@ export function fusedWebGpuKernels(): Record<string, GpuKernelFunc> {
       const x = inputs.x!;
       f32Only(x);
       return backend.runWebGPUProgram(
-        unary("silu", ["x"], x.shape, `let v = x[index]; result[index] = v / (1.0 + exp(-v));`),
+        unary("silu", ["x"], x.shape, SILU, SILU),
         [x],
         "float32",
       );
@@ -283,8 +418,8 @@ export function fusedWebGpuKernels(): Record<string, GpuKernelFunc> {
           "silugrad",
           ["dy", "x"],
           x!.shape,
-          `let v = x[index]; let s = 1.0 / (1.0 + exp(-v));
-    result[index] = dy[index] * s * (1.0 + v * (1.0 - s));`,
+          SILU_GRAD,
+          SILU_GRAD,
         ),
         [dy!, x!],
         "float32",
@@ -309,6 +444,10 @@ export function fusedWebGpuKernels(): Record<string, GpuKernelFunc> {
     if (b > 0x7f800000u) { r = ${lit(a.nan)}; }
     else if (b == 0x7f800000u) { r = select(${lit(a.neginf)}, ${lit(a.posinf)}, v > 0.0); }
     result[index] = r;`,
+          `let v = x[index]; let b = bitcast<vec4<u32>>(v) & vec4<u32>(0x7fffffffu);
+    let inf = select(vec4<f32>(${lit(a.neginf)}), vec4<f32>(${lit(a.posinf)}), v > vec4<f32>(0.0));
+    let r = select(v, inf, b == vec4<u32>(0x7f800000u));
+    result[index] = select(r, vec4<f32>(${lit(a.nan)}), b > vec4<u32>(0x7f800000u));`,
         ),
         [x],
         "float32",
@@ -355,6 +494,15 @@ export function fusedWebGpuKernels(): Record<string, GpuKernelFunc> {
         [dy!, x!, stats, gamma!],
         "float32",
       );
+      if (gnQuads(d)) {
+        const { program, S } = gnParamPartialProgram(d);
+        const partial = backend.runWebGPUProgram(program, [dy!, x!, stats], "float32");
+        const dgamma = backend.runWebGPUProgram(gnParamSumProgram(d, S, 0), [partial], "float32");
+        const dbeta = backend.runWebGPUProgram(gnParamSumProgram(d, S, 1), [partial], "float32");
+        backend.disposeData(partial.dataId);
+        backend.disposeData(stats.dataId);
+        return [dx, dgamma, dbeta];
+      }
       const dgamma = backend.runWebGPUProgram(
         gnParamGradProgram(d, true),
         [dy!, x!, stats],

@@ -38,6 +38,14 @@ export interface Operand {
    * that their loads hit neighbouring addresses.
    */
   columnsContiguous: boolean;
+  /**
+   * Optional WGSL body of `fn(r: i32, c: i32) -> vec4<f32>` returning four consecutive elements
+   * along the contiguous direction, as one 16-byte load: (r, c..c+3) when `columnsContiguous`,
+   * else (r..r+3, c). Used by the `register` style only; the caller supplies it only when the
+   * operand's bindings are vec4 arrays (see {@linkcode GemmSpec.components}) and the contiguous
+   * extent is a multiple of 4 (for A along k, also K and `kChunk`).
+   */
+  load4?: string;
 }
 
 /** A tiled GEMM (see the module comment). */
@@ -65,6 +73,8 @@ export interface GemmSpec {
   outputShape?: number[];
   /** Module-scope WGSL for the loaders (helper constants). */
   decls?: string;
+  /** Elements per word of each input binding (4 where a `load4` reads it); default all 1. */
+  components?: number[];
 }
 
 /** Rows of C per workgroup: the smallest of 16, 32, 64 that covers M, at most 64. */
@@ -82,7 +92,14 @@ export function tileCols(n: number): number {
  * key): `tk`, the k depth of a shared-memory step; `micro64`, the thread block of a full 64×64
  * tile (4 or 8).
  */
-export const gemmTuning: GemmTuning = { style: "tiled", tk: 16, micro64: 8, rm: 16, rn: 16 };
+export const gemmTuning: GemmTuning = {
+  style: "tiled",
+  tk: 16,
+  micro64: 8,
+  rm: 16,
+  rn: 16,
+  vec4: true,
+};
 
 /**
  * `style`: `tiled`, workgroup tiles in workgroup memory (for GPUs), or `register`, no workgroup
@@ -97,6 +114,8 @@ export interface GemmTuning {
   micro64: number;
   rm: number;
   rn: number;
+  /** `register` style: read channel-contiguous operands as vec4 where the shapes allow. */
+  vec4: boolean;
 }
 
 /** k per step (shared-memory tile depth) of programs built now. */
@@ -165,12 +184,15 @@ const G_SPLITS = ${S};
 // The batch index of a batched product (workgroup z / splits); loaders may read it.
 var<private> bz : i32;
 ${spec.decls ?? ""}
-fn loadA(r : i32, c : i32) -> f32 {
-${spec.a.load}
+${loader("A", spec.a)}
+${loader("B", spec.b)}`;
 }
-fn loadB(r : i32, c : i32) -> f32 {
-${spec.b.load}
-}`;
+
+/** An operand's loader: `loadX4` when it has vec4 loads (its binding is then a vec4 array). */
+function loader(name: string, op: Operand): string {
+  return op.load4
+    ? `fn load${name}4(r : i32, c : i32) -> vec4<f32> {\n${op.load4}\n}`
+    : `fn load${name}(r : i32, c : i32) -> f32 {\n${op.load}\n}`;
 }
 
 /** The GEMM program of the current {@linkcode gemmTuning} style (see the module comment). */
@@ -201,6 +223,13 @@ const REGISTER_WORKGROUP = 64;
  * (RN a multiple of 4) and, for every k of its chunk, loads RM values of A and RN of B and does
  * RM·RN multiply-adds. Rows and columns past M and N are clamped to the last one for loading and
  * not stored, so the inner loop has no branches.
+ *
+ * Where an operand has a `load4`, its values come four at a time in one 16-byte load: in Mesa
+ * 22.3's llvmpipe a storage load is a loop over the SIMD lanes (gallivm `emit_load_mem`), and a
+ * vec4 load shares that loop's per-lane work among its four words (a 16×16 product at the U-Net
+ * shapes: 1.6× faster with both operands as vec4). A loaded along k (the forward convolution's
+ * channels) takes four k per step; A loaded along m (the filter gradient's channels) and B along
+ * n take four rows or columns per load.
  */
 export function registerGemmProgram(spec: GemmSpec): GpuProgram {
   const { M, N, K } = spec;
@@ -209,11 +238,66 @@ export function registerGemmProgram(spec: GemmSpec): GpuProgram {
   const S = splits(spec);
   const B = batchOf(spec, S);
   const outputShape = spec.outputShape ?? (S > 1 ? [S, M, N] : B > 1 ? [B, M, N] : [M, N]);
+  const aAlongK = !!spec.a.load4 && spec.a.columnsContiguous;
+  const aAlongM = !!spec.a.load4 && !spec.a.columnsContiguous;
+  const bAlongN = !!spec.b.load4 && spec.b.columnsContiguous;
+  if (spec.b.load4 && !bAlongN) throw new RangeError("gemm: B's vec4 loads must run along n");
+  if (aAlongK && (K % 4 !== 0 || kChunk % 4 !== 0)) {
+    throw new RangeError(`gemm: vec4 loads of A along k need K and kChunk divisible by 4`);
+  }
+  if (aAlongM && (M % 4 !== 0 || RM % 4 !== 0)) {
+    throw new RangeError(`gemm: vec4 loads of A along m need M and the block divisible by 4`);
+  }
+  if (bAlongN && N % 4 !== 0) throw new RangeError(`gemm: vec4 loads of B need N % 4 == 0`);
   const tilesM = Math.ceil(M / RM), tilesN = Math.ceil(N / RN);
   const groups = Math.ceil((tilesM * tilesN) / REGISTER_WORKGROUP);
   const dx = Math.min(groups, 32768), dy = Math.ceil(groups / dx);
   const rows = [...Array(RM).keys()], vecs = [...Array(RN / 4).keys()];
   const cols = [...Array(RN).keys()];
+  const quads = [0, 1, 2, 3];
+  const rowIndex = aAlongM
+    ? rows.filter((i) => i % 4 === 0).map((i) => `  let r${i} = min(m0 + ${i}, G_M - 4);`)
+    : rows.map((i) => `  let r${i} = min(m0 + ${i}, G_M - 1);`);
+  const colIndex = bAlongN
+    ? vecs.map((j) => `  let q${4 * j} = min(n0 + ${4 * j}, G_N - 4);`)
+    : cols.map((j) => `  let q${j} = min(n0 + ${j}, G_N - 1);`);
+  // B's RN values at reduction index `k` (a WGSL expression), as vec4s named b{suffix}_{j}.
+  const loadBs = (k: string, suffix: string) =>
+    vecs.map((j) =>
+      bAlongN
+        ? `    let b${suffix}_${j} = loadB4(${k}, q${4 * j});`
+        : `    let b${suffix}_${j} = vec4<f32>(${
+          quads.map((t) => `loadB(${k}, q${4 * j + t})`).join(", ")
+        });`
+    ).join("\n");
+  // Row i's multiply-adds with a scalar `a` (a WGSL expression) and the B vectors b{suffix}_j.
+  const fmas = (i: number, a: string, suffix: string) =>
+    vecs.map((j) => `    c${i}_${j} = fma(vec4<f32>(${a}), b${suffix}_${j}, c${i}_${j});`)
+      .join("\n");
+  let loop: string;
+  if (aAlongK) {
+    loop = `  for (var k = kBegin; k < kEnd; k = k + 4) {
+${rows.map((i) => `    let a${i} = loadA4(r${i}, k);`).join("\n")}
+${
+      quads.map((t) =>
+        `${loadBs(`k + ${t}`, `${t}`)}\n${
+          rows.map((i) => fmas(i, `a${i}[${t}]`, `${t}`)).join("\n")
+        }`
+      ).join("\n")
+    }
+  }`;
+  } else {
+    const aPart = aAlongM
+      ? rows.filter((i) => i % 4 === 0).map((i) =>
+        `    let a${i} = loadA4(r${i}, k);\n` +
+        quads.map((s) => fmas(i + s, `a${i}[${s}]`, "")).join("\n")
+      )
+      : rows.map((i) => `    let a${i} = loadA(r${i}, k);\n${fmas(i, `a${i}`, "")}`);
+    loop = `  for (var k = kBegin; k < kEnd; k = k + 1) {
+${loadBs("k", "")}
+${aPart.join("\n")}
+  }`;
+  }
   const code = `
 ${preamble(spec, kChunk, S)}
 
@@ -229,29 +313,17 @@ fn main() {
   bz = i32(workgroupId.z) / G_SPLITS;
   let kBegin = (i32(workgroupId.z) % G_SPLITS) * G_KCHUNK;
   let kEnd = min(G_K, kBegin + G_KCHUNK);
-${rows.map((i) => `  let r${i} = min(m0 + ${i}, G_M - 1);`).join("\n")}
-${cols.map((j) => `  let q${j} = min(n0 + ${j}, G_N - 1);`).join("\n")}
+${rowIndex.join("\n")}
+${colIndex.join("\n")}
 ${rows.flatMap((i) => vecs.map((j) => `  var c${i}_${j} = vec4<f32>(0.0);`)).join("\n")}
-  for (var k = kBegin; k < kEnd; k = k + 1) {
-${
-    vecs.map((j) =>
-      `    let b${j} = vec4<f32>(${[0, 1, 2, 3].map((t) => `loadB(k, q${4 * j + t})`).join(", ")});`
-    ).join("\n")
-  }
-${
-    rows.map((i) =>
-      `    let a${i} = vec4<f32>(loadA(r${i}, k));\n` +
-      vecs.map((j) => `    c${i}_${j} = fma(a${i}, b${j}, c${i}_${j});`).join("\n")
-    ).join("\n")
-  }
-  }
+${loop}
   let base = i32(workgroupId.z) * G_M * G_N;
 ${
     rows.map((i) =>
       `  { let m = m0 + ${i};
     if (m < G_M) {\n` +
       vecs.map((j) =>
-        [0, 1, 2, 3].map((t) =>
+        quads.map((t) =>
           `      { let n = n0 + ${4 * j + t}; if (n < G_N) { let v = c${i}_${j}[${t}]; ` +
           `result[base + m * G_N + n] = ${spec.epilogue ?? "v"}; } }`
         ).join("\n")
@@ -260,10 +332,12 @@ ${
   }
 }
 `;
+  const vec = `${aAlongK ? "ak" : aAlongM ? "am" : "a1"}${bAlongN ? "bn" : "b1"}`;
   return {
     variableNames: spec.variableNames,
+    variableComponents: spec.components,
     outputShape,
-    shaderKey: `sida_rgemm_${spec.name}_${B}_${M}_${N}_${K}_${kChunk}_${RM}x${RN}`,
+    shaderKey: `sida_rgemm_${spec.name}_${B}_${M}_${N}_${K}_${kChunk}_${RM}x${RN}_${vec}`,
     dispatchLayout: { x: [], y: [], z: [0] },
     dispatch: [dx, dy, S * B],
     workgroupSize: [REGISTER_WORKGROUP, 1, 1],
@@ -274,6 +348,9 @@ ${
 /** The `tiled` style of {@linkcode gemmProgram} (see the module comment). */
 export function tiledGemmProgram(spec: GemmSpec): GpuProgram {
   const { M, N, K } = spec;
+  if (spec.a.load4 || spec.b.load4 || spec.components?.some((c) => c !== 1)) {
+    throw new RangeError("gemm: vec4 operands are for the register style only");
+  }
   const TK = tkNow();
   const TM = tileRows(M), TN = tileCols(N);
   const [RM, RN] = microTile(TM, TN);

@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { gemmProgram, type GemmSpec, gemmTuning } from "./gemm.ts";
+import { gemmProgram, type GemmSpec, gemmTuning, registerBlock } from "./gemm.ts";
 import type { GpuKernelArgs, GpuKernelFunc, GpuProgram, TensorInfo } from "./program.ts";
 
 /** Sizes of a batched product, or null when ours does not cover the shapes. */
@@ -71,6 +71,12 @@ export function matMulProgram(
   // Offsets of batch bz in each operand (0 for a broadcast batch of one).
   const offA = d.batchA > 1 ? `bz * ${M * K}` : "0";
   const offB = d.batchB > 1 ? `bz * ${K * N}` : "0";
+  // vec4 loads (register style, gemm.ts) where the contiguous extent allows: A along k, or
+  // along m when transposed (four whole rows per load, so the block must hold quads); B along n.
+  const vec4 = gemmTuning.style === "register" && gemmTuning.vec4;
+  const aQuad = vec4 &&
+    (transposeA ? M % 4 === 0 && registerBlock(M, N)[0] % 4 === 0 : K % 4 === 0);
+  const bQuad = vec4 && !transposeB && N % 4 === 0;
   const spec: GemmSpec = {
     name: `matmul_${transposeA ? "t" : "n"}${transposeB ? "t" : "n"}_${d.batchA}_${d.batchB}_${
       withBias ? "bias" : "nobias"
@@ -82,12 +88,25 @@ export function matMulProgram(
     variableNames: withBias ? ["a", "b", "bias"] : ["a", "b"],
     // A(r = m, c = k): a[m, k] or, transposed, a[k, m].
     a: transposeA
-      ? { columnsContiguous: false, load: `  return f32(a[${offA} + c * ${M} + r]);` }
-      : { columnsContiguous: true, load: `  return f32(a[${offA} + r * ${K} + c]);` },
+      ? {
+        columnsContiguous: false,
+        load: `  return f32(a[${offA} + c * ${M} + r]);`,
+        load4: aQuad ? `  return vec4<f32>(a[(${offA} + c * ${M} + r) / 4]);` : undefined,
+      }
+      : {
+        columnsContiguous: true,
+        load: `  return f32(a[${offA} + r * ${K} + c]);`,
+        load4: aQuad ? `  return vec4<f32>(a[(${offA} + r * ${K} + c) / 4]);` : undefined,
+      },
     // B(r = k, c = n): b[k, n] or, transposed, b[n, k].
     b: transposeB
       ? { columnsContiguous: false, load: `  return f32(b[${offB} + c * ${K} + r]);` }
-      : { columnsContiguous: true, load: `  return f32(b[${offB} + r * ${N} + c]);` },
+      : {
+        columnsContiguous: true,
+        load: `  return f32(b[${offB} + r * ${N} + c]);`,
+        load4: bQuad ? `  return vec4<f32>(b[(${offB} + r * ${N} + c) / 4]);` : undefined,
+      },
+    components: [aQuad ? 4 : 1, bQuad ? 4 : 1, 1].slice(0, withBias ? 3 : 2),
     epilogue: withBias ? "v + f32(bias[n])" : "v",
     outputShape: d.outShape,
   };

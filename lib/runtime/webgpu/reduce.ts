@@ -43,19 +43,27 @@ export function columnSplits(R: number, C: number): number {
   return Math.max(1, Math.min(Math.ceil(4096 / C), Math.ceil(R / 64)));
 }
 
-/** Partial column sums: invocation (s, c) sums x[r, c] over the rows of chunk s. */
+/**
+ * Partial column sums: invocation (s, c) sums x[r, c] over the rows of chunk s. When C is a
+ * multiple of 4 (`quad`), each invocation sums four adjacent columns with vec4 loads (x bound as
+ * a vec4 array): on llvmpipe a storage load is a loop over the SIMD lanes, and a vec4 load shares
+ * it among four words.
+ */
 function partialColumnSumProgram(
   R: number,
   C: number,
   S: number,
   outShape: number[],
+  quad: boolean,
 ): GpuProgram {
   const rows = Math.ceil(R / S);
-  return flatProgram(
-    `colsum_${R}_${C}_${S}_${outShape.join("x")}`,
-    ["x"],
-    S > 1 ? [S, C] : outShape,
-    `  if (index < uniforms.size) {
+  const outputShape = S > 1 ? [S, C] : outShape;
+  if (!quad) {
+    return flatProgram(
+      `colsum_${R}_${C}_${S}_${outShape.join("x")}`,
+      ["x"],
+      outputShape,
+      `  if (index < uniforms.size) {
     let s = index / ${C};
     let c = index % ${C};
     let r1 = min(${R}, (s + 1) * ${rows});
@@ -63,7 +71,32 @@ function partialColumnSumProgram(
     for (var r = s * ${rows}; r < r1; r = r + 1) { v = v + f32(x[r * ${C} + c]); }
     result[index] = v;
   }`,
-  );
+    );
+  }
+  const C4 = C / 4;
+  return {
+    ...flatProgram(
+      `colsum4_${R}_${C}_${S}_${outShape.join("x")}`,
+      ["x"],
+      outputShape,
+      `  _ = uniforms.NAN; // (every binding must be used: see program.ts)
+  if (index < ${S * C4}) {
+    let s = index / ${C4};
+    let c = index % ${C4};
+    let r1 = min(${R}, (s + 1) * ${rows});
+    var v = vec4<f32>(0.0);
+    for (var r = s * ${rows}; r < r1; r = r + 1) { v = v + vec4<f32>(x[r * ${C4} + c]); }
+    let o = s * ${C} + 4 * c;
+    result[o] = v.x;
+    result[o + 1] = v.y;
+    result[o + 2] = v.z;
+    result[o + 3] = v.w;
+  }`,
+      "",
+      S * C4,
+    ),
+    variableComponents: [4],
+  };
 }
 
 /** Our `Sum` kernel; `stock` gives tfjs-backend-webgpu's for the cases ours does not cover. */
@@ -80,7 +113,7 @@ export function reduceKernels(
       const S = columnSplits(v.R, v.C);
       const b = args.backend;
       const partial = b.runWebGPUProgram(
-        partialColumnSumProgram(v.R, v.C, S, shape),
+        partialColumnSumProgram(v.R, v.C, S, shape, v.C % 4 === 0),
         [x],
         "float32",
       );
