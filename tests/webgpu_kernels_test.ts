@@ -237,6 +237,12 @@ Deno.test({
       // Columns in whole quads: the vec4 partial sums, many chunks.
       [[4, 33, 17, 12], [0, 1, 2], false],
       [[4, 33, 17, 8], [0, 1, 2], true],
+      // Middle and innermost runs of axes (one invocation per output; vec4 when B % 4 == 0).
+      [[48, 2, 5, 8], 1, false],
+      [[48, 2, 5, 3], 1, true],
+      [[70, 5, 2], 2, false],
+      [[20, 3, 2, 5], [1, 2], false],
+      [[20, 3, 2, 4], [-3, -2], true],
     ];
     for (const [shape, axis, keepDims] of cases) {
       await expectSame(`sum ${shape} over ${axis} keepDims ${keepDims}`, [host(shape, 16)], (x) => {

@@ -1,6 +1,7 @@
 /**
  * `Sum` over leading axes on WebGPU: the bias gradients of every convolution and dense layer
- * (dy summed over N·H·W) and whole-tensor sums. tfjs-backend-webgpu reduces only along the
+ * (dy summed over N·H·W) and whole-tensor sums; and over a run of middle or innermost axes
+ * (the 2×2 means of down-sampling, per-sample sums), one invocation per output. tfjs-backend-webgpu reduces only along the
  * innermost axis, so it transposes first (an extra pass over dy); here the input is read as a
  * [R, C] matrix and summed down its columns in two dispatches: S partial sums of R/S rows each
  * ([S, C], enough invocations to fill the device), then their sum. Reductions over other axes
@@ -14,6 +15,7 @@ import {
   type GpuKernelArgs,
   type GpuKernelFunc,
   type GpuProgram,
+  quadProgram,
   sizeOf,
   type TensorInfo,
 } from "./program.ts";
@@ -99,6 +101,68 @@ function partialColumnSumProgram(
   };
 }
 
+/**
+ * The [A, R, B] view of a sum over a run of consecutive axes that does not start at axis 0 (R
+ * the reduced extent, A and B what comes before and after), or null otherwise.
+ */
+export function middleSum(
+  shape: number[],
+  axis: number | number[],
+): { A: number; R: number; B: number; outShape: number[]; keptShape: number[] } | null {
+  const rank = shape.length;
+  const axes = [...new Set((Array.isArray(axis) ? axis : [axis]).map((a) => a < 0 ? a + rank : a))]
+    .sort((a, b) => a - b);
+  if (axes.length === 0 || axes[0] === 0 || axes.at(-1)! >= rank) return null;
+  if (axes.some((a, i) => a !== axes[0] + i)) return null;
+  const a0 = axes[0], a1 = axes.at(-1)! + 1;
+  const A = sizeOf(shape.slice(0, a0)), R = sizeOf(shape.slice(a0, a1));
+  const B = sizeOf(shape.slice(a1));
+  if (A === 0 || R === 0 || B === 0) return null;
+  return {
+    A,
+    R,
+    B,
+    outShape: [...shape.slice(0, a0), ...shape.slice(a1)],
+    keptShape: [...shape.slice(0, a0), ...Array(a1 - a0).fill(1), ...shape.slice(a1)],
+  };
+}
+
+/**
+ * out[a, b] = Σ_r x[a, r, b], one invocation per output element (per four when B is a multiple
+ * of 4, with vec4 loads). tfjs transposes such a sum so that the reduced axes come last and then
+ * runs one workgroup per output element with a tree reduction in workgroup memory: for the 2×2
+ * means of our down-sampling (half a million sums of 2 values) that is half a million workgroups
+ * with barriers, 20% of a SiDA iteration on llvmpipe.
+ */
+function middleSumProgram(A: number, R: number, B: number, outShape: number[]): GpuProgram {
+  if (B % 4 === 0) {
+    const B4 = B / 4;
+    return quadProgram(
+      `midsum_${A}_${R}_${B}`,
+      ["x"],
+      [4],
+      outShape,
+      `    let a = index / ${B4};
+    let b = index % ${B4};
+    var v = vec4<f32>(0.0);
+    for (var r = 0; r < ${R}; r = r + 1) { v = v + vec4<f32>(x[(a * ${R} + r) * ${B4} + b]); }
+    result[index] = v;`,
+    );
+  }
+  return flatProgram(
+    `midsum_${A}_${R}_${B}`,
+    ["x"],
+    outShape,
+    `  if (index < uniforms.size) {
+    let a = index / ${B};
+    let b = index % ${B};
+    var v = 0.0;
+    for (var r = 0; r < ${R}; r = r + 1) { v = v + f32(x[(a * ${R} + r) * ${B} + b]); }
+    result[index] = v;
+  }`,
+  );
+}
+
 /** Our `Sum` kernel; `stock` gives tfjs-backend-webgpu's for the cases ours does not cover. */
 export function reduceKernels(
   stock: (name: string) => GpuKernelFunc,
@@ -107,8 +171,16 @@ export function reduceKernels(
     Sum: (args: GpuKernelArgs) => {
       const x = args.inputs.x as TensorInfo;
       const attrs = args.attrs ?? {};
-      const v = x.dtype === "float32" ? leadingSum(x.shape, attrs.axis as number | number[]) : null;
-      if (!v) return stock("Sum")(args);
+      const axis = attrs.axis as number | number[];
+      const v = x.dtype === "float32" ? leadingSum(x.shape, axis) : null;
+      if (!v) {
+        // A run of middle or innermost axes, with enough outputs to keep the device busy (one
+        // invocation sums its R values alone).
+        const m = x.dtype === "float32" ? middleSum(x.shape, axis) : null;
+        if (!m || m.A * m.B < 64 || m.R > 4096) return stock("Sum")(args);
+        const program = middleSumProgram(m.A, m.R, m.B, attrs.keepDims ? m.keptShape : m.outShape);
+        return args.backend.runWebGPUProgram(program, [x], "float32");
+      }
       const shape = attrs.keepDims ? v.keptShape : v.outShape;
       const S = columnSplits(v.R, v.C);
       const b = args.backend;
