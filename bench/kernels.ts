@@ -36,6 +36,7 @@ import { webGpuKernelsActive } from "../lib/runtime/webgpu/backend.ts";
 import {
   type GpuCounts,
   type KernelTiming,
+  type ProgramTotals,
   replayKernels,
   startGpuProfile,
 } from "../lib/runtime/webgpu/profile.ts";
@@ -276,6 +277,7 @@ interface SidaProfile {
   seconds: number;
   counts: GpuCounts;
   kernels: KernelTiming[];
+  programs: ProgramTotals[];
 }
 
 async function sidaProfile(
@@ -302,6 +304,7 @@ async function sidaProfile(
   }
   const seconds = (performance.now() - t0) / 1e3;
   const counts = prof.totals();
+  const programs = prof.byProgram();
   console.error(
     `sida: profiled iteration ${seconds.toFixed(1)} s, ${counts.dispatches} dispatches, ` +
       `${counts.submits} submits, ${prof.calls.length} kernel calls; replaying…`,
@@ -309,7 +312,7 @@ async function sidaProfile(
   const kernels = await replayKernels(prof.calls, replayRepeats, (k) => console.error(`  ${k}`));
   d.dispose();
   teacher.dispose();
-  return { batch, microBatch, seconds, counts, kernels };
+  return { batch, microBatch, seconds, counts, kernels, programs };
 }
 
 function printSida(p: SidaProfile): void {
@@ -337,6 +340,11 @@ function printSida(p: SidaProfile): void {
       p.kernels.reduce((a, k) => a + k.dispatches, 0)
     } | ${total.toFixed(1)} | | |`,
   );
+  console.log("\nPrograms by workgroups dispatched (the ten largest):\n");
+  console.log("| program | dispatches | workgroups | invocations |\n|---|---:|---:|---:|");
+  for (const g of p.programs.slice(0, 10)) {
+    console.log(`| ${g.program} | ${g.dispatches} | ${g.workgroups} | ${g.invocations} |`);
+  }
 }
 
 await runMain(async () => {

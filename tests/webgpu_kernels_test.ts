@@ -16,6 +16,7 @@ import {
 import { chooseKChunk, type GemmTuning, gemmTuning } from "../lib/runtime/webgpu/gemm.ts";
 import { adamApply, adamSecondMoment, lerp } from "../lib/runtime/webgpu/optim.ts";
 import { groupNorm, nanToNum, silu, softmax } from "../lib/runtime/native/fused.ts";
+import { startGpuProfile } from "../lib/runtime/webgpu/profile.ts";
 
 ensureXdgRuntimeDir();
 const adapter = await (navigator as { gpu?: GPU }).gpu?.requestAdapter().catch(() => null);
@@ -426,4 +427,23 @@ Deno.test("GEMM style: register on a software adapter, tiled on a GPU, SIDA_WEBG
   assert.equal(gemmStyleFor(false, "register"), "register");
   assert.equal(gemmStyleFor(true, " tiled "), "tiled");
   assert.throws(() => gemmStyleFor(true, "fast"), /SIDA_WEBGPU_GEMM must be 'tiled' or 'register'/);
+});
+
+Deno.test({
+  name: "webgpu profile: dispatches, workgroups and invocations per program",
+  ignore,
+  fn: async () => {
+    await initBackend("webgpu");
+    const x = tf.ones([64, 2, 8]);
+    const p = startGpuProfile();
+    // A middle-axis sum: 64·8 outputs in quads, 128 invocations in 2 workgroups of 64.
+    const y = tf.sum(x, 1);
+    p.stop();
+    assert.equal(p.totals().dispatches, 1);
+    assert.deepEqual(p.byProgram(), [
+      { program: "sida_q4_midsum", dispatches: 1, workgroups: 2, invocations: 128 },
+    ]);
+    assert.deepEqual(Array.from(await y.data()), Array(64 * 8).fill(2));
+    tf.dispose([x, y]);
+  },
 });

@@ -32,6 +32,19 @@ export interface GpuCounts {
   writeBuffers: number;
 }
 
+/**
+ * The programs run while a profile ran, by program (its shader key up to the first size, e.g.
+ * `reduce_sum`, `sida_rgemm_conv2d_dx`): dispatches, workgroups and invocations. On a software
+ * adapter a program with millions of small workgroups (each a coroutine with its barriers) shows
+ * here before it shows anywhere else.
+ */
+export interface ProgramTotals {
+  program: string;
+  dispatches: number;
+  workgroups: number;
+  invocations: number;
+}
+
 /** One recorded kernel call. */
 export interface KernelCall {
   name: string;
@@ -60,6 +73,14 @@ export interface GpuProfile {
   byKernel(): KernelTotals[];
   /** Every top-level kernel call recorded (when `record` was set). */
   calls: KernelCall[];
+  /** Programs by workgroups dispatched, most first. */
+  byProgram(): ProgramTotals[];
+}
+
+/** The size-free part of a program's shader key (tfjs names them `kind_…sizes`). */
+export function programName(p: { shaderKey?: string; constructor?: { name?: string } }): string {
+  const key = p.shaderKey ?? p.constructor?.name ?? "?";
+  return key.split(/_\d/)[0];
 }
 
 interface BackendInternals {
@@ -74,11 +95,15 @@ export function startGpuProfile(opts: { record?: boolean } = {}): GpuProfile {
   const backend = tf.backend() as unknown as BackendInternals;
   const counts: GpuCounts = { dispatches: 0, submits: 0, bindGroups: 0, writeBuffers: 0 };
   const restore: (() => void)[] = [];
-  const wrap = <T extends object>(obj: T, key: keyof T & string, count: () => void) => {
+  const wrap = <T extends object>(
+    obj: T,
+    key: keyof T & string,
+    count: (...a: unknown[]) => void,
+  ) => {
     const own = Object.prototype.hasOwnProperty.call(obj, key);
     const orig = (obj as Record<string, unknown>)[key] as (...a: unknown[]) => unknown;
     (obj as Record<string, unknown>)[key] = function (this: unknown, ...a: unknown[]) {
-      count();
+      count(...a);
       return orig.apply(this, a);
     };
     restore.push(() => {
@@ -86,7 +111,23 @@ export function startGpuProfile(opts: { record?: boolean } = {}): GpuProfile {
       else delete (obj as Record<string, unknown>)[key];
     });
   };
-  wrap(backend, "runWebGPUProgram", () => counts.dispatches++);
+  const programs = new Map<string, ProgramTotals>();
+  wrap(backend, "runWebGPUProgram", (p) => {
+    counts.dispatches++;
+    const prog = p as {
+      shaderKey?: string;
+      dispatch?: number[];
+      workgroupSize?: number[];
+    };
+    const name = programName(prog);
+    const t = programs.get(name) ??
+      { program: name, dispatches: 0, workgroups: 0, invocations: 0 };
+    const wg = (prog.dispatch ?? [1, 1, 1]).reduce((a, b) => a * b, 1);
+    t.dispatches++;
+    t.workgroups += wg;
+    t.invocations += wg * (prog.workgroupSize ?? [1, 1, 1]).reduce((a, b) => a * b, 1);
+    programs.set(name, t);
+  });
   wrap(backend.queue, "submit", () => counts.submits++);
   wrap(backend.queue, "writeBuffer", () => counts.writeBuffers++);
   wrap(backend.device, "createBindGroup", () => counts.bindGroups++);
@@ -144,6 +185,7 @@ export function startGpuProfile(opts: { record?: boolean } = {}): GpuProfile {
     totals: () => ({ ...counts }),
     byKernel: () => [...per.values()].sort((a, b) => b.dispatches - a.dispatches),
     calls,
+    byProgram: () => [...programs.values()].sort((a, b) => b.workgroups - a.workgroups),
   };
 }
 
