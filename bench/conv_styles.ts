@@ -1,10 +1,13 @@
 /**
  * The convolutions of our WebGPU kernels in each GEMM style (`lib/runtime/webgpu/gemm.ts`), at
- * batch-64 U-Net shapes: the first call of each (shader compile included) and one timed call
- * after it, with GFLOP/s, for the forward, the input gradient (dx) and the filter gradient (dw).
- * Every style's results are checked against the first style's (relative error ≤ 1e-4).
+ * batch-64 U-Net shapes: the first call of each (shader compile included) and the best of
+ * `--repeats` timed calls after it (each with its read-back), with GFLOP/s, for the forward, the
+ * input gradient (dx) and the filter gradient (dw). Every style's results are checked against the
+ * first style's (relative error ≤ 1e-4). A register block ending in `s` reads its operands with
+ * scalar loads instead of vec4 ones.
  *
  *   deno run -A bench/conv_styles.ts                                  # tiled, register 16×16
+ *   deno run -A bench/conv_styles.ts --styles register:16x16,register:16x16s --repeats 4
  *   deno run -A bench/conv_styles.ts --styles tiled,register:16x32,register:8x16
  *   MESA_SHADER_CACHE_DISABLE=true deno run -A bench/conv_styles.ts   # true compile times
  */
