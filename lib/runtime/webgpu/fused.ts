@@ -299,25 +299,23 @@ function gnParamPartialProgram(d: GnDims): { program: GpuProgram; S: number } {
     [S, 2, d.c],
     `    let s = index / GN_C4;
     let c4 = index % GN_C4;
-    if (s < ${S}) {
-      let n = s / ${k};
-      let p0 = (s % ${k}) * ${per};
-      let p1 = min(GN_HW, p0 + ${per});
-      let st = stats[n * GN_G + c4 / GN_CG4];
-      var sg = vec4<f32>(0.0);
-      var sb = vec4<f32>(0.0);
-      for (var p = p0; p < p1; p = p + 1) {
-        let i = (n * GN_HW + p) * GN_C4 + c4;
-        let v = dy[i];
-        sb = sb + v;
-        sg = sg + v * (x[i] - st.x) * st.y;
-      }
-      result[s * 2 * GN_C4 + c4] = sg;
-      result[s * 2 * GN_C4 + GN_C4 + c4] = sb;
-    }`,
+    let n = s / ${k};
+    let p0 = (s % ${k}) * ${per};
+    let p1 = min(GN_HW, p0 + ${per});
+    let st = stats[n * GN_G + c4 / GN_CG4];
+    var sg = vec4<f32>(0.0);
+    var sb = vec4<f32>(0.0);
+    for (var p = p0; p < p1; p = p + 1) {
+      let i = (n * GN_HW + p) * GN_C4 + c4;
+      let v = dy[i];
+      sb = sb + v;
+      sg = sg + v * (x[i] - st.x) * st.y;
+    }
+    result[s * 2 * GN_C4 + c4] = sg;
+    result[s * 2 * GN_C4 + GN_C4 + c4] = sb;`,
     gnConsts(d),
+    S * c4,
   );
-  // Only S·C/4 of its S·C/2 quads have an invocation with work (the guard above).
   return { program, S };
 }
 

@@ -116,7 +116,7 @@ export function flatProgram(
  * A {@linkcode flatProgram} over quads: invocation `index` computes elements 4·index..4·index+3
  * of the output, bound as an `array<vec4<f32>>` (`result[index] = vec4…`), for an output whose
  * size is a multiple of 4. `components` gives each input's elements per word (4: a vec4 array,
- * indexed by quad). On llvmpipe a storage load or store is a loop over the SIMD lanes, and a
+ * indexed by quad); `threads` (default: one per quad) is the number of invocations. On llvmpipe a storage load or store is a loop over the SIMD lanes, and a
  * vec4 access shares that loop among four words (element-wise passes 2–3× faster).
  */
 export function quadProgram(
@@ -126,6 +126,7 @@ export function quadProgram(
   outputShape: number[],
   body: string,
   decls = "",
+  threads = sizeOf(outputShape) / 4,
 ): GpuProgram {
   const size = sizeOf(outputShape);
   if (size % 4 !== 0) {
@@ -133,13 +134,13 @@ export function quadProgram(
   }
   return {
     ...flatProgram(
-      `q4_${key}_${size}`,
+      `q4_${key}_${size}_${threads}`,
       variableNames,
       outputShape,
       `  _ = uniforms.NAN; // (every binding must be used: 'auto' layouts drop unused ones)
-  if (index < ${size / 4}) {\n${body}\n  }`,
+  if (index < ${threads}) {\n${body}\n  }`,
       decls,
-      size / 4,
+      threads,
     ),
     variableComponents: components,
     outputComponent: 4,
