@@ -286,21 +286,32 @@ Deno.test({
   ignore,
   fn: async () => {
     await initBackend("webgpu");
-    const x = tf.randomNormal([1, 6, 6, 5]) as tf.Tensor4D;
-    const w = tf.variable(tf.randomNormal([3, 3, 5, 4]));
+    // Channels in quads, so that the step runs the kernels with internal buffers: the input
+    // gradient's transposed filter, the group-norm statistics and partial sums, the split filter
+    // gradient, the middle-axis Sum of down-sampling.
+    const x = tf.variable(tf.randomNormal([2, 6, 6, 8]));
+    const w = tf.variable(tf.randomNormal([3, 3, 8, 8]));
+    const g = tf.variable(tf.ones([8]));
+    const b = tf.variable(tf.zeros([8]));
     const step = async () => {
-      const { value, grads } = tf.variableGrads(
-        () => tf.sum(tf.square(tf.conv2d(x, w as tf.Tensor4D, 1, "same"))) as tf.Scalar,
-        [w],
-      );
+      const { value, grads } = tf.variableGrads(() => {
+        const y = silu(
+          groupNorm(tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, "same"), g, b, 2, 1e-5),
+        );
+        const half = tf.sum(tf.reshape(y, [2 * 3, 2, 3, 2 * 8]), 1);
+        return tf.sum(tf.square(half)) as tf.Scalar;
+      }, [x, w, g, b]);
       const v = (await value.data())[0];
       tf.dispose([value, ...Object.values(grads)]);
       return v;
     };
+    const backend = tf.backend() as unknown as { numDataIds(): number };
     const first = await step();
-    const start = tf.memory().numTensors;
+    const start = tf.memory().numTensors, ids = backend.numDataIds();
     for (let i = 0; i < 3; i++) assert.equal(await step(), first);
     assert.equal(tf.memory().numTensors, start);
+    // Buffers a kernel makes for itself are not tensors: the backend's own count catches them.
+    assert.equal(backend.numDataIds(), ids);
     unregisterWebGpuKernels();
     try {
       assert.ok(!webGpuKernelsActive());
@@ -309,7 +320,7 @@ Deno.test({
     } finally {
       registerWebGpuKernels();
     }
-    tf.dispose([x, w]);
+    tf.dispose([x, w, g, b]);
   },
 });
 
