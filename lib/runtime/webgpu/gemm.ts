@@ -226,8 +226,8 @@ const REGISTER_WORKGROUP = 64;
  *
  * Where an operand has a `load4`, its values come four at a time in one 16-byte load: in Mesa
  * 22.3's llvmpipe a storage load is a loop over the SIMD lanes (gallivm `emit_load_mem`), and a
- * vec4 load shares that loop's per-lane work among its four words (a 16×16 product at the U-Net
- * shapes: 1.6× faster with both operands as vec4). A loaded along k (the forward convolution's
+ * vec4 load shares that loop's per-lane work among its four words (the U-Net convolutions: 1.2–1.6×
+ * faster, `deno run -A bench/conv_styles.ts --styles register:16x16,register:16x16s`). A loaded along k (the forward convolution's
  * channels) takes four k per step; A loaded along m (the filter gradient's channels) and B along
  * n take four rows or columns per load.
  */

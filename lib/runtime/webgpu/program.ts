@@ -117,7 +117,7 @@ export function flatProgram(
  * of the output, bound as an `array<vec4<f32>>` (`result[index] = vec4…`), for an output whose
  * size is a multiple of 4. `components` gives each input's elements per word (4: a vec4 array,
  * indexed by quad); `threads` (default: one per quad) is the number of invocations. On llvmpipe a storage load or store is a loop over the SIMD lanes, and a
- * vec4 access shares that loop among four words (element-wise passes 2–3× faster).
+ * vec4 access shares that loop among four words.
  */
 export function quadProgram(
   key: string,

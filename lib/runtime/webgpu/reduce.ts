@@ -1,11 +1,15 @@
 /**
- * `Sum` over leading axes on WebGPU: the bias gradients of every convolution and dense layer
- * (dy summed over N·H·W) and whole-tensor sums; and over a run of middle or innermost axes
- * (the 2×2 means of down-sampling, per-sample sums), one invocation per output. tfjs-backend-webgpu reduces only along the
- * innermost axis, so it transposes first (an extra pass over dy); here the input is read as a
- * [R, C] matrix and summed down its columns in two dispatches: S partial sums of R/S rows each
- * ([S, C], enough invocations to fill the device), then their sum. Reductions over other axes
- * (the innermost ones, which tfjs does in one pass) and non-float32 inputs go to tfjs.
+ * `Sum` over one run of consecutive axes on WebGPU, the input read as [A, R, B] (R summed):
+ *
+ * - leading axes (A = 1): the bias gradients of every convolution and dense layer (dy summed
+ *   over N·H·W) and whole-tensor sums, as column sums of an [R, B] matrix in two dispatches: S
+ *   partial sums of R/S rows each ([S, B], enough invocations to fill the device), then their sum;
+ * - middle or innermost axes (the 2×2 means of down-sampling, per-sample sums): one invocation per
+ *   output, when there are enough outputs and R is not huge.
+ *
+ * tfjs-backend-webgpu reduces only along the innermost axis: it transposes first (an extra pass)
+ * and runs one workgroup per output. Other cases (axes that are not one run, few outputs with long
+ * sums, non-float32 inputs) go to tfjs.
  *
  * @module
  */
@@ -19,26 +23,6 @@ import {
   sizeOf,
   type TensorInfo,
 } from "./program.ts";
-
-/** The [R, C] view of a sum over leading axes, or null when the axes are not leading. */
-export function leadingSum(
-  shape: number[],
-  axis: number | number[],
-): { R: number; C: number; outShape: number[]; keptShape: number[] } | null {
-  const rank = shape.length;
-  const axes = [...new Set((Array.isArray(axis) ? axis : [axis]).map((a) => a < 0 ? a + rank : a))]
-    .sort((a, b) => a - b);
-  if (axes.length === 0 || axes.some((a, i) => a !== i || a >= rank)) return null;
-  const r = axes.length;
-  const R = sizeOf(shape.slice(0, r)), C = sizeOf(shape.slice(r));
-  if (R === 0 || C === 0) return null;
-  return {
-    R,
-    C,
-    outShape: shape.slice(r),
-    keptShape: [...Array(r).fill(1), ...shape.slice(r)],
-  };
-}
 
 /** Row chunks of a column sum: enough (chunk, column) invocations, chunks of ≥ 64 rows. */
 export function columnSplits(R: number, C: number): number {
@@ -76,43 +60,32 @@ function partialColumnSumProgram(
     );
   }
   const C4 = C / 4;
-  return {
-    ...flatProgram(
-      `colsum4_${R}_${C}_${S}_${outShape.join("x")}`,
-      ["x"],
-      outputShape,
-      `  _ = uniforms.NAN; // (every binding must be used: see program.ts)
-  if (index < ${S * C4}) {
-    let s = index / ${C4};
+  return quadProgram(
+    `colsum_${R}_${C}_${S}_${outShape.join("x")}`,
+    ["x"],
+    [4],
+    outputShape,
+    `    let s = index / ${C4};
     let c = index % ${C4};
     let r1 = min(${R}, (s + 1) * ${rows});
     var v = vec4<f32>(0.0);
     for (var r = s * ${rows}; r < r1; r = r + 1) { v = v + vec4<f32>(x[r * ${C4} + c]); }
-    let o = s * ${C} + 4 * c;
-    result[o] = v.x;
-    result[o + 1] = v.y;
-    result[o + 2] = v.z;
-    result[o + 3] = v.w;
-  }`,
-      "",
-      S * C4,
-    ),
-    variableComponents: [4],
-  };
+    result[index] = v;`,
+  );
 }
 
 /**
- * The [A, R, B] view of a sum over a run of consecutive axes that does not start at axis 0 (R
- * the reduced extent, A and B what comes before and after), or null otherwise.
+ * The [A, R, B] view of a sum over a run of consecutive axes (R the reduced extent, A and B what
+ * comes before and after; A is 1 for leading axes), or null when the axes are not one run.
  */
-export function middleSum(
+export function sumView(
   shape: number[],
   axis: number | number[],
 ): { A: number; R: number; B: number; outShape: number[]; keptShape: number[] } | null {
   const rank = shape.length;
   const axes = [...new Set((Array.isArray(axis) ? axis : [axis]).map((a) => a < 0 ? a + rank : a))]
     .sort((a, b) => a - b);
-  if (axes.length === 0 || axes[0] === 0 || axes.at(-1)! >= rank) return null;
+  if (axes.length === 0 || axes[0] < 0 || axes.at(-1)! >= rank) return null;
   if (axes.some((a, i) => a !== axes[0] + i)) return null;
   const a0 = axes[0], a1 = axes.at(-1)! + 1;
   const A = sizeOf(shape.slice(0, a0)), R = sizeOf(shape.slice(a0, a1));
@@ -134,7 +107,10 @@ export function middleSum(
  * means of our down-sampling (half a million sums of 2 values) that is half a million workgroups
  * with barriers, 20% of a SiDA iteration on llvmpipe.
  */
-function middleSumProgram(A: number, R: number, B: number, outShape: number[]): GpuProgram {
+function middleSumProgram(
+  { A, R, B }: { A: number; R: number; B: number },
+  outShape: number[],
+): GpuProgram {
   if (B % 4 === 0) {
     const B4 = B / 4;
     return quadProgram(
@@ -171,21 +147,19 @@ export function reduceKernels(
     Sum: (args: GpuKernelArgs) => {
       const x = args.inputs.x as TensorInfo;
       const attrs = args.attrs ?? {};
-      const axis = attrs.axis as number | number[];
-      const v = x.dtype === "float32" ? leadingSum(x.shape, axis) : null;
-      if (!v) {
+      const v = x.dtype === "float32" ? sumView(x.shape, attrs.axis as number | number[]) : null;
+      if (!v) return stock("Sum")(args);
+      const shape = attrs.keepDims ? v.keptShape : v.outShape;
+      if (v.A > 1) {
         // A run of middle or innermost axes, with enough outputs to keep the device busy (one
         // invocation sums its R values alone).
-        const m = x.dtype === "float32" ? middleSum(x.shape, axis) : null;
-        if (!m || m.A * m.B < 64 || m.R > 4096) return stock("Sum")(args);
-        const program = middleSumProgram(m.A, m.R, m.B, attrs.keepDims ? m.keptShape : m.outShape);
-        return args.backend.runWebGPUProgram(program, [x], "float32");
+        if (v.A * v.B < 64 || v.R > 4096) return stock("Sum")(args);
+        return args.backend.runWebGPUProgram(middleSumProgram(v, shape), [x], "float32");
       }
-      const shape = attrs.keepDims ? v.keptShape : v.outShape;
-      const S = columnSplits(v.R, v.C);
+      const S = columnSplits(v.R, v.B);
       const b = args.backend;
       const partial = b.runWebGPUProgram(
-        partialColumnSumProgram(v.R, v.C, S, shape, v.C % 4 === 0),
+        partialColumnSumProgram(v.R, v.B, S, shape, v.B % 4 === 0),
         [x],
         "float32",
       );
