@@ -15,7 +15,7 @@ import {
 } from "../lib/runtime/webgpu/backend.ts";
 import { chooseKChunk, type GemmTuning, gemmTuning } from "../lib/runtime/webgpu/gemm.ts";
 import { adamApply, adamSecondMoment, lerp } from "../lib/runtime/webgpu/optim.ts";
-import { groupNorm, nanToNum, silu, softmax } from "../lib/runtime/native/fused.ts";
+import { groupNorm, groupNormSilu, nanToNum, silu, softmax } from "../lib/runtime/native/fused.ts";
 import { startGpuProfile } from "../lib/runtime/webgpu/profile.ts";
 
 ensureXdgRuntimeDir();
@@ -345,7 +345,16 @@ Deno.test({
   ignore,
   fn: async () => {
     await initBackend("webgpu");
-    for (const k of ["SidaSilu", "SidaSiluGrad", "SidaGroupNorm", "SidaGroupNormGrad"]) {
+    for (
+      const k of [
+        "SidaSilu",
+        "SidaSiluGrad",
+        "SidaGroupNorm",
+        "SidaGroupNormGrad",
+        "SidaGroupNormSilu",
+        "SidaGroupNormSiluGrad",
+      ]
+    ) {
       assert.ok(tf.getKernel(k, "webgpu"), `${k} is registered for webgpu`);
     }
     // [x shape, groups]: 6 channels in 3 groups (scalar passes), then groups of whole channel
@@ -356,35 +365,40 @@ Deno.test({
       [[3, 4, 4, 8], 2],
       [[1, 7, 5, 12], 3],
     ];
+    // Each case through group norm alone and through the fused group norm + SiLU (on cpu: the
+    // composed silu(groupNorm)); β shifted so that z = x̂·γ + β reaches both tails of the SiLU.
     for (const [shape, groups] of cases) {
       const c = shape[3];
       const inputs = [host(shape, 11), host([c], 12), host([c], 13)];
-      await expectSame(`group norm + silu ${shape} / ${groups}`, inputs, (x, g, b) => {
-        const f = (...t: tf.Tensor[]) => {
-          const [x4, g1, b1] = t as [tf.Tensor4D, tf.Tensor, tf.Tensor];
-          const y = silu(groupNorm(x4, tf.add(g1, 1.5), b1, groups, 1e-5));
-          return tf.sum(tf.mul(y, tf.cos(tf.reshape(tf.range(0, y.size), y.shape))));
-        };
-        return [
-          silu(groupNorm(x as tf.Tensor4D, g, b, groups, 1e-5)),
-          f(x, g, b),
-          ...tf.grads(f)([x, g, b]),
-        ];
-      });
+      for (const fused of [false, true]) {
+        const norm = (x: tf.Tensor4D, g: tf.Tensor, b: tf.Tensor) =>
+          fused
+            ? groupNormSilu(x, g, tf.mul(b, 4), groups, 1e-5)
+            : groupNorm(x, g, b, groups, 1e-5);
+        const what = `group norm${fused ? " + silu" : ""} ${shape} / ${groups}`;
+        await expectSame(what, inputs, (x, g, b) => {
+          const f = (...t: tf.Tensor[]) => {
+            const [x4, g1, b1] = t as [tf.Tensor4D, tf.Tensor, tf.Tensor];
+            const y = norm(x4, tf.add(g1, 1.5), b1);
+            return tf.sum(tf.mul(y, tf.cos(tf.reshape(tf.range(0, y.size), y.shape))));
+          };
+          return [norm(x as tf.Tensor4D, g, b), f(x, g, b), ...tf.grads(f)([x, g, b])];
+        });
+      }
     }
     // Statistics in one shifted pass: a mean 100× the spread must not cancel.
     for (const c of [6, 8]) {
-      await expectSame(`group norm, large mean, ${c} channels`, [host([2, 4, 4, c], 15)], (x) => {
-        const g = tf.ones([c]), b = tf.zeros([c]);
-        const f = (t: tf.Tensor) => {
-          const y = groupNorm(tf.add(tf.mul(t, 0.5), 50) as tf.Tensor4D, g, b, 2, 1e-5);
-          return tf.sum(tf.mul(y, tf.sin(tf.reshape(tf.range(0, y.size), y.shape))));
-        };
-        return [
-          groupNorm(tf.add(tf.mul(x, 0.5), 50) as tf.Tensor4D, g, b, 2, 1e-5),
-          tf.grad(f)(x),
-        ];
-      });
+      for (const norm of [groupNorm, groupNormSilu]) {
+        const what = `${norm.name}, large mean, ${c} channels`;
+        await expectSame(what, [host([2, 4, 4, c], 15)], (x) => {
+          const g = tf.ones([c]), b = tf.zeros([c]);
+          const f = (t: tf.Tensor) => {
+            const y = norm(tf.add(tf.mul(t, 0.5), 50) as tf.Tensor4D, g, b, 2, 1e-5);
+            return tf.sum(tf.mul(y, tf.sin(tf.reshape(tf.range(0, y.size), y.shape))));
+          };
+          return [norm(tf.add(tf.mul(x, 0.5), 50) as tf.Tensor4D, g, b, 2, 1e-5), tf.grad(f)(x)];
+        });
+      }
     }
     // Softmax over rows of 37 (not a multiple of any workgroup), large logits, and its gradient.
     for (const k of ["SidaSoftmax", "SidaSoftmaxGrad"]) {

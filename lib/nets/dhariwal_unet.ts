@@ -196,7 +196,7 @@ export class DhariwalUNet extends Module {
       if (x.shape[3] !== b.inChannels) x = tf.concat([x, skips.pop()!], 3);
       x = b.forward(x, emb);
     }
-    const out = this.outConv.forward(silu(this.outNorm.forward(x)) as tf.Tensor4D);
+    const out = this.outConv.forward(this.outNorm.forwardSilu(x));
     return { out, logits };
   }
 }

@@ -10,7 +10,7 @@
 import { tf } from "../deps.ts";
 import { DEFAULT_INIT, type Initializer, type InitSpec } from "./init.ts";
 import { Module } from "./module.ts";
-import { groupNorm, silu as fusedSilu, softmax } from "../runtime/native/fused.ts";
+import { groupNorm, groupNormSilu, silu as fusedSilu, softmax } from "../runtime/native/fused.ts";
 import { webGpuKernelsActive } from "../runtime/webgpu/backend.ts";
 import { mulberry32Uint } from "../runtime/random.ts";
 
@@ -377,6 +377,14 @@ export class GroupNorm extends Module {
   forward(x: tf.Tensor4D): tf.Tensor4D {
     return groupNorm(x, this.weight, this.bias, this.numGroups, this.eps);
   }
+
+  /**
+   * `silu(this.forward(x))`, as one kernel where the backend has it (webgpu), which neither
+   * writes nor keeps the normalised tensor for the gradient.
+   */
+  forwardSilu(x: tf.Tensor4D): tf.Tensor4D {
+    return groupNormSilu(x, this.weight, this.bias, this.numGroups, this.eps);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -531,13 +539,13 @@ export class UNetBlock extends Module {
   /** Applies the block to NHWC `x` with the embedding `emb` (`[N or 1, embChannels]`). */
   forward(x: tf.Tensor4D, emb: tf.Tensor2D): tf.Tensor4D {
     const orig = x;
-    x = this.conv0.forward(silu(this.norm0.forward(x)) as tf.Tensor4D);
+    x = this.conv0.forward(this.norm0.forwardSilu(x));
     const params = tf.reshape(this.affine.forward(emb), [emb.shape[0], 1, 1, -1]);
     if (this.adaptiveScale) {
       const [scale, shift] = tf.split(params, 2, 3);
       x = silu(tf.add(shift, tf.mul(this.norm1.forward(x), tf.add(scale, 1)))) as tf.Tensor4D;
     } else {
-      x = silu(this.norm1.forward(tf.add(x, params) as tf.Tensor4D)) as tf.Tensor4D;
+      x = this.norm1.forwardSilu(tf.add(x, params) as tf.Tensor4D);
     }
     x = this.conv1.forward(dropout(x, this.dropout, this.training) as tf.Tensor4D);
     x = tf.add(x, this.skip ? this.skip.forward(orig) : orig);

@@ -292,9 +292,9 @@ export class SongUNet extends Module {
       if (name.includes("aux_up")) {
         out = (block as Conv2d).forward(out!);
       } else if (name.includes("aux_norm")) {
-        tmp = (block as GroupNorm).forward(x);
+        tmp = (block as GroupNorm).forwardSilu(x); // silu before aux_conv
       } else if (name.includes("aux_conv")) {
-        tmp = (block as Conv2d).forward(silu(tmp!) as tf.Tensor4D);
+        tmp = (block as Conv2d).forward(tmp!);
         out = out ? tf.add(tmp, out) : tmp;
       } else {
         const b = block as UNetBlock;

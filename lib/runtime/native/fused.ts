@@ -27,6 +27,8 @@ export const FUSED = {
   siluGrad: "SidaSiluGrad",
   groupNorm: "SidaGroupNorm",
   groupNormGrad: "SidaGroupNormGrad",
+  groupNormSilu: "SidaGroupNormSilu",
+  groupNormSiluGrad: "SidaGroupNormSiluGrad",
   softmax: ATTENTION.softmax,
   softmaxGrad: ATTENTION.softmaxGrad,
   nanToNum: "SidaNanToNum",
@@ -108,6 +110,28 @@ export function groupNorm(
   });
 }
 
+/**
+ * `silu(groupNorm(x, γ, β, groups, eps))` (EDM's `silu(norm(x))` in every U-Net block): one
+ * kernel forward and one gradient on backends that register `SidaGroupNormSilu` (webgpu), which
+ * neither write nor keep the normalised tensor; elsewhere the two functions above.
+ */
+export function groupNormSilu(
+  x: tf.Tensor4D,
+  gamma: tf.Tensor,
+  beta: tf.Tensor,
+  groups: number,
+  eps: number,
+): tf.Tensor4D {
+  if (x.dtype === "float32" && fusedHere(FUSED.groupNormSilu)) {
+    return tf.engine().runKernel(
+      FUSED.groupNormSilu,
+      { x, gamma, beta },
+      { groups, eps } as unknown as tf.NamedAttrMap,
+    ) as tf.Tensor4D;
+  }
+  return tf.tidy(() => silu(groupNorm(x, gamma, beta, groups, eps)));
+}
+
 let gradientsRegistered = false;
 
 /**
@@ -141,6 +165,19 @@ export function registerFusedGradients(): void {
       const [dx, dgamma, dbeta] = tf.engine().runKernel(
         FUSED.groupNormGrad,
         { dy: dy as tf.Tensor, x, gamma },
+        attrs,
+      ) as tf.Tensor[];
+      return { x: () => dx, gamma: () => dgamma, beta: () => dbeta };
+    },
+  });
+  tf.registerGradient({
+    kernelName: FUSED.groupNormSilu,
+    inputsToSave: ["x", "gamma", "beta"],
+    gradFunc: (dy, saved, attrs) => {
+      const [x, gamma, beta] = saved;
+      const [dx, dgamma, dbeta] = tf.engine().runKernel(
+        FUSED.groupNormSiluGrad,
+        { dy: dy as tf.Tensor, x, gamma, beta },
         attrs,
       ) as tf.Tensor[];
       return { x: () => dx, gamma: () => dgamma, beta: () => dbeta };
