@@ -112,8 +112,9 @@ export function groupNorm(
 
 /**
  * `silu(groupNorm(x, γ, β, groups, eps))` (EDM's `silu(norm(x))` in every U-Net block): one
- * kernel forward and one gradient on backends that register `SidaGroupNormSilu` (webgpu), which
- * neither write nor keep the normalised tensor; elsewhere the two functions above.
+ * kernel forward on backends that register `SidaGroupNormSilu` (webgpu), which neither writes nor
+ * keeps the normalised tensor (its gradient recomputes it from x and the kept per-group
+ * statistics); elsewhere the two functions above.
  */
 export function groupNormSilu(
   x: tf.Tensor4D,
@@ -123,11 +124,13 @@ export function groupNormSilu(
   eps: number,
 ): tf.Tensor4D {
   if (x.dtype === "float32" && fusedHere(FUSED.groupNormSilu)) {
-    return tf.engine().runKernel(
+    const [y, stats] = tf.engine().runKernel(
       FUSED.groupNormSilu,
       { x, gamma, beta },
       { groups, eps } as unknown as tf.NamedAttrMap,
-    ) as tf.Tensor4D;
+    ) as tf.Tensor[];
+    stats.dispose(); // (the gradient keeps its own reference)
+    return y as tf.Tensor4D;
   }
   return tf.tidy(() => silu(groupNorm(x, gamma, beta, groups, eps)));
 }
@@ -173,11 +176,13 @@ export function registerFusedGradients(): void {
   tf.registerGradient({
     kernelName: FUSED.groupNormSilu,
     inputsToSave: ["x", "gamma", "beta"],
-    gradFunc: (dy, saved, attrs) => {
-      const [x, gamma, beta] = saved;
+    outputsToSave: [false, true], // the [N·G, 2] statistics [mean, 1/σ]
+    gradFunc: (dys, saved, attrs) => {
+      const [x, gamma, beta, stats] = saved;
+      const dy = (dys as tf.Tensor[])[0];
       const [dx, dgamma, dbeta] = tf.engine().runKernel(
         FUSED.groupNormSiluGrad,
-        { dy: dy as tf.Tensor, x, gamma, beta },
+        { dy, x, gamma, beta, stats },
         attrs,
       ) as tf.Tensor[];
       return { x: () => dx, gamma: () => dgamma, beta: () => dbeta };

@@ -22,6 +22,7 @@ import { FUSED, registerFusedGradients } from "../native/fused.ts";
 import {
   f32Lit,
   flatProgram,
+  type GpuKernelArgs,
   type GpuKernelFunc,
   type GpuProgram,
   quadProgram,
@@ -124,65 +125,45 @@ fn gIndex4(n : i32, g : i32, e : i32) -> i32 {
 }`;
 
 /**
- * `dz`, the gradient at the group norm's output z = x̂·γ + β of y = silu(z), from `dy` at y:
- * dz = dy·σ(z)·(1 + z·(1 − σ(z))) (f32 or vec4 operands; the arithmetic is the same).
+ * Statistics of each (n, g): [mean, 1/σ] (forward), or, with `dy` and `gamma`,
+ * [mean, 1/σ, mean(g), mean(g·x̂)] (backward), into a [N·G, 2 or 4] tensor.
  */
-const siluDz = (dy: string, xh: string, gm: string, bt: string) =>
-  `let z = ${xh} * ${gm} + ${bt}; let sgm = 1.0 / (1.0 + exp(-z)); ` +
-  `let dz = ${dy} * sgm * (1.0 + z * (1.0 - sgm));`;
-
-/** Which statistics {@linkcode gnStatsProgram} computes. */
-type GnStats = "forward" | "backward" | "siluBackward";
-
-/**
- * Statistics of each (n, g): [mean, 1/σ] (`forward`), or, with `dy` and `gamma`,
- * [mean, 1/σ, mean(g), mean(g·x̂)] (`backward`, g = dy·γ), into a [N·G, 2 or 4] tensor. For
- * `siluBackward` (inputs x, dy, γ, β; dy at silu(x̂·γ + β)) g = dz·γ with dz from
- * {@linkcode siluDz}, which needs the mean and 1/σ first: the same workgroup reads its group
- * a second time.
- */
-function gnStatsProgram(d: GnDims, eps: number, mode: GnStats): GpuProgram {
-  const backward = mode !== "forward";
+function gnStatsProgram(d: GnDims, eps: number, backward: boolean): GpuProgram {
   const w = backward ? 4 : 2;
-  const key = `gnstats_${mode}_${d.n}_${d.hw}_${d.c}_${d.g}_${eps}`;
+  const key = `gnstats_${backward ? "b" : "f"}_${d.n}_${d.hw}_${d.c}_${d.g}_${eps}`;
   // One pass over the group: sums of x' = x − x₀ and x'² (shifted by the group's first value, so
   // that var = E[x'²] − E[x']² does not cancel when |mean| ≫ σ), and for the gradient Σ g and
   // Σ g·x' (g = dy·γ), from which mean(g·x̂) = σ⁻¹·(E[g·x'] − E[x']·E[g]).
   const quads = gnQuads(d);
-  const [L, idx, cg, one] = quads
-    ? ["GN_L4", "gIndex4", "GN_CG4", "vec4<f32>(1.0)"]
-    : ["GN_L", "gIndex", "GN_CG", "1.0"];
-  const sum = (v: string) => (quads ? `dot(${v}, ${one})` : v);
-  const prod = (a: string, b: string) => (quads ? `dot(${a}, ${b})` : `${a} * ${b}`);
-  const plain = mode === "backward";
-  const loop = `
-  let x0 = x[${idx}(n, g, 0)]${quads ? ".x" : ""};
-  var acc = vec4<f32>(0.0);
-  for (var e = t; e < ${L}; e = e + ${RED}) {
-    let i = ${idx}(n, g, e);
-    let v = x[i] - x0;${
-    plain
-      ? `
-    let gv = dy[i] * gamma[g * ${cg} + e % ${cg}];
-    acc = acc + vec4<f32>(${sum("v")}, ${prod("v", "v")}, ${sum("gv")}, ${prod("gv", "v")});`
-      : `
-    acc = acc + vec4<f32>(${sum("v")}, ${prod("v", "v")}, 0.0, 0.0);`
-  }
-  }`;
-  const second = mode === "siluBackward"
+  const loop = quads
     ? `
-  var acc2 = vec4<f32>(0.0);
-  for (var e = t; e < ${L}; e = e + ${RED}) {
-    let i = ${idx}(n, g, e);
-    let q = g * ${cg} + e % ${cg};
-    let xh = (x[i] - mean) * rstd;
-    let gm = gamma[q];
-    ${siluDz("dy[i]", "xh", "gm", "beta[q]")}
-    let gv = dz * gm;
-    acc2 = acc2 + vec4<f32>(${sum("gv")}, ${prod("gv", "xh")}, 0.0, 0.0);
-  }
-  let tot2 = wgSum4(acc2) / f32(GN_L);`
-    : "";
+  let x0 = x[gIndex4(n, g, 0)].x;
+  var acc = vec4<f32>(0.0);
+  for (var e = t; e < GN_L4; e = e + ${RED}) {
+    let i = gIndex4(n, g, e);
+    let v = x[i] - x0;${
+      backward
+        ? `
+    let gv = dy[i] * gamma[g * GN_CG4 + e % GN_CG4];
+    acc = acc + vec4<f32>(dot(v, vec4<f32>(1.0)), dot(v, v), dot(gv, vec4<f32>(1.0)), dot(gv, v));`
+        : `
+    acc = acc + vec4<f32>(dot(v, vec4<f32>(1.0)), dot(v, v), 0.0, 0.0);`
+    }
+  }`
+    : `
+  let x0 = x[gIndex(n, g, 0)];
+  var acc = vec4<f32>(0.0);
+  for (var e = t; e < GN_L; e = e + ${RED}) {
+    let i = gIndex(n, g, e);
+    let v = x[i] - x0;${
+      backward
+        ? `
+    let gv = dy[i] * gamma[g * GN_CG + e % GN_CG];
+    acc = acc + vec4<f32>(v, v * v, gv, gv * v);`
+        : `
+    acc = acc + vec4<f32>(v, v * v, 0.0, 0.0);`
+    }
+  }`;
   const body = `
   let grp = i32(workgroupId.x);
   let n = grp / GN_G;
@@ -191,34 +172,25 @@ function gnStatsProgram(d: GnDims, eps: number, mode: GnStats): GpuProgram {
   let tot = wgSum4(acc) / f32(GN_L);
   let shifted = tot.x;
   let mean = x0 + shifted;
-  let rstd = inverseSqrt(max(tot.y - shifted * shifted, 0.0) + ${f32Lit(eps)});${second}
+  let rstd = inverseSqrt(max(tot.y - shifted * shifted, 0.0) + ${f32Lit(eps)});
   if (t == 0) {
     result[grp * ${w}] = mean;
     result[grp * ${w} + 1] = rstd;${
-    plain
+    backward
       ? `
     result[grp * 4 + 2] = tot.z;
     result[grp * 4 + 3] = rstd * (tot.w - shifted * tot.z);`
-      : mode === "siluBackward"
-      ? `
-    result[grp * 4 + 2] = tot2.x;
-    result[grp * 4 + 3] = tot2.y;`
       : ""
   }
   }`;
-  const names = {
-    forward: ["x"],
-    backward: ["x", "dy", "gamma"],
-    siluBackward: ["x", "dy", "gamma", "beta"],
-  }[mode];
   const p = perGroupProgram(
     `${key}${quads ? "_q4" : ""}`,
-    names,
+    backward ? ["x", "dy", "gamma"] : ["x"],
     [d.n * d.g, w],
     d.n * d.g,
     body,
   );
-  if (quads) p.variableComponents = names.map(() => 4);
+  if (quads) p.variableComponents = backward ? [4, 4, 4] : [4];
   const code = p.getUserCode();
   p.getUserCode = () => `${gnConsts(d)}\n${quads ? GROUP_INDEX4 : GROUP_INDEX}\n${code}`;
   return p;
@@ -262,56 +234,71 @@ function gnApplyProgram(d: GnDims, shape: number[], silu: boolean): GpuProgram {
   );
 }
 
-/** dx from the `backward` or `siluBackward` statistics (the latter also reads β). */
-function gnDxProgram(d: GnDims, shape: number[], silu: boolean): GpuProgram {
-  const key = `gndx${silu ? "silu" : ""}_${d.n}_${d.hw}_${d.c}_${d.g}`;
-  const names = silu ? ["dy", "x", "stats", "gamma", "beta"] : ["dy", "x", "stats", "gamma"];
-  const grad = (c: string) =>
-    silu ? `${siluDz("dy[index]", "xh", `gamma[${c}]`, `beta[${c}]`)}` : `let dz = dy[index];`;
+/**
+ * dz = dy·σ(z)·(1 + z·(1 − σ(z))), the gradient at z = x̂·γ + β of y = silu(z), from dy at y and
+ * the forward pass's [mean, 1/σ] statistics (z itself is neither written nor kept).
+ */
+function gnSiluDzProgram(d: GnDims, shape: number[]): GpuProgram {
+  const dz = (c: string) =>
+    `let z = (x[index] - stats[row * 2]) * stats[row * 2 + 1] * gamma[${c}] + beta[${c}];
+    let s = 1.0 / (1.0 + exp(-z));
+    result[index] = dy[index] * s * (1.0 + z * (1.0 - s));`;
+  const key = `gnsilu_dz_${d.n}_${d.hw}_${d.c}_${d.g}`;
   if (gnQuads(d)) {
     return quadProgram(
       key,
-      names,
-      names.map(() => 4),
+      ["dy", "x", "stats", "gamma", "beta"],
+      [4, 4, 1, 4, 4],
       shape,
       `${CHANNEL4}
-    let st = stats[row];
-    let xh = (x[index] - st.x) * st.y;
-    ${grad("c4")}
-    result[index] = st.y * (dz * gamma[c4] - st.z - xh * st.w);`,
+    ${dz("c4")}`,
       gnConsts(d),
     );
   }
   return flatProgram(
     key,
-    names,
+    ["dy", "x", "stats", "gamma", "beta"],
     shape,
     `  if (index < uniforms.size) {${CHANNEL}
-    let rstd = stats[row * 4 + 1];
-    let xh = (x[index] - stats[row * 4]) * rstd;
-    ${grad("c")}
-    result[index] = rstd * (dz * gamma[c] - stats[row * 4 + 2] - xh * stats[row * 4 + 3]);
+    ${dz("c")}
   }`,
     gnConsts(d),
   );
 }
 
-/**
- * dγ (`withXhat`) or dβ: one workgroup per channel, summing over N·H·W (`silu`: of dz, which
- * reads x, the statistics, γ and β too).
- */
-function gnParamGradProgram(d: GnDims, withXhat: boolean, silu: boolean): GpuProgram {
-  const xh = `(x[i] - stats[row * 4]) * stats[row * 4 + 1]`;
-  const names = silu
-    ? ["dy", "x", "stats", "gamma", "beta"]
-    : withXhat
-    ? ["dy", "x", "stats"]
-    : ["dy"];
-  const grad = silu ? `let xh = ${xh}; ${siluDz("dy[i]", "xh", "gamma[c]", "beta[c]")}` : "";
-  const term = silu ? (withXhat ? "dz * xh" : "dz") : (withXhat ? `dy[i] * ${xh}` : `dy[i]`);
+function gnDxProgram(d: GnDims, shape: number[]): GpuProgram {
+  if (gnQuads(d)) {
+    return quadProgram(
+      `gndx_${d.n}_${d.hw}_${d.c}_${d.g}`,
+      ["dy", "x", "stats", "gamma"],
+      [4, 4, 4, 4],
+      shape,
+      `${CHANNEL4}
+    let st = stats[row];
+    let xh = (x[index] - st.x) * st.y;
+    result[index] = st.y * (dy[index] * gamma[c4] - st.z - xh * st.w);`,
+      gnConsts(d),
+    );
+  }
+  return flatProgram(
+    `gndx_${d.n}_${d.hw}_${d.c}_${d.g}`,
+    ["dy", "x", "stats", "gamma"],
+    shape,
+    `  if (index < uniforms.size) {${CHANNEL}
+    let rstd = stats[row * 4 + 1];
+    let xh = (x[index] - stats[row * 4]) * rstd;
+    result[index] = rstd * (dy[index] * gamma[c] - stats[row * 4 + 2] - xh * stats[row * 4 + 3]);
+  }`,
+    gnConsts(d),
+  );
+}
+
+/** dγ (`withXhat`) or dβ: one workgroup per channel, summing over N·H·W. */
+function gnParamGradProgram(d: GnDims, withXhat: boolean): GpuProgram {
+  const term = withXhat ? `dy[i] * (x[i] - stats[row * 4]) * stats[row * 4 + 1]` : `dy[i]`;
   const p = perGroupProgram(
-    `gn${withXhat ? "dgamma" : "dbeta"}${silu ? "silu" : ""}_${d.n}_${d.hw}_${d.c}_${d.g}`,
-    names,
+    `gn${withXhat ? "dgamma" : "dbeta"}_${d.n}_${d.hw}_${d.c}_${d.g}`,
+    withXhat ? ["dy", "x", "stats"] : ["dy"],
     [d.c],
     d.c,
     `
@@ -322,7 +309,6 @@ function gnParamGradProgram(d: GnDims, withXhat: boolean, silu: boolean): GpuPro
     let i = q * GN_C + c;
     let row = (q / GN_HW) * GN_G + c / GN_CG;
     _ = row;
-    ${grad}
     s = s + ${term};
   }
   let total = wgSum(s);
@@ -334,39 +320,34 @@ function gnParamGradProgram(d: GnDims, withXhat: boolean, silu: boolean): GpuPro
 }
 
 /**
- * dγ and dβ with vec4 loads (C/G divisible by 4): partial sums of dz·x̂ and dz over chunks of
+ * dγ and dβ with vec4 loads (C/G divisible by 4): partial sums of dy·x̂ and dy over chunks of
  * each image's pixels, one invocation per (chunk, channel quad), into [S, 2, C]; then
  * {@linkcode gnParamSumProgram} sums the S chunks of each half. (Each chunk lies in one image, so
- * its four channels' statistics are one vec4 load before the loop.) dz is dy, or with `silu`
- * the gradient through the SiLU ({@linkcode siluDz}).
+ * its four channels' statistics are one vec4 load before the loop.)
  */
-function gnParamPartialProgram(d: GnDims, silu: boolean): { program: GpuProgram; S: number } {
+function gnParamPartialProgram(d: GnDims): { program: GpuProgram; S: number } {
   const c4 = d.c / 4;
   const k = Math.max(1, Math.min(d.hw, Math.ceil(4096 / (d.n * c4))));
   const per = Math.ceil(d.hw / k);
   const S = d.n * k;
-  const names = silu ? ["dy", "x", "stats", "gamma", "beta"] : ["dy", "x", "stats"];
   const program = quadProgram(
-    `gnparam${silu ? "silu" : ""}_${d.n}_${d.hw}_${d.c}_${d.g}_${k}`,
-    names,
-    names.map(() => 4),
+    `gnparam_${d.n}_${d.hw}_${d.c}_${d.g}_${k}`,
+    ["dy", "x", "stats"],
+    [4, 4, 4],
     [S, 2, d.c],
     `    let s = index / GN_C4;
     let c4 = index % GN_C4;
     let n = s / ${k};
     let p0 = (s % ${k}) * ${per};
     let p1 = min(GN_HW, p0 + ${per});
-    let st = stats[n * GN_G + c4 / GN_CG4];${
-      silu ? "\n    let gm = gamma[c4];\n    let bt = beta[c4];" : ""
-    }
+    let st = stats[n * GN_G + c4 / GN_CG4];
     var sg = vec4<f32>(0.0);
     var sb = vec4<f32>(0.0);
     for (var p = p0; p < p1; p = p + 1) {
       let i = (n * GN_HW + p) * GN_C4 + c4;
-      let xh = (x[i] - st.x) * st.y;
-      ${silu ? siluDz("dy[i]", "xh", "gm", "bt") : "let dz = dy[i];"}
-      sb = sb + dz;
-      sg = sg + dz * xh;
+      let v = dy[i];
+      sb = sb + v;
+      sg = sg + v * (x[i] - st.x) * st.y;
     }
     result[s * 2 * GN_C4 + c4] = sg;
     result[s * 2 * GN_C4 + GN_C4 + c4] = sb;`,
@@ -513,14 +494,28 @@ export function fusedWebGpuKernels(): Record<string, GpuKernelFunc> {
       f32Only(dy, y);
       return backend.runWebGPUProgram(softmaxProgram(y!.shape, true), [dy!, y!], "float32");
     },
-    [FUSED.groupNorm]: (args) => groupNormKernel(args, false),
+    [FUSED.groupNorm]: (args) => groupNormKernel(args, false)[0],
     [FUSED.groupNormSilu]: (args) => groupNormKernel(args, true),
-    [FUSED.groupNormGrad]: (args) => groupNormGradKernel(args, false),
-    [FUSED.groupNormSiluGrad]: (args) => groupNormGradKernel(args, true),
+    [FUSED.groupNormGrad]: (args) => {
+      const { dy, x, gamma } = args.inputs;
+      return groupNormGrad(args.backend, dy!, x!, gamma!, args.attrs!);
+    },
+    [FUSED.groupNormSiluGrad]: ({ inputs, backend, attrs }) => {
+      // dz from dy and the forward statistics, then group norm's gradient at dz.
+      const { dy, x, gamma, beta, stats } = inputs;
+      f32Only(dy, x, gamma, beta, stats);
+      const d = gnDims(x!.shape, attrs!.groups as number);
+      const dz = backend.runWebGPUProgram(
+        gnSiluDzProgram(d, x!.shape),
+        [dy!, x!, stats!, gamma!, beta!],
+        "float32",
+      );
+      const grads = groupNormGrad(backend, dz, x!, gamma!, attrs!);
+      backend.disposeData(dz.dataId);
+      return grads;
+    },
   };
 }
-
-type KernelArgs = Parameters<GpuKernelFunc>[0];
 
 function f32Only(...ts: (TensorInfo | undefined)[]) {
   for (const t of ts) {
@@ -528,13 +523,16 @@ function f32Only(...ts: (TensorInfo | undefined)[]) {
   }
 }
 
-/** Group norm (2 dispatches), or silu of it (`silu`, the same 2). */
-function groupNormKernel({ inputs, backend, attrs }: KernelArgs, silu: boolean) {
+/**
+ * Group norm, or silu of it (`silu`), in 2 dispatches (statistics, then normalise): [y, stats],
+ * the [N·G, 2] statistics [mean, 1/σ] (kept by the SiLU variant's gradient; freed here otherwise).
+ */
+function groupNormKernel({ inputs, backend, attrs }: GpuKernelArgs, silu: boolean): TensorInfo[] {
   const { x, gamma, beta } = inputs;
   f32Only(x, gamma, beta);
   const d = gnDims(x!.shape, attrs!.groups as number);
   const stats = backend.runWebGPUProgram(
-    gnStatsProgram(d, attrs!.eps as number, "forward"),
+    gnStatsProgram(d, attrs!.eps as number, false),
     [x!],
     "float32",
   );
@@ -543,48 +541,38 @@ function groupNormKernel({ inputs, backend, attrs }: KernelArgs, silu: boolean) 
     [x!, stats, gamma!, beta!],
     "float32",
   );
+  if (silu) return [y, stats];
   backend.disposeData(stats.dataId);
-  return y;
+  return [y];
 }
 
-/**
- * [dx, dγ, dβ] of group norm (`silu`: of silu(group norm), with β as a fourth input): statistics,
- * dx, then dγ and dβ (as vec4 partials and two sums when C/G is divisible by 4).
- */
-function groupNormGradKernel({ inputs, backend, attrs }: KernelArgs, silu: boolean) {
-  const { dy, x, gamma, beta } = inputs;
-  f32Only(dy, x, gamma, beta);
-  const d = gnDims(x!.shape, attrs!.groups as number);
-  const params = silu ? [gamma!, beta!] : [];
+/** [dx, dγ, dβ] of group norm: statistics, dx, then dγ and dβ. */
+function groupNormGrad(
+  backend: GpuKernelArgs["backend"],
+  dy: TensorInfo,
+  x: TensorInfo,
+  gamma: TensorInfo,
+  attrs: Record<string, unknown>,
+): TensorInfo[] {
+  f32Only(dy, x, gamma);
+  const d = gnDims(x.shape, attrs.groups as number);
   const stats = backend.runWebGPUProgram(
-    gnStatsProgram(d, attrs!.eps as number, silu ? "siluBackward" : "backward"),
-    silu ? [x!, dy!, gamma!, beta!] : [x!, dy!, gamma!],
+    gnStatsProgram(d, attrs.eps as number, true),
+    [x, dy, gamma],
     "float32",
   );
-  const dx = backend.runWebGPUProgram(
-    gnDxProgram(d, x!.shape, silu),
-    [dy!, x!, stats, gamma!, ...(silu ? [beta!] : [])],
-    "float32",
-  );
+  const dx = backend.runWebGPUProgram(gnDxProgram(d, x.shape), [dy, x, stats, gamma], "float32");
   if (gnQuads(d)) {
-    const { program, S } = gnParamPartialProgram(d, silu);
-    const partial = backend.runWebGPUProgram(program, [dy!, x!, stats, ...params], "float32");
+    const { program, S } = gnParamPartialProgram(d);
+    const partial = backend.runWebGPUProgram(program, [dy, x, stats], "float32");
     const dgamma = backend.runWebGPUProgram(gnParamSumProgram(d, S, 0), [partial], "float32");
     const dbeta = backend.runWebGPUProgram(gnParamSumProgram(d, S, 1), [partial], "float32");
     backend.disposeData(partial.dataId);
     backend.disposeData(stats.dataId);
     return [dx, dgamma, dbeta];
   }
-  const dgamma = backend.runWebGPUProgram(
-    gnParamGradProgram(d, true, silu),
-    [dy!, x!, stats, ...params],
-    "float32",
-  );
-  const dbeta = backend.runWebGPUProgram(
-    gnParamGradProgram(d, false, silu),
-    silu ? [dy!, x!, stats, ...params] : [dy!],
-    "float32",
-  );
+  const dgamma = backend.runWebGPUProgram(gnParamGradProgram(d, true), [dy, x, stats], "float32");
+  const dbeta = backend.runWebGPUProgram(gnParamGradProgram(d, false), [dy], "float32");
   backend.disposeData(stats.dataId);
   return [dx, dgamma, dbeta];
 }
