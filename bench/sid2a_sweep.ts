@@ -16,7 +16,9 @@
  *   iterations, no adversarial term for 16 (the reference's 100 / 200 kimg are 391 / 782
  *   iterations of its batch 256, before G has moved at all);
  * - `lr3e-5-warmup-it`: both;
- * - `lsg-gan0.1`: the adversarial scale 10× (0.1).
+ * - `lsg-gan0.1`: the adversarial scale 10× (0.1);
+ * - `warmup-it-decay`: `warmup-it`, then lr = glr = 3e-5 once the adversarial term is on (from
+ *   iteration 17; {@linkcode SWEEP_DECAY}).
  *
  * Every run appends one JSON line per evaluation to `--out` (a `.jsonl` file); rerunning skips
  * the (setting, seed) pairs that are complete there, so a long sweep can be continued.
@@ -70,6 +72,12 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
   "warmup-it": { gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64 },
   "lr3e-5-warmup-it": { lr: 3e-5, glr: 3e-5, gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64 },
   "lsg-gan0.1": { lsgGan: 0.1 },
+  "warmup-it-decay": { gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64 },
+};
+
+/** Learning-rate changes of a setting: after iteration `after`, these rates. */
+export const SWEEP_DECAY: Record<string, { after: number; lr: number; glr: number }> = {
+  "warmup-it-decay": { after: 16, lr: 3e-5, glr: 3e-5 },
 };
 
 /** One line of the sweep's JSONL file. */
@@ -82,7 +90,7 @@ interface Row {
   fidB: number;
   /** Whether this is the run's last evaluation. */
   last: boolean;
-  config?: Partial<DistillConfig>;
+  config?: Partial<DistillConfig> & { decay?: { after: number; lr: number; glr: number } };
   /** `noise` rows: FID of the SiD generator with latent seed `seed`. */
   kind?: "noise";
   seconds?: number;
@@ -264,6 +272,7 @@ async function main() {
         rows.splice(0, rows.length, ...keep);
       }
       const overrides = SWEEP_SETTINGS[setting];
+      const decay = SWEEP_DECAY[setting];
       const config = { ...baseConfig(), ...overrides, seed };
       const d = new Distiller({ teacher, dataset, config, initGenerator: sid });
       const t0 = performance.now();
@@ -283,7 +292,7 @@ async function main() {
           fidA,
           fidB,
           last: iteration === iters,
-          config: iteration === 0 ? overrides : undefined,
+          config: iteration === 0 ? { ...overrides, ...(decay ? { decay } : {}) } : undefined,
           seconds: (performance.now() - t0) / 1000,
         });
         console.log(
@@ -294,6 +303,7 @@ async function main() {
       };
       await evalAt(0);
       for (let i = 1; i <= iters; i++) {
+        if (decay && i === decay.after + 1) d.setLearningRates(decay);
         await d.step();
         if (i % every === 0 || i === iters) await evalAt(i);
       }

@@ -109,6 +109,31 @@ const TEST_CONFIG = {
   seed: 3,
 };
 
+Deno.test("Distiller.setLearningRates: a zero rate freezes its network from the next step on", async () => {
+  const { dataset } = await setup();
+  const teacher = createNetwork(TINY, { seed: 1 });
+  const d = new Distiller({
+    teacher,
+    dataset,
+    config: { ...TEST_CONFIG, gWarmupNimg: 0, ganWarmupNimg: 0 },
+  });
+  assertEquals(d.learningRates, { lr: 1e-3, glr: 1e-3 });
+  await d.step(); // both networks step: Adam state exists for both
+  for (const [rates, frozen] of [[{ glr: 0 }, "G"], [{ lr: 0, glr: 1e-3 }, "fake"]] as const) {
+    d.setLearningRates(rates);
+    const G0 = await params(d.G), fake0 = await params(d.fake);
+    await d.step();
+    assertEquals(sameArrays(await params(d.G), G0), frozen === "G", `G frozen iff glr = 0`);
+    assertEquals(sameArrays(await params(d.fake), fake0), frozen === "fake", `fake iff lr = 0`);
+  }
+  assertEquals(d.learningRates, { lr: 0, glr: 1e-3 });
+  assertEquals(d.config.lr, 1e-3, "the configuration (and so the saved state) keeps its rates");
+  assert.throws(() => d.setLearningRates({ lr: -1 }), /lr must be a finite number ≥ 0/);
+  assert.throws(() => d.setLearningRates({ glr: NaN }), /glr must be a finite number ≥ 0/);
+  d.dispose();
+  teacher.dispose();
+});
+
 Deno.test("Distiller: warm-up gates, what changes, frozen teacher, flat memory", async () => {
   const { dataset } = await setup();
   const teacher = createNetwork(TINY, { seed: 1 });

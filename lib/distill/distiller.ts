@@ -616,6 +616,29 @@ export class Distiller {
     this.#augmentPipe = config.augment > 0 ? edmAugmentOptions(config.augment) : null;
   }
 
+  /** The learning rates the next iteration uses: the fake net's (`lr`) and G's (`glr`). */
+  get learningRates(): { lr: number; glr: number } {
+    return { lr: this.#optFake.lr, glr: this.#optG.lr };
+  }
+
+  /**
+   * Changes the learning rates from the next iteration on: a schedule of the caller's, e.g. a
+   * decay after the adversarial warm-up (the reference keeps both constant,
+   * `sida_training_loop.py`). The training state records the configuration's rates, so a
+   * resumed run starts from those and the caller applies its schedule again.
+   *
+   * @throws RangeError on a rate that is negative or not finite.
+   */
+  setLearningRates(rates: { lr?: number; glr?: number }): void {
+    for (const [k, v] of Object.entries(rates)) {
+      if (v !== undefined && !(Number.isFinite(v) && v >= 0)) {
+        throw new RangeError(`${k} must be a finite number ≥ 0, got ${v}`);
+      }
+    }
+    if (rates.lr !== undefined) this.#optFake.lr = rates.lr;
+    if (rates.glr !== undefined) this.#optG.lr = rates.glr;
+  }
+
   /** Images per iteration (the global batch B). */
   get batch(): number {
     return this.config.batch;
