@@ -33,6 +33,7 @@ import { Distiller } from "../lib/distill/distiller.ts";
 import { distillPreset } from "../lib/distill/presets.ts";
 import { silu } from "../lib/runtime/native/fused.ts";
 import { webGpuKernelsActive } from "../lib/runtime/webgpu/backend.ts";
+import { hostCacheStats } from "../lib/runtime/webgpu/host_cache.ts";
 import {
   type GpuCounts,
   type KernelTiming,
@@ -278,6 +279,8 @@ interface SidaProfile {
   counts: GpuCounts;
   kernels: KernelTiming[];
   programs: ProgramTotals[];
+  /** Bind groups and uniform buffers made in the iteration (the rest were reused), when cached. */
+  made?: { bindGroups: number; uniforms: number };
 }
 
 async function sidaProfile(
@@ -295,6 +298,8 @@ async function sidaProfile(
   let t0 = performance.now();
   await d.step();
   console.error(`sida: warm-up iteration ${((performance.now() - t0) / 1e3).toFixed(1)} s`);
+  const cache = hostCacheStats(tf.backend());
+  const before = cache ? { ...cache } : undefined;
   const prof = startGpuProfile({ record: true });
   t0 = performance.now();
   try {
@@ -302,6 +307,13 @@ async function sidaProfile(
   } finally {
     prof.stop();
   }
+  const made = cache && before
+    ? {
+      bindGroups: cache.bindGroupMisses + cache.bindGroupUncached - before.bindGroupMisses -
+        before.bindGroupUncached,
+      uniforms: cache.uniformMisses - before.uniformMisses,
+    }
+    : undefined;
   const seconds = (performance.now() - t0) / 1e3;
   const counts = prof.totals();
   const programs = prof.byProgram();
@@ -312,7 +324,7 @@ async function sidaProfile(
   const kernels = await replayKernels(prof.calls, replayRepeats, (k) => console.error(`  ${k}`));
   d.dispose();
   teacher.dispose();
-  return { batch, microBatch, seconds, counts, kernels, programs };
+  return { batch, microBatch, seconds, counts, kernels, programs, made };
 }
 
 function printSida(p: SidaProfile): void {
@@ -320,7 +332,11 @@ function printSida(p: SidaProfile): void {
   console.log(
     `\nOne mnist SiDA iteration on webgpu, batch ${p.batch} in rounds of ${p.microBatch}: ` +
       `${p.seconds.toFixed(2)} s; ${c.dispatches} dispatches, ${c.submits} queue submissions, ` +
-      `${c.bindGroups} bind groups, ${c.writeBuffers} buffer writes.\n`,
+      `${c.bindGroups} bind groups asked for, ${c.writeBuffers} buffer writes` +
+      (p.made
+        ? ` (host caches: ${p.made.bindGroups} bind groups and ${p.made.uniforms} uniform buffers ` +
+          `made, the rest reused).\n`
+        : `.\n`),
   );
   const total = p.kernels.reduce((a, k) => a + k.ms, 0);
   console.log("| kernel | calls | dispatches | ms (replayed) | share | GFLOP/s |");

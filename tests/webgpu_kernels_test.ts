@@ -17,6 +17,7 @@ import { chooseKChunk, type GemmTuning, gemmTuning } from "../lib/runtime/webgpu
 import { adamApply, adamSecondMoment, lerp } from "../lib/runtime/webgpu/optim.ts";
 import { groupNorm, groupNormSilu, nanToNum, silu, softmax } from "../lib/runtime/native/fused.ts";
 import { startGpuProfile } from "../lib/runtime/webgpu/profile.ts";
+import { hostCacheStats, installHostCaches } from "../lib/runtime/webgpu/host_cache.ts";
 
 ensureXdgRuntimeDir();
 const adapter = await (navigator as { gpu?: GPU }).gpu?.requestAdapter().catch(() => null);
@@ -470,5 +471,72 @@ Deno.test({
     ]);
     assert.deepEqual(Array.from(await y.data()), Array(64 * 8).fill(2));
     tf.dispose([x, y]);
+  },
+});
+
+Deno.test("host caches: one uniform buffer per distinct block, evicted ones released after submit", () => {
+  // A stand-in for tfjs' backend (no GPU needed): makeUniforms hands out numbered buffers and
+  // queues each for release after the next submit, as tfjs' does.
+  let made = 0;
+  const fake = {
+    device: { createBindGroup: () => ({}) },
+    pipelineCache: {} as Record<string, unknown>,
+    uniformPendingDisposal: [] as unknown[],
+    makeUniforms(_fields: { type: string; data: number[] }[]) {
+      const buffer = { id: made++ };
+      this.uniformPendingDisposal.push(buffer);
+      return { offset: 0, size: 16, buffer };
+    },
+  };
+  const stats = installHostCaches(fake, 2)!;
+  assert.equal(installHostCaches(fake, 2), stats, "installing twice changes nothing");
+  const block = (n: number) => [{ type: "int32", data: [n, 1] }, { type: "float32", data: [NaN] }];
+  const u = (n: number) => (fake.makeUniforms(block(n)).buffer as { id: number }).id;
+  assert.equal(u(7), 0);
+  assert.equal(u(7), 0, "the same contents reuse the buffer");
+  assert.deepEqual(fake.uniformPendingDisposal, [], "a cached buffer is not released");
+  assert.equal(u(8), 1);
+  assert.equal(u(7), 0, "(refreshes 7)");
+  assert.equal(u(9), 2, "a third block evicts the least recently used (8)");
+  assert.deepEqual(fake.uniformPendingDisposal, [{ id: 1 }], "8's buffer released after submit");
+  assert.equal(u(8), 3, "8 is made again");
+  assert.deepEqual([stats.uniformHits, stats.uniformMisses], [2, 4]);
+  assert.equal(installHostCaches({ makeUniforms: 1 }), undefined, "not a tfjs-webgpu backend");
+});
+
+Deno.test({
+  name: "host caches on webgpu: bind groups reused, results follow the data in reused buffers",
+  ignore,
+  fn: async () => {
+    await initBackend("webgpu");
+    const stats = hostCacheStats(tf.backend());
+    assert.ok(stats, "initBackend installs the caches");
+    const host = (v: Float32Array) => Array.from(v, (x) => Math.fround(x / (1 + Math.exp(-x))));
+    const close = (a: Float32Array, b: number[], what: string) =>
+      a.forEach((x, i) => assert.ok(Math.abs(x - b[i]) <= 1e-6 * (1 + Math.abs(b[i])), what));
+    const before = { ...stats };
+    // Many tensors of one shape, each freed before the next is made: the pool hands the same
+    // buffers out again, so the runner's bind groups and uniforms repeat.
+    for (let k = 0; k < 40; k++) {
+      const v = values(64, 100 + k);
+      const x = tf.tensor1d(v);
+      const y = silu(x);
+      close(await y.data() as Float32Array, host(v), `silu of tensor ${k}`);
+      tf.dispose([x, y]);
+    }
+    // Several live tensors of one shape: one program, different buffers in each call.
+    const vs = [0, 1, 2, 3].map((k) => values(64, 200 + k));
+    const xs = vs.map((v) => tf.tensor1d(v));
+    for (let round = 0; round < 2; round++) {
+      const ys = xs.map((x) => silu(x));
+      for (let k = 0; k < ys.length; k++) {
+        close(await ys[k].data() as Float32Array, host(vs[k]), `round ${round}, tensor ${k}`);
+      }
+      tf.dispose(ys);
+    }
+    tf.dispose(xs);
+    assert.ok(stats.bindGroupHits - before.bindGroupHits >= 30, "bind groups reused");
+    assert.ok(stats.uniformHits - before.uniformHits >= 30, "uniforms reused");
+    assert.ok(stats.bindGroupMisses - before.bindGroupMisses <= 10, "few bind groups made");
   },
 });

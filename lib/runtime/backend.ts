@@ -16,6 +16,7 @@ import { tf } from "../deps.ts";
 import { registerNativeBackend } from "./native/backend.ts";
 import { cKernelsUnavailableReason, loadCKernels } from "./native/ckernels.ts";
 import { registerWebGpuKernels, webGpuKernelsDisabledByEnv } from "./webgpu/backend.ts";
+import { hostCacheDisabledByEnv, installHostCaches } from "./webgpu/host_cache.ts";
 import { type GemmTuning, gemmTuning } from "./webgpu/gemm.ts";
 
 function cKernelsSummary(): string {
@@ -215,6 +216,8 @@ export async function initBackend(name?: string): Promise<BackendInfo> {
       const ok = await tf.setBackend("webgpu").catch(() => false);
       if (ok) {
         await tf.ready();
+        // Reused uniforms and bind groups (webgpu/host_cache.ts), for tfjs' kernels and ours.
+        if (!hostCacheDisabledByEnv()) installHostCaches(tf.backend());
         const stock = webGpuKernelsDisabledByEnv();
         if (!stock) {
           gemmTuning.style = gemmStyleFor(probe.isFallbackAdapter ?? false);
