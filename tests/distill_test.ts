@@ -15,6 +15,7 @@ import { writeSafetensors } from "../lib/io/safetensors.ts";
 import { createNetwork, networkMetadata, saveNetwork } from "../lib/nets/network.ts";
 import { NonFiniteTrainingError } from "../lib/train/guard.ts";
 import type { EDMPrecond } from "../lib/nets/precond.ts";
+import { createEdm2Network, type EDM2Precond } from "../lib/nets/edm2.ts";
 import { Distiller } from "../lib/distill/distiller.ts";
 import { seededRandom } from "../lib/runtime/random.ts";
 import { generate } from "../lib/distill/generator.ts";
@@ -69,7 +70,7 @@ function setup(): Promise<Fixture> {
   return fixture;
 }
 
-async function params(net: EDMPrecond): Promise<Float32Array[]> {
+async function params(net: EDMPrecond | EDM2Precond): Promise<Float32Array[]> {
   const out: Float32Array[] = [];
   for (const [, v] of net.namedParameters()) out.push(Float32Array.from(await v.data()));
   return out;
@@ -131,6 +132,160 @@ Deno.test("Distiller.setLearningRates: a zero rate freezes its network from the 
   assert.throws(() => d.setLearningRates({ lr: -1 }), /lr must be a finite number ≥ 0/);
   assert.throws(() => d.setLearningRates({ glr: NaN }), /glr must be a finite number ≥ 0/);
   d.dispose();
+  teacher.dispose();
+});
+
+/** A tiny EDM2 network (8×8×3, 3 classes, like TINY) with every gain non-zero. */
+function tinyEdm2(seed: number): EDM2Precond {
+  const net = createEdm2Network({
+    imgResolution: 8,
+    imgChannels: 3,
+    labelDim: 3,
+    logvarChannels: 8,
+    unet: { modelChannels: 8, channelMult: [1, 2], numBlocks: 1, attnResolutions: [4] },
+  }, { seed });
+  // out_gain and the logvar gain start at 0 (D = c_skip·x, u = 0): give them values.
+  for (const [name, v] of net.namedParameters()) {
+    if (v.size === 1) v.assign(tf.fill(v.shape, 0.7));
+    else if (/gain/.test(name)) v.assign(tf.fill(v.shape, 0.7));
+  }
+  return net;
+}
+
+/** The largest |rms − 1| over the output rows of every MPConv weight of `net`. */
+async function rowNormError(net: EDM2Precond): Promise<number> {
+  let worst = 0;
+  for (const m of net.mpConvs()) {
+    const rms = tf.tidy(() => tf.sqrt(tf.mean(tf.square(m.weight), m.rowAxes)));
+    for (const v of await rms.data()) worst = Math.max(worst, Math.abs(v - 1));
+    rms.dispose();
+  }
+  return worst;
+}
+
+Deno.test("Distiller on an EDM2 teacher: SiDA with and without logvar, renormalised weights, flat memory", async () => {
+  const { dataset } = await setup();
+  const teacher = tinyEdm2(5);
+  const teacher0 = await params(teacher);
+  const logvarWeight = (net: EDM2Precond) =>
+    net.namedParameters().find(([n]) => n.startsWith("logvar_linear"))![1].data();
+  for (const returnLogvar of [false, true]) {
+    const d = new Distiller({
+      teacher,
+      dataset,
+      config: {
+        ...TEST_CONFIG,
+        gWarmupNimg: 0,
+        ganWarmupNimg: 0,
+        augment: 0,
+        lsd: 100,
+        returnLogvar,
+        seed: 4,
+      },
+    });
+    const what = `returnLogvar ${returnLogvar}`;
+    const G0 = await params(d.G), fake0 = await params(d.fake);
+    const lv0 = await logvarWeight(d.fake as EDM2Precond);
+    const counts: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const s = await d.step();
+      for (const v of [s.lossFake, s.lossD!, s.lossG, s.lossGGan!]) {
+        assert.ok(Number.isFinite(v), `${what}: finite losses at iteration ${i}`);
+      }
+      if (i > 0) counts.push(tf.memory().numTensors);
+    }
+    assertEquals(new Set(counts).size, 1, `${what}: numTensors flat: ${counts}`);
+    assert.ok(!sameArrays(await params(d.G), G0), `${what}: G changes`);
+    assert.ok(!sameArrays(await params(d.fake), fake0), `${what}: the fake net changes`);
+    // The logvar head trains only through the logvar-weighted fake-score loss.
+    const lv = await logvarWeight(d.fake as EDM2Precond);
+    // (Renormalising an already normalised row may change its last bit: compare with a margin.)
+    const moved = Math.max(...Array.from(lv as Float32Array, (v, i) => Math.abs(v - lv0[i])));
+    assertEquals(
+      moved > 1e-4,
+      returnLogvar,
+      `${what}: the logvar head changes iff used (${moved})`,
+    );
+    for (const net of [d.G, d.fake] as EDM2Precond[]) {
+      const e = await rowNormError(net);
+      // normalize() divides by ε + rms with ε = 1e-4 (networks_edm2.py:28-32): rms 1 − 1e-4.
+      assert.ok(e < 2e-4, `${what}: every weight row at unit rms after the steps (off by ${e})`);
+    }
+    d.dispose();
+  }
+  // With frozen weights (lr 0) the same draws give the same losses but for logvar's weighting:
+  // the fake-score, SiD and adversarial terms change with it, the discriminator's BCE does not.
+  const first = async (returnLogvar: boolean) => {
+    const d = new Distiller({
+      teacher,
+      dataset,
+      config: {
+        ...TEST_CONFIG,
+        gWarmupNimg: 0,
+        ganWarmupNimg: 0,
+        augment: 0,
+        lr: 0,
+        glr: 0,
+        returnLogvar,
+      },
+    });
+    const s = await d.step();
+    d.dispose();
+    return s;
+  };
+  const [plain, weighted] = [await first(false), await first(true)];
+  for (const k of ["lossFake", "lossG", "lossGGan"] as const) {
+    const [a, b] = [plain[k]!, weighted[k]!];
+    assert.ok(Math.abs(a - b) > 1e-3 * Math.abs(a), `${k} uses logvar: ${a} vs ${b}`);
+  }
+  assert.equal(weighted.lossD, plain.lossD, "the discriminator's loss does not use logvar");
+  assert.ok(sameArrays(await params(teacher), teacher0), "the teacher never changes");
+  // Without forced normalisation the optimizer moves the rows off unit magnitude.
+  const free = new Distiller({
+    teacher,
+    dataset,
+    config: {
+      ...TEST_CONFIG,
+      gWarmupNimg: 0,
+      ganWarmupNimg: 0,
+      augment: 0,
+      forceNormalization: false,
+    },
+  });
+  await free.step();
+  const drift = await rowNormError(free.fake as EDM2Precond);
+  assert.ok(drift > 5e-4, `rows drift without it (${drift})`);
+  free.dispose();
+  // Plain SiD on EDM2 (no data needed beyond the labels) runs too.
+  const sid = new Distiller({
+    teacher,
+    dataset,
+    config: { method: "sid", batch: 4, microBatch: 2, lr: 1e-3, glr: 1e-3, returnLogvar: true },
+  });
+  const s = await sid.step();
+  assert.ok(Number.isFinite(s.lossG) && Number.isFinite(s.lossFake), "SiD on EDM2: finite losses");
+  sid.dispose();
+  // Bad combinations fail before training, with one line.
+  const edm = createNetwork(TINY, { seed: 1 });
+  assert.throws(
+    () => new Distiller({ teacher: edm, dataset, config: { ...TEST_CONFIG, returnLogvar: true } }),
+    /returnLogvar needs an EDM2 teacher/,
+  );
+  assert.throws(
+    () =>
+      new Distiller({
+        teacher,
+        dataset,
+        config: { ...TEST_CONFIG, augment: 0 },
+        initGenerator: edm,
+      }),
+    /architecture differs/,
+  );
+  assert.throws(
+    () => new Distiller({ teacher, dataset, config: { ...TEST_CONFIG, augment: 0.5 } }),
+    /augment/,
+  );
+  edm.dispose();
   teacher.dispose();
 });
 

@@ -54,6 +54,7 @@ import { type EdmKwargs, type NetworkConfig, toEdmKwargs } from "../nets/config.
 import { createNetwork } from "../nets/network.ts";
 import { withDropoutSeed } from "../nets/layers.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
+import { createEdm2Network, type Edm2Config, EDM2Precond, toEdm2Kwargs } from "../nets/edm2.ts";
 import { mixSeed, type RandomSource, seededRandom } from "../runtime/random.ts";
 import { Ema, EMA_RAMPUP_RATIO } from "../train/ema.ts";
 import { accumulateGradients, disposeGradients, sanitizeGradients } from "../train/gradients.ts";
@@ -157,6 +158,18 @@ export interface DistillConfig {
   pStd: number;
   /** Dropout of G and the fake net, or null for the teacher's (docs/distillation.md §4.4). */
   dropout: number | null;
+  /**
+   * EDM2 only (`--return_logvar`, `sid:sida_training_edm2/sida_loss_edm2.py:234-238, 274-283`):
+   * weight every per-sample loss by e^{−u}, u the fake net's log-variance head at σ, and add u
+   * to the fake-score loss (docs/edm2.md). False: the plain λ-weighted losses.
+   */
+  returnLogvar: boolean;
+  /**
+   * EDM2 only: forced weight normalisation of G and the fake net, done once after each of their
+   * optimizer steps (`EDM2Precond.renormalize`) instead of in place inside the training forward
+   * as the reference does (`--force_normalization`; arXiv 2312.02696 §3; docs/edm2.md).
+   */
+  forceNormalization: boolean;
   /** Seed of every random draw and of the data order. */
   seed: number;
 }
@@ -197,6 +210,8 @@ export function resolveDistillConfig(
     pMean: EDM_P_MEAN, // §2.1
     pStd: EDM_P_STD,
     dropout: null,
+    returnLogvar: false,
+    forceNormalization: true,
     seed: 0,
     ...defined,
   };
@@ -251,6 +266,9 @@ export function validateDistillConfig(c: DistillConfig): void {
     bad(`dropout must be in [0, 1), got ${c.dropout}`);
   }
   if (!Number.isSafeInteger(c.seed) || c.seed < 0) bad(`seed must be an integer ≥ 0`);
+  for (const k of ["returnLogvar", "forceNormalization"] as const) {
+    if (typeof c[k] !== "boolean") bad(`${k} must be true or false, got ${JSON.stringify(c[k])}`);
+  }
   if (typeof c.augment !== "number" || !(c.augment >= 0 && c.augment <= 1)) {
     bad(`augment must be a probability in [0, 1], got ${JSON.stringify(c.augment)}`);
   }
@@ -280,7 +298,15 @@ export const STATE_DEFINING_FIELDS: readonly (keyof DistillConfig)[] = [
   "dropout",
   "seed",
   "gBeta1",
+  "returnLogvar",
+  "forceNormalization",
 ];
+
+/** Values of fields that states written before the field existed hold implicitly. */
+const FIELD_DEFAULTS: Partial<Record<keyof DistillConfig, unknown>> = {
+  returnLogvar: false,
+  forceNormalization: true,
+};
 
 /** The first algorithm-defining field on which two configurations differ, or null. */
 export function configDifference(
@@ -290,7 +316,7 @@ export function configDifference(
   // States written before `augment` became a probability hold `false` for 0 (and `true` for an
   // x-flip-only augmentation that no probability reproduces).
   const value = (c: DistillConfig, k: keyof DistillConfig) =>
-    k === "augment" && (c[k] as unknown) === false ? 0 : c[k];
+    k === "augment" && (c[k] as unknown) === false ? 0 : c[k] ?? FIELD_DEFAULTS[k];
   for (const k of STATE_DEFINING_FIELDS) {
     if (JSON.stringify(value(saved, k)) !== JSON.stringify(value(current, k))) {
       return { field: k, saved: saved[k], current: current[k] };
@@ -345,8 +371,8 @@ export interface DistillerState {
   iteration: number;
   /** The data sampler's position, or null without data. */
   sampler: SamplerState | null;
-  /** EDM kwargs of G (= G_ema) and of the fake net. */
-  networks: { G: EdmKwargs; fake: EdmKwargs };
+  /** EDM (or EDM2) kwargs of G (= G_ema) and of the fake net. */
+  networks: { G: EdmKwargs | Record<string, unknown>; fake: EdmKwargs | Record<string, unknown> };
   /**
    * Tensors: `G.*`, `G_ema.*`, `fake.*` (state dicts, PyTorch layout) and `optG.*`, `optFake.*`
    * (Adam: `<param>.exp_avg`, `<param>.exp_avg_sq`, `<param>.step`).
@@ -354,10 +380,16 @@ export interface DistillerState {
   tensors: Map<string, HostTensor>;
 }
 
+/** The networks a {@linkcode Distiller} distils: EDM's or EDM2's preconditioned U-Nets. */
+export type DistillNetwork = EDMPrecond | EDM2Precond;
+
 /** What {@linkcode Distiller} is built from. */
 export interface DistillerInit {
-  /** The frozen teacher f_φ (never trained; its variables are never in a gradient list). */
-  teacher: EDMPrecond;
+  /**
+   * The frozen teacher f_φ (never trained; its variables are never in a gradient list): an EDM
+   * network, or an EDM2 one (then G and the fake net are EDM2 networks too).
+   */
+  teacher: DistillNetwork;
   /** Hyper-parameters (missing ones get the defaults of {@linkcode resolveDistillConfig}). */
   config?: Partial<DistillConfig> & { method?: DistillMethod };
   /**
@@ -370,7 +402,7 @@ export interface DistillerInit {
    * same
    * architecture as the teacher. The fake net still starts from the teacher.
    */
-  initGenerator?: EDMPrecond;
+  initGenerator?: DistillNetwork;
 }
 
 /** The teacher's configuration with another dropout (the structure, hence the names, is unchanged). */
@@ -379,11 +411,29 @@ function withDropout(config: NetworkConfig, dropout: number | null): NetworkConf
   return { ...config, unet: { ...config.unet, dropout } };
 }
 
+/** A network's Python constructor kwargs (EDM's or EDM2's). */
+function kwargsOf(n: DistillNetwork): EdmKwargs | Record<string, unknown> {
+  return n instanceof EDM2Precond ? toEdm2Kwargs(n.config) : toEdmKwargs(n.config);
+}
+
+/** The EDM2 teacher's configuration with another dropout. */
+function withEdm2Dropout(config: Edm2Config, dropout: number | null): Edm2Config {
+  if (dropout === null) return config;
+  return { ...config, unet: { ...config.unet, dropout } };
+}
+
 /** Configurations equal up to dropout and the fp16 flag (which do not change the weights). */
-function sameArchitecture(a: NetworkConfig, b: NetworkConfig): boolean {
-  const norm = (c: NetworkConfig) =>
-    JSON.stringify(toEdmKwargs({ ...c, useFp16: false, unet: { ...c.unet, dropout: 0 } }));
-  return norm(a) === norm(b);
+function sameArchitecture(a: DistillNetwork, b: DistillNetwork): boolean {
+  const norm = (n: DistillNetwork) => {
+    const c = n.config;
+    const plain = { ...c, useFp16: false, unet: { ...c.unet, dropout: 0 } };
+    return JSON.stringify(
+      n instanceof EDM2Precond
+        ? toEdm2Kwargs(plain as Edm2Config)
+        : toEdmKwargs(plain as NetworkConfig),
+    );
+  };
+  return (a instanceof EDM2Precond) === (b instanceof EDM2Precond) && norm(a) === norm(b);
 }
 
 function hostNormal(rng: RandomSource, shape: number[]): tf.Tensor {
@@ -528,13 +578,13 @@ export class Distiller {
   /** The resolved configuration. */
   readonly config: DistillConfig;
   /** The frozen teacher (the caller's network; not disposed by {@linkcode dispose}). */
-  readonly teacher: EDMPrecond;
+  readonly teacher: DistillNetwork;
   /** The one-step generator G_θ. */
-  readonly G: EDMPrecond;
+  readonly G: DistillNetwork;
   /** Its EMA copy (what snapshots and evaluation use). */
-  readonly Gema: EDMPrecond;
+  readonly Gema: DistillNetwork;
   /** The fake score network f_ψ (its encoder is SiDA's discriminator). */
-  readonly fake: EDMPrecond;
+  readonly fake: DistillNetwork;
   /** The data, if any. */
   readonly dataset?: ImageDataset;
   /** Images seen so far. */
@@ -549,6 +599,8 @@ export class Distiller {
   readonly #myRounds: [number, number];
   /** EDM's augmentation pipe at the configured p, or null (`augment` 0). */
   readonly #augmentPipe: AugmentOptions | null;
+  /** EDM2 with forced weight normalisation: renormalise G / the fake net after their steps. */
+  readonly #renormalize: boolean;
 
   /**
    * Builds G, G_ema and the fake net from the teacher (or G and G_ema from `initGenerator` for
@@ -582,13 +634,19 @@ export class Distiller {
     if (problem) throw new RangeError(problem);
     const noAugment = augmentMismatch(config.augment, teacher.augmentDim);
     if (noAugment) throw new RangeError(noAugment);
-    if (init.initGenerator && !sameArchitecture(init.initGenerator.config, teacher.config)) {
+    if (init.initGenerator && !sameArchitecture(init.initGenerator, teacher)) {
       throw new RangeError("the initial generator's architecture differs from the teacher's");
     }
+    const edm2 = teacher instanceof EDM2Precond;
+    if (config.returnLogvar && !edm2) {
+      throw new RangeError("returnLogvar needs an EDM2 teacher (EDM networks have no logvar head)");
+    }
+    this.#renormalize = edm2 && config.forceNormalization;
     this.dataset = ds;
-    const netConfig = withDropout(teacher.config, config.dropout);
-    const clone = (src: EDMPrecond) => {
-      const net = createNetwork(netConfig, { init: "zeros" });
+    const clone = (src: DistillNetwork): DistillNetwork => {
+      const net = teacher instanceof EDM2Precond
+        ? createEdm2Network(withEdm2Dropout(teacher.config, config.dropout), { init: "zeros" })
+        : createNetwork(withDropout(teacher.config, config.dropout), { init: "zeros" });
       net.copyFrom(src);
       return net.eval();
     };
@@ -645,7 +703,7 @@ export class Distiller {
   }
 
   /** The network snapshots hold: the EMA generator. */
-  snapshotNetwork(): EDMPrecond {
+  snapshotNetwork(): DistillNetwork {
     return this.Gema;
   }
 
@@ -668,6 +726,14 @@ export class Distiller {
    */
   ganTermActive(curNimg: number): boolean {
     return warmupGates(this.config, curNimg).ganActive;
+  }
+
+  /**
+   * u(σ), the fake net's log-variance head (`[N, 1, 1, 1]`), when the configuration asks for it
+   * (`returnLogvar`, EDM2 only); under a gradient tape for the fake net it trains the head.
+   */
+  #logvar(sigma: tf.Tensor1D): tf.Tensor | undefined {
+    return this.config.returnLogvar ? (this.fake as EDM2Precond).logvar(sigma) : undefined;
   }
 
   /** One-hot labels of the given dataset indices (host-built), or undefined when not needed. */
@@ -788,6 +854,7 @@ export class Distiller {
     });
     this.#optFake.step(clean);
     disposeGradients(clean);
+    if (this.#renormalize) (this.fake as EDM2Precond).renormalize();
     return allreduceSums(await sums.read());
   }
 
@@ -851,7 +918,7 @@ export class Distiller {
       augmentLabels: x.augFake,
       training: true,
     });
-    const l = fakeScoreLoss({ x: x.y, denoised, sigma: d.sigma });
+    const l = fakeScoreLoss({ x: x.y, denoised, sigma: d.sigma, logvar: this.#logvar(d.sigma) });
     return {
       objective: fakeStepObjective({ fake: l.loss, ls: c.ls, batchTotal: c.batch }),
       stats: {
@@ -890,6 +957,7 @@ export class Distiller {
       logitsFake: o.logits,
       logitsReal,
       sigma: d.sigma,
+      logvar: this.#logvar(d.sigma),
     });
     return {
       objective: fakeStepObjective({
@@ -959,6 +1027,7 @@ export class Distiller {
       const clean = sanitizeGradients(await allreduceGradients(grads, gVars));
       this.#optG.step(clean);
       disposeGradients(clean);
+      if (this.#renormalize) (this.G as EDM2Precond).renormalize();
     } else {
       disposeGradients(grads);
     }
@@ -1018,13 +1087,16 @@ export class Distiller {
     } else {
       yFake = this.fake.denoise(xt, sigma, { labels, augmentLabels: aFake });
     }
-    const sid = sidGeneratorLoss({ xg, yReal, yFake, alpha: c.alpha });
+    // EDM2 with logvar: u from the fake net, not the teacher (sida_loss_edm2.py:234-238).
+    const logvar = this.#logvar(sigma);
+    const sid = sidGeneratorLoss({ xg, yReal, yFake, alpha: c.alpha, logvar });
     const gan = logits
       ? sidaGeneratorAdversarialLoss({
         logits,
         weightFactor: sid.weightFactor,
         chw: res * res * ch,
         keep: sid.keep,
+        logvar,
       })
       : null;
     return {
@@ -1075,7 +1147,7 @@ export class Distiller {
       curNimg: this.curNimg,
       iteration: this.iteration,
       sampler: this.#sampler ? this.#sampler.state() : null,
-      networks: { G: toEdmKwargs(this.G.config), fake: toEdmKwargs(this.fake.config) },
+      networks: { G: kwargsOf(this.G), fake: kwargsOf(this.fake) },
       tensors,
     };
   }

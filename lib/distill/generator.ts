@@ -26,6 +26,7 @@
  */
 import { tf } from "../deps.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
+import type { EDM2Precond } from "../nets/edm2.ts";
 import { type RandomSource, seededRandom } from "../runtime/random.ts";
 
 /**
@@ -52,7 +53,11 @@ export interface GenerateOptions {
  * Standard normal noise ε of a generator's output shape, `[n, H, W, C]`, drawn on the host from
  * `rng` (so a seeded draw is the same on every backend).
  */
-export function generatorNoise(G: EDMPrecond, n: number, rng: RandomSource): tf.Tensor4D {
+export function generatorNoise(
+  G: EDMPrecond | EDM2Precond,
+  n: number,
+  rng: RandomSource,
+): tf.Tensor4D {
   const r = G.imgResolution;
   const c = G.imgChannels;
   const eps = rng.normal(n * r * r * c);
@@ -63,7 +68,10 @@ export function generatorNoise(G: EDMPrecond, n: number, rng: RandomSource): tf.
  * Zero augmentation labels `[n, augmentDim]` when the network has an augmentation embedding, else
  * undefined (docs/distillation.md §1.2: G, and every network call of the G step, gets `a = 0`).
  */
-export function zeroAugmentLabels(net: EDMPrecond, n: number): tf.Tensor2D | undefined {
+export function zeroAugmentLabels(
+  net: EDMPrecond | EDM2Precond,
+  n: number,
+): tf.Tensor2D | undefined {
   return net.augmentDim > 0 ? tf.zeros([n, net.augmentDim]) as tf.Tensor2D : undefined;
 }
 
@@ -78,7 +86,7 @@ export function zeroAugmentLabels(net: EDMPrecond, n: number): tf.Tensor2D | und
  *   when called under `tf.variableGrads`.
  */
 export function generate(
-  G: EDMPrecond,
+  G: EDMPrecond | EDM2Precond,
   noise: tf.Tensor4D | { n: number; seed: number },
   options: GenerateOptions = {},
 ): tf.Tensor4D {

@@ -363,6 +363,8 @@ export interface FakeScoreDiscriminatorInputs {
   sigma: tf.Tensor1D;
   /** σ_d. Default 0.5. */
   sigmaData?: number;
+  /** u_n, the fake net's log-variance at σ_n (EDM2 with logvar; see {@linkcode fakeScoreLoss}). */
+  logvar?: tf.Tensor;
 }
 
 /**

@@ -71,7 +71,7 @@ export function decodeDistillState(file: StateFile<RunInfo>, path: string): Dist
     curNimg: file.counters.curNimg,
     iteration: file.counters.iteration,
     sampler: stateJson<SamplerState | null>(path, file.metadata, "sampler"),
-    networks: stateJson<{ G: EdmKwargs; fake: EdmKwargs }>(path, file.metadata, "networks"),
+    networks: stateJson<DistillerState["networks"]>(path, file.metadata, "networks"),
     tensors: file.tensors,
   };
 }

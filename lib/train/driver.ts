@@ -33,6 +33,8 @@ import type { HostTensor } from "../io/host_tensor.ts";
 import { lockRunFolder } from "../io/lock.ts";
 import { saveNetwork } from "../nets/network.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
+import { EDM2Precond } from "../nets/edm2.ts";
+import { saveEdm2Network } from "../nets/import_edm2.ts";
 import { UsageError } from "../runtime/cli.ts";
 import { exitTogether, mpiWorld } from "../runtime/mpi.ts";
 import { anyRank, type DataParallel, dataParallel, isWriter } from "./parallel.ts";
@@ -78,8 +80,8 @@ export interface Trainer<S, St extends TrainerState> {
   state(): Promise<St>;
   /** Restores a state from {@linkcode state}; throws (a one-line message) on a mismatch. */
   load(state: St): void;
-  /** The network that snapshots hold (the EMA network). */
-  snapshotNetwork(): EDMPrecond;
+  /** The network that snapshots hold (the EMA network): EDM's or EDM2's. */
+  snapshotNetwork(): EDMPrecond | EDM2Precond;
   /** Frees what the trainer owns. */
   dispose(): void;
 }
@@ -285,7 +287,11 @@ async function readSharedStateFile<Run>(
 }
 
 /** Throws unless every rank holds the same weights in `net` (fingerprints compared). */
-async function checkSameWeights(dp: DataParallel, net: EDMPrecond, when: string): Promise<void> {
+async function checkSameWeights(
+  dp: DataParallel,
+  net: EDMPrecond | EDM2Precond,
+  when: string,
+): Promise<void> {
   const hex = await networkFingerprint(net);
   const mine = [parseInt(hex.slice(0, 8), 16), parseInt(hex.slice(8), 16)];
   const all = Array.from(dp.allgatherF64(Float64Array.from(mine)));
@@ -398,11 +404,10 @@ async function loop<S, St extends TrainerState, Run, R extends TickSummary>(
     if (snapDue) {
       if (writer) {
         const path = join(o.out, snapshotFileName(t.curNimg));
-        await saveNetwork(t.snapshotNetwork(), path, {
-          kimg: String(t.curNimg / 1000),
-          run: name,
-          ...kind.snapshotMetadata(),
-        });
+        const net = t.snapshotNetwork();
+        const meta = { kimg: String(t.curNimg / 1000), run: name, ...kind.snapshotMetadata() };
+        if (net instanceof EDM2Precond) await saveEdm2Network(net, path, meta);
+        else await saveNetwork(net, path, meta);
         result.snapshotPath = path;
         await o.onSnapshot?.(path, t.curNimg);
       }

@@ -25,7 +25,7 @@ import { appendTextNamed, mkdirNamed, PARTIAL_FILE_RE } from "../io/atomic.ts";
 import { IoError } from "../io/host_tensor.ts";
 import type { HostTensor } from "../io/host_tensor.ts";
 import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
-import type { EDMPrecond } from "../nets/precond.ts";
+import type { Module } from "../nets/module.ts";
 
 /** `<kimg>` of file names: `000012`, or `000000.064` for a count that is not a whole kimg. */
 export function kimgLabel(nimg: number): string {
@@ -175,7 +175,7 @@ export function stateJson<T>(path: string, metadata: Record<string, string>, key
  * float32 bits of every tensor in state-dict order, plus the tensor names and shapes. Identical
  * weights give the same fingerprint on every backend.
  */
-export async function networkFingerprint(net: EDMPrecond): Promise<string> {
+export async function networkFingerprint(net: Module): Promise<string> {
   let h1 = 0x811c9dc5;
   let h2 = 0x01000193;
   const mixString = (s: string) => {
