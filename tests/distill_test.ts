@@ -15,7 +15,12 @@ import { writeSafetensors } from "../lib/io/safetensors.ts";
 import { createNetwork, networkMetadata, saveNetwork } from "../lib/nets/network.ts";
 import { NonFiniteTrainingError } from "../lib/train/guard.ts";
 import type { EDMPrecond } from "../lib/nets/precond.ts";
-import { createEdm2Network, type EDM2Precond } from "../lib/nets/edm2.ts";
+import { createEdm2Network, EDM2Precond } from "../lib/nets/edm2.ts";
+import { saveEdm2Network } from "../lib/nets/import_edm2.ts";
+import { loadDenoisingNetwork } from "../lib/nets/load.ts";
+import { distillPreset, guessPreset } from "../lib/distill/presets.ts";
+import { distillFlagNames, distillOverrides } from "../lib/distill/settings.ts";
+import { parseFlags } from "../lib/runtime/cli.ts";
 import { Distiller } from "../lib/distill/distiller.ts";
 import { seededRandom } from "../lib/runtime/random.ts";
 import { generate } from "../lib/distill/generator.ts";
@@ -680,6 +685,95 @@ Deno.test("a NaN teacher is refused; with --allow-nonfinite its run stops with n
   assert.match(last, /no state had been written yet/);
   const files = await listing(dir);
   assertEquals(files.filter((n) => /^(training-state|network-snapshot)-/.test(n)), []);
+});
+
+Deno.test("runDistillation on an EDM2 teacher file: SiDA with the imagenet512 preset, EDM2 snapshots, resume", async () => {
+  const f = await setup();
+  const dir = await Deno.makeTempDir({ prefix: "sida-edm2-run-" });
+  try {
+    const teacher = tinyEdm2(5);
+    const teacherPath = join(dir, "teacher-edm2.safetensors");
+    await saveEdm2Network(teacher, teacherPath);
+    teacher.dispose();
+    const out = join(dir, "run");
+    const opts = (durationKimg: number): DistillationOptions => ({
+      method: "sida",
+      teacher: teacherPath,
+      data: f.dataPath,
+      out,
+      preset: "imagenet512-xs",
+      overrides: { batch: 4, microBatch: 2, gWarmupNimg: 0, ganWarmupNimg: 0, lr: 1e-3, glr: 1e-3 },
+      durationKimg,
+      tickKimg: 0.008,
+      snapKimg: 0.008,
+      dumpKimg: 0.008,
+      backend: TEST_BACKEND,
+      quiet: true,
+    });
+    const r1 = await runDistillation(opts(0.008));
+    assertEquals([r1.curNimg, r1.resumed], [8, false]);
+    const snap = await loadDenoisingNetwork(r1.snapshotPath!);
+    assert.ok(snap instanceof EDM2Precond, "the snapshot is an EDM2 network");
+    assert.ok(await rowNormError(snap) < 2e-4, "the snapshot's rows are normalised");
+    snap.dispose();
+    const saved = await readTrainingState(r1.statePath!);
+    const c = saved.state.config;
+    // The preset's EDM2 settings reach the run (overrides aside).
+    assertEquals([c.pMean, c.pStd, c.lsd, c.returnLogvar, c.forceNormalization], [
+      -0.4,
+      1.0,
+      100,
+      true,
+      true,
+    ]);
+    assertEquals(c.fakeGradClip, null);
+    const r2 = await runDistillation(opts(0.016));
+    assertEquals([r2.curNimg, r2.resumed], [16, true]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("imagenet512 presets follow the EDM2 scripts; guessPreset sizes an EDM2 teacher by width", () => {
+  const xs = distillPreset("imagenet512-xs", "sida");
+  assertEquals([xs.config.batch, xs.config.microBatch, xs.config.lr, xs.config.lsd], [
+    2048,
+    64,
+    5e-5,
+    100,
+  ]);
+  assertEquals(xs.durationKimg, 200_000);
+  // S: SiDA and SiD²A without forced normalisation and logvar; SiD with both.
+  const s = distillPreset("imagenet512-s", "sida", { sid2a: true });
+  assertEquals([s.config.returnLogvar, s.config.forceNormalization, s.durationKimg], [
+    false,
+    false,
+    80_000,
+  ]);
+  assertEquals(distillPreset("imagenet512-s", "sid").config.returnLogvar, true);
+  assertEquals(distillPreset("imagenet512-m", "sida", { sid2a: true }).config.lsg, 50);
+  assertEquals(distillPreset("imagenet512-xxl", "sid").config.microBatch, 2);
+  const edm2 = (modelChannels: number, imgChannels = 4) => ({
+    imgResolution: 64,
+    imgChannels,
+    labelDim: 1000,
+    config: { precond: "EDM2Precond", unet: { modelChannels } },
+  });
+  assertEquals(guessPreset(edm2(128)), "imagenet512-xs");
+  assertEquals(guessPreset(edm2(448)), "imagenet512-xxl");
+  assertEquals(guessPreset(edm2(100)), undefined);
+  assertEquals(guessPreset(edm2(128, 3)), undefined, "pixel-space EDM2 networks have no preset");
+  assertEquals(guessPreset({ imgResolution: 64, imgChannels: 3, labelDim: 1000 }), "imagenet64");
+});
+
+Deno.test("--return-logvar and --force-normalization take 0 or 1, as the reference's flags", () => {
+  const parse = (args: string[]) =>
+    distillOverrides(parseFlags(args, { string: distillFlagNames("sida") }, "usage"), "sida");
+  assertEquals(parse(["--return-logvar", "1", "--force-normalization", "0"]), {
+    returnLogvar: true,
+    forceNormalization: false,
+  });
+  assert.throws(() => parse(["--return-logvar", "yes"]), /--return-logvar must be 0 or 1/);
 });
 
 Deno.test("distill tests: remove the temporary folder", async () => {

@@ -21,6 +21,7 @@
  * @module
  */
 import type { DistillConfig, DistillMethod } from "./distiller.ts";
+import { EDM2_P_MEAN, EDM2_P_STD } from "./sigma.ts";
 
 /** Names accepted by {@linkcode distillPreset}. */
 export const DISTILL_PRESET_NAMES = [
@@ -29,6 +30,12 @@ export const DISTILL_PRESET_NAMES = [
   "imagenet64",
   "ffhq64",
   "afhq64",
+  "imagenet512-xs",
+  "imagenet512-s",
+  "imagenet512-m",
+  "imagenet512-l",
+  "imagenet512-xl",
+  "imagenet512-xxl",
   "mnist",
 ] as const;
 
@@ -82,7 +89,106 @@ interface Row {
  * `--batch-gpu`. AFHQ uses its own data in our runs (the scripts' FFHQ zip is a defect, §9 pitfall
  * 21).
  */
-const TABLE: Record<Exclude<DistillPresetName, "mnist">, Row> = {
+/**
+ * EDM2 ImageNet 512 (latent 4×64×64; `run_sid_edm2.sh`, `run_sida_edm2.sh`, `run_sid_sida_edm2.sh`
+ * through `sida_edm2_train.py`): per size the per-GPU micro-batch b, the SiD²A duration, the
+ * SiD²A `--lsg`, and `--force_normalization` / `--return_logvar` of SiDA and SiD²A (SiD: 1/1 for
+ * every size). Common: batch 2048, lr = glr = 5e-5, α 1, tmax 800, σ_init 2.5, `--ema 2`, no
+ * augmentation, P_mean −0.4, P_std 1.0, lsd 100 and lsg_gan 0.01 with the GAN, tick 10 kimg,
+ * `--snap 50 --dump 200`.
+ */
+const EDM2_TABLE: Record<string, {
+  network: string;
+  microBatch: number;
+  mimg: { sid: number; sida: number; sid2a: number };
+  sid2aLsg: number;
+  ganFnRl: boolean;
+}> = {
+  "imagenet512-xs": {
+    network: "edm2-img512-xs",
+    microBatch: 64,
+    mimg: { sid: 200, sida: 200, sid2a: 30 },
+    sid2aLsg: 100,
+    ganFnRl: true,
+  },
+  "imagenet512-s": {
+    network: "edm2-img512-s",
+    microBatch: 64,
+    mimg: { sid: 200, sida: 200, sid2a: 80 },
+    sid2aLsg: 100,
+    ganFnRl: false, // the S SiDA/SiD²A scripts: --force_normalization 0 --return_logvar 0
+  },
+  "imagenet512-m": {
+    network: "edm2-img512-m",
+    microBatch: 32,
+    mimg: { sid: 200, sida: 200, sid2a: 200 },
+    sid2aLsg: 50,
+    ganFnRl: true,
+  },
+  "imagenet512-l": {
+    network: "edm2-img512-l",
+    microBatch: 32,
+    mimg: { sid: 200, sida: 200, sid2a: 55 },
+    sid2aLsg: 100,
+    ganFnRl: true,
+  },
+  "imagenet512-xl": {
+    network: "edm2-img512-xl",
+    microBatch: 16,
+    mimg: { sid: 200, sida: 200, sid2a: 50 },
+    sid2aLsg: 100,
+    ganFnRl: true,
+  },
+  "imagenet512-xxl": {
+    network: "edm2-img512-xxl",
+    microBatch: 2,
+    mimg: { sid: 100, sida: 100, sid2a: 30 },
+    sid2aLsg: 100,
+    ganFnRl: true,
+  },
+};
+
+/** An `imagenet512-*` preset (see {@linkcode EDM2_TABLE}). */
+function edm2Preset(name: string, method: DistillMethod, sid2a: boolean): DistillPreset {
+  const row = EDM2_TABLE[name];
+  const sida = method === "sida";
+  const flags = !sida || row.ganFnRl;
+  const mimg = !sida ? row.mimg.sid : sid2a ? row.mimg.sid2a : row.mimg.sida;
+  return {
+    config: {
+      method,
+      alpha: 1, // --alpha 1 in every EDM2 script, SiD included
+      tmax: 800,
+      initSigma: 2.5,
+      batch: 2048,
+      microBatch: row.microBatch,
+      lr: 5e-5,
+      glr: 5e-5,
+      gBeta1: 0,
+      ls: 1,
+      lsg: sida && sid2a ? row.sid2aLsg : 100,
+      lsd: 100,
+      lsgGan: 0.01,
+      emaKimg: 2000, // --ema 2 (Mimg)
+      augment: 0,
+      fakeGradClip: null, // no gradient clipping on the EDM2 path
+      pMean: EDM2_P_MEAN,
+      pStd: EDM2_P_STD,
+      dropout: null,
+      returnLogvar: flags,
+      forceNormalization: flags,
+      gWarmupNimg: sida ? 100_000 : 0,
+      ganWarmupNimg: sida ? 200_000 : 0,
+    },
+    durationKimg: mimg * 1000,
+    tickKimg: 10,
+    snapKimg: 500,
+    dumpKimg: 2000,
+    network: row.network,
+  };
+}
+
+const TABLE: Record<string, Row> = {
   "cifar10-uncond": {
     network: "cifar10-ddpmpp-uncond",
     batch: 256,
@@ -200,6 +306,7 @@ export function distillPreset(
       notes: "ours: lr 1e-4, warm-ups 5/10 kimg, 200 kimg",
     };
   }
+  if (name in EDM2_TABLE) return edm2Preset(name, method, options.sid2a ?? false);
   const row = TABLE[name as keyof typeof TABLE];
   if (!row) {
     throw new PresetError(
@@ -233,12 +340,31 @@ export function distillPreset(
 /**
  * Guesses the preset of a teacher from its image shape and classes: 1-channel → `mnist`;
  * 32×32×3 → `cifar10-cond` / `cifar10-uncond`; 64×64×3 with 1000 classes → `imagenet64`;
- * other 64×64×3 → `ffhq64`. Returns undefined when nothing fits.
+ * other 64×64×3 → `ffhq64`; an EDM2 network on 4×64×64 latents with 1000 classes → the
+ * `imagenet512-*` size of its width. Returns undefined when nothing fits.
  */
 export function guessPreset(
-  net: { imgResolution: number; imgChannels: number; labelDim: number },
+  net: {
+    imgResolution: number;
+    imgChannels: number;
+    labelDim: number;
+    config?: { precond?: string; unet?: { modelChannels?: number } };
+  },
 ): DistillPresetName | undefined {
   const { imgResolution: r, imgChannels: c, labelDim: l } = net;
+  if (net.config?.precond === "EDM2Precond") {
+    // EDM2 512 latents (4×64×64, 1000 classes): the size from the width (sida_edm2_train.py).
+    const sizes: Record<number, DistillPresetName> = {
+      128: "imagenet512-xs",
+      192: "imagenet512-s",
+      256: "imagenet512-m",
+      320: "imagenet512-l",
+      384: "imagenet512-xl",
+      448: "imagenet512-xxl",
+    };
+    const width = net.config.unet?.modelChannels ?? 0;
+    return r === 64 && c === 4 && l === 1000 ? sizes[width] : undefined;
+  }
   if (c === 1) return "mnist";
   if (r === 32 && c === 3) return l > 0 ? "cifar10-cond" : "cifar10-uncond";
   if (r === 64 && c === 3) return l === 1000 ? "imagenet64" : "ffhq64";

@@ -29,8 +29,8 @@ import { DISTILL_PRESET_NAMES } from "./presets.ts";
 export interface DistillFlag {
   /** The {@linkcode DistillConfig} field it sets. */
   key: keyof DistillConfig;
-  /** How its value is read: a number ≥ 0 or an integer ≥ 0. */
-  type: "number" | "integer";
+  /** How its value is read: a number ≥ 0, an integer ≥ 0, or 0/1 for a switch (as the reference). */
+  type: "number" | "integer" | "switch";
   /** Factor from the flag's unit to the field's (kimg → images: 1000). */
   scale?: number;
   /** Only SiDA (and SiD²A) has it. */
@@ -74,6 +74,9 @@ export const DISTILL_FLAGS: Readonly<Record<string, DistillFlag>> = Object.freez
   dropout: { key: "dropout", type: "number", value: "P" },
   augment: { key: "augment", type: "number", value: "P" },
   seed: { key: "seed", type: "integer", value: "N" },
+  // EDM2 teachers only (sida_edm2_train.py --return_logvar, --force_normalization).
+  "return-logvar": { key: "returnLogvar", type: "switch", value: "0|1" },
+  "force-normalization": { key: "forceNormalization", type: "switch", value: "0|1" },
 });
 
 /** The flags a method takes (SiD: without the SiDA-only ones), each with `prefix` in front. */
@@ -106,6 +109,13 @@ export function distillOverrides(
     const raw = f[flag];
     if (raw === undefined) continue;
     const spec = DISTILL_FLAGS[name];
+    if (spec.type === "switch") {
+      if (raw !== "0" && raw !== "1") {
+        throw new UsageError(`--${flag} must be 0 or 1, got '${raw}'`);
+      }
+      out[spec.key] = raw === "1";
+      continue;
+    }
     const v = numberFlag(flag, raw, NaN, { integer: spec.type === "integer", min: 0 });
     out[spec.key] = spec.scale ? Math.round(v * spec.scale) : v;
   }

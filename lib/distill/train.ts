@@ -15,8 +15,8 @@
  */
 import { IoError } from "../io/host_tensor.ts";
 import { toEdmKwargs } from "../nets/config.ts";
-import { loadNetwork } from "../nets/network.ts";
-import type { EDMPrecond } from "../nets/precond.ts";
+import { EDM2Precond, toEdm2Kwargs } from "../nets/edm2.ts";
+import { loadDenoisingNetwork } from "../nets/load.ts";
 import { BACKEND_NAMES, describeBackend } from "../runtime/backend.ts";
 import {
   ensureBackend,
@@ -36,7 +36,7 @@ import {
   type IterationStats,
   resolveDistillConfig,
 } from "./distiller.ts";
-import type { DistillerState } from "./distiller.ts";
+import type { DistillerState, DistillNetwork } from "./distiller.ts";
 import { DISTILL_PRESET_NAMES, distillPreset, guessPreset } from "./presets.ts";
 import {
   checkPresetName,
@@ -115,9 +115,9 @@ export interface DistillationResult {
 }
 
 /** Loads a network, with the file named in any error. */
-async function loadNet(path: string, what: string): Promise<EDMPrecond> {
+async function loadNet(path: string, what: string): Promise<DistillNetwork> {
   try {
-    return await loadNetwork(path);
+    return await loadDenoisingNetwork(path);
   } catch (e) {
     const msg = (e as Error).message.split("\n")[0];
     throw new IoError(msg.includes(path) ? `${what}: ${msg}` : `${what} ${path}: ${msg}`);
@@ -142,7 +142,7 @@ export async function runDistillation(opts: DistillationOptions): Promise<Distil
   }
   const backend = await ensureBackend(opts.backend);
   const teacher = await loadNet(opts.teacher, "teacher");
-  let initNet: EDMPrecond | undefined;
+  let initNet: DistillNetwork | undefined;
   let distiller: Distiller | undefined;
   try {
     const presetName = opts.preset ?? guessPreset(teacher);
@@ -193,7 +193,9 @@ export async function runDistillation(opts: DistillationOptions): Promise<Distil
       teacher: {
         path: opts.teacher,
         fingerprint: await networkFingerprint(teacher),
-        config: toEdmKwargs(teacher.config),
+        config: teacher instanceof EDM2Precond
+          ? toEdm2Kwargs(teacher.config)
+          : toEdmKwargs(teacher.config),
       },
       init: opts.init
         ? { path: opts.init, fingerprint: await networkFingerprint(distiller.G) }
