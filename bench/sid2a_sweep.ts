@@ -281,8 +281,8 @@ async function main() {
       const start = rows.find((r) => r.kind === "noise" && r.seed === EVAL_SEED);
       const evalAt = async (iteration: number) => {
         const [fidA, fidB] = iteration === 0 && start ? [start.fidA, start.fidB] : [
-          await fidOf(d.Gema, spaces[0], num, EVAL_SEED),
-          await fidOf(d.Gema, spaces[1], num, EVAL_SEED),
+          await fidOf(d.Gema as EDMPrecond, spaces[0], num, EVAL_SEED),
+          await fidOf(d.Gema as EDMPrecond, spaces[1], num, EVAL_SEED),
         ];
         await append({
           setting,
