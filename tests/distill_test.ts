@@ -21,7 +21,7 @@ import { loadDenoisingNetwork } from "../lib/nets/load.ts";
 import { distillPreset, guessPreset } from "../lib/distill/presets.ts";
 import { distillFlagNames, distillOverrides } from "../lib/distill/settings.ts";
 import { parseFlags } from "../lib/runtime/cli.ts";
-import { Distiller } from "../lib/distill/distiller.ts";
+import { type DistillConfig, Distiller } from "../lib/distill/distiller.ts";
 import { seededRandom } from "../lib/runtime/random.ts";
 import { generate } from "../lib/distill/generator.ts";
 import { readTrainingState } from "../lib/distill/run.ts";
@@ -172,22 +172,17 @@ Deno.test("Distiller on an EDM2 teacher: SiDA with and without logvar, renormali
   const { dataset } = await setup();
   const teacher = tinyEdm2(5);
   const teacher0 = await params(teacher);
+  // SiDA with both gates open from the start and no augmentation (EDM2 has no embedding for it).
+  const edm2Distiller = (config: Partial<DistillConfig>) =>
+    new Distiller({
+      teacher,
+      dataset,
+      config: { ...TEST_CONFIG, gWarmupNimg: 0, ganWarmupNimg: 0, augment: 0, ...config },
+    });
   const logvarWeight = (net: EDM2Precond) =>
     net.namedParameters().find(([n]) => n.startsWith("logvar_linear"))![1].data();
   for (const returnLogvar of [false, true]) {
-    const d = new Distiller({
-      teacher,
-      dataset,
-      config: {
-        ...TEST_CONFIG,
-        gWarmupNimg: 0,
-        ganWarmupNimg: 0,
-        augment: 0,
-        lsd: 100,
-        returnLogvar,
-        seed: 4,
-      },
-    });
+    const d = edm2Distiller({ lsd: 100, returnLogvar, seed: 4 });
     const what = `returnLogvar ${returnLogvar}`;
     const G0 = await params(d.G), fake0 = await params(d.fake);
     const lv0 = await logvarWeight(d.fake as EDM2Precond);
@@ -221,19 +216,7 @@ Deno.test("Distiller on an EDM2 teacher: SiDA with and without logvar, renormali
   // With frozen weights (lr 0) the same draws give the same losses but for logvar's weighting:
   // the fake-score, SiD and adversarial terms change with it, the discriminator's BCE does not.
   const first = async (returnLogvar: boolean) => {
-    const d = new Distiller({
-      teacher,
-      dataset,
-      config: {
-        ...TEST_CONFIG,
-        gWarmupNimg: 0,
-        ganWarmupNimg: 0,
-        augment: 0,
-        lr: 0,
-        glr: 0,
-        returnLogvar,
-      },
-    });
+    const d = edm2Distiller({ lr: 0, glr: 0, returnLogvar });
     const s = await d.step();
     d.dispose();
     return s;
@@ -246,17 +229,7 @@ Deno.test("Distiller on an EDM2 teacher: SiDA with and without logvar, renormali
   assert.equal(weighted.lossD, plain.lossD, "the discriminator's loss does not use logvar");
   assert.ok(sameArrays(await params(teacher), teacher0), "the teacher never changes");
   // Without forced normalisation the optimizer moves the rows off unit magnitude.
-  const free = new Distiller({
-    teacher,
-    dataset,
-    config: {
-      ...TEST_CONFIG,
-      gWarmupNimg: 0,
-      ganWarmupNimg: 0,
-      augment: 0,
-      forceNormalization: false,
-    },
-  });
+  const free = edm2Distiller({ forceNormalization: false });
   await free.step();
   const drift = await rowNormError(free.fake as EDM2Precond);
   assert.ok(drift > 5e-4, `rows drift without it (${drift})`);
