@@ -22,7 +22,7 @@ import { fusedWebGpuKernels } from "./fused.ts";
 import { matMulKernels } from "./matmul.ts";
 import { reduceKernels } from "./reduce.ts";
 import { optimWebGpuKernels } from "./optim.ts";
-import type { GpuKernelFunc } from "./program.ts";
+import { envSaysOff, type GpuKernelFunc } from "./program.ts";
 
 const BACKEND = "webgpu";
 
@@ -34,13 +34,7 @@ export const WEBGPU_KERNEL_NAMES: string[] = [];
 
 /** True when `SIDA_WEBGPU_KERNELS` asks for tfjs' stock kernels (`0`, `false`, `off`, `no`). */
 export function webGpuKernelsDisabledByEnv(): boolean {
-  let v: string | undefined;
-  try {
-    v = Deno.env.get("SIDA_WEBGPU_KERNELS");
-  } catch {
-    return false;
-  }
-  return v !== undefined && /^(0|false|off|no)$/i.test(v.trim());
+  return envSaysOff("SIDA_WEBGPU_KERNELS");
 }
 
 /** True while our kernels are registered for the webgpu backend. */

@@ -33,6 +33,8 @@
  * @module
  */
 
+import { envSaysOff } from "./program.ts";
+
 /** Counters of one backend's caches. */
 export interface HostCacheStats {
   uniformHits: number;
@@ -69,13 +71,7 @@ const installed = new WeakMap<object, HostCacheStats>();
 
 /** True when `SIDA_WEBGPU_HOST_CACHE` turns the caches off (`0`, `false`, `off`, `no`). */
 export function hostCacheDisabledByEnv(): boolean {
-  let v: string | undefined;
-  try {
-    v = Deno.env.get("SIDA_WEBGPU_HOST_CACHE");
-  } catch {
-    return false;
-  }
-  return v !== undefined && /^(0|false|off|no)$/i.test(v.trim());
+  return envSaysOff("SIDA_WEBGPU_HOST_CACHE");
 }
 
 /** The counters of `backend`'s caches, or undefined when they are not installed. */

@@ -153,3 +153,17 @@ export function f32Lit(v: number): string {
   const s = String(Math.fround(v));
   return /[.e]/.test(s) ? `f32(${s})` : `f32(${s}.0)`;
 }
+
+/**
+ * True when the environment variable `name` switches something off (`0`, `false`, `off`, `no`,
+ * any case); false when it is unset, says anything else, or cannot be read (no `--allow-env`).
+ */
+export function envSaysOff(name: string): boolean {
+  let v: string | undefined;
+  try {
+    v = Deno.env.get(name);
+  } catch {
+    return false;
+  }
+  return v !== undefined && /^(0|false|off|no)$/i.test(v.trim());
+}
