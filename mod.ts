@@ -204,6 +204,8 @@ export {
   toEdm2Kwargs,
 } from "./lib/nets/edm2.ts";
 export { importEdm2Network, loadEdm2Network, saveEdm2Network } from "./lib/nets/import_edm2.ts";
+// A network file of either family (EDM or EDM2), by what the file holds.
+export { loadDenoisingNetwork } from "./lib/nets/load.ts";
 
 // Evaluation.
 export {
@@ -249,6 +251,7 @@ export {
   type DistillerInit,
   type DistillerState,
   type DistillMethod,
+  type DistillNetwork,
   type IterationStats,
   resolveDistillConfig,
 } from "./lib/distill/distiller.ts";
