@@ -1,7 +1,8 @@
 /**
  * `deno task import-teacher <in.pkl|in.pt> <out.safetensors> [--key NAME] [--preset NAME |
- * --config kwargs.json]`: converts an official EDM / SiD / SiDA network file to our safetensors
- * network format and prints what it found. Nothing is written unless the whole input is valid.
+ * --config kwargs.json]`: converts an official EDM / SiD / SiDA network file, or an EDM2 one
+ * (`edm2-img512-*.pkl`, whose pickle records its own architecture), to our safetensors network
+ * format and prints what it found. Nothing is written unless the whole input is valid.
  *
  * @module
  */
@@ -9,6 +10,7 @@ import { dirname } from "node:path";
 import { checkWritableDir } from "../lib/io/atomic.ts";
 import { fromEdmKwargs, preset } from "../lib/nets/config.ts";
 import { describeImport, importToSafetensors } from "../lib/nets/import.ts";
+import { describeEdm2Import, importEdm2Network, saveEdm2Network } from "../lib/nets/import_edm2.ts";
 import { parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
 
 const USAGE =
@@ -42,11 +44,27 @@ await runMain(async () => {
   // The import only moves weights: the CPU backend is enough, and the default.
   await startBackend(typeof flags.backend === "string" ? flags.backend : "cpu");
   const t0 = performance.now();
-  const summary = await importToSafetensors(input, output, {
-    key: typeof flags.key === "string" ? flags.key : undefined,
-    config,
-  });
-  console.log(describeImport(summary));
+  const key = typeof flags.key === "string" ? flags.key : undefined;
+  let description: string;
+  try {
+    description = describeImport(await importToSafetensors(input, output, { key, config }));
+  } catch (e) {
+    // The EDM importer stops at an EDM2 class (nothing written); the EDM2 importer takes it.
+    if (!/is an EDM2 network/.test((e as Error).message)) throw e;
+    if (config) {
+      throw new UsageError(
+        "--preset and --config apply to EDM networks; an EDM2 pickle records its own",
+      );
+    }
+    const { net, summary } = await importEdm2Network(input, { key });
+    try {
+      await saveEdm2Network(net, output);
+    } finally {
+      net.dispose();
+    }
+    description = describeEdm2Import(summary);
+  }
+  console.log(description);
   console.log(
     `${"written".padEnd(13)} ${output} (${((performance.now() - t0) / 1000).toFixed(2)} s)`,
   );

@@ -30,6 +30,8 @@ import { fromEdmKwargs } from "../lib/nets/config.ts";
 import { importNetwork, importToSafetensors } from "../lib/nets/import.ts";
 import { loadNetwork, saveNetwork } from "../lib/nets/network.ts";
 import type { EDMPrecond } from "../lib/nets/precond.ts";
+import { EDM2Precond } from "../lib/nets/edm2.ts";
+import { loadDenoisingNetwork } from "../lib/nets/load.ts";
 import { fixturePath, maxAbsDiff, nhwc, setupBackend } from "./helpers.ts";
 
 const P = (name: string) => fixturePath(`pickles/${name}`);
@@ -278,12 +280,24 @@ Deno.test("import-teacher task: end to end, then loadNetwork of the output", asy
     } finally {
       net.dispose();
     }
-    const bad = await runTask(P("edm2_fp16.pkl"), `${dir}/x.safetensors`);
+    // An EDM2 pickle goes through the EDM2 importer: its own architecture, EDM2 safetensors.
+    const e2 = await runTask(P("edm2_tiny_fp16.pkl"), `${dir}/e2.safetensors`);
+    assert.equal(e2.code, 0, e2.stderr);
+    assert.match(e2.stdout, /architecture\s+EDM2UNet/);
+    assert.match(e2.stdout, /source dtype\s+float16/);
+    const e2net = await loadDenoisingNetwork(`${dir}/e2.safetensors`);
+    assert.ok(e2net instanceof EDM2Precond, "loads back as an EDM2 network");
+    e2net.dispose();
+    const bad = await runTask(P("edm2_tiny_fp16.pkl"), `${dir}/x.safetensors`, "--preset", "mnist");
     assert.notEqual(bad.code, 0);
-    assert.match(
-      bad.stderr,
-      /^(backend: .*\n)?error: .*is an EDM2 network .*importEdm2Network.*\n$/,
-    );
+    assert.match(bad.stderr, /error: --preset and --config apply to EDM networks/);
+    assert.ok(!existsSync(`${dir}/x.safetensors`));
+    // A pickle that names an EDM2 class but holds other weights: refused, nothing written.
+    const odd = await runTask(P("edm2_fp16.pkl"), `${dir}/x.safetensors`);
+    assert.notEqual(odd.code, 0);
+    assert.match(odd.stderr, /weights do not match the recorded architecture/);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /error: --preset and --config apply to EDM networks/);
     assert.ok(!existsSync(`${dir}/x.safetensors`));
   } finally {
     Deno.removeSync(dir, { recursive: true });

@@ -19,6 +19,7 @@ import {
   type HostTensor,
   IoError,
   nonFiniteAllowedByDefault,
+  printable,
   toFloat32,
 } from "../io/host_tensor.ts";
 import { isPersistentRecord, PyDict, PyObject, PyTuple, type PyValue } from "../io/pickle.ts";
@@ -179,6 +180,26 @@ export function edm2Metadata(net: EDM2Precond): Record<string, string> {
     class: "EDM2Precond",
     config: JSON.stringify(toEdm2Kwargs(net.config)),
   };
+}
+
+/**
+ * A short multi-line description of an EDM2 import (as `describeImport` for EDM): class,
+ * architecture, resolution, channels, label dimension, parameter count and source dtype.
+ */
+export function describeEdm2Import(s: Edm2ImportSummary): string {
+  const lines = [
+    ["source", `${s.path}${s.key ? ` (key '${s.key}')` : ""}`],
+    ["class", s.className],
+    ["architecture", `EDM2UNet, ${s.config.unet.modelChannels} channels`],
+    ["resolution", `${s.config.imgResolution}x${s.config.imgResolution}`],
+    ["channels", String(s.config.imgChannels)],
+    ["label dim", String(s.config.labelDim)],
+    ["parameters", s.paramCount.toLocaleString("en-US")],
+    ["tensors", String(s.tensorCount)],
+    ["source dtype", s.sourceDtypes.join(", ") || "-"],
+  ];
+  // Class names and keys come from the file: escaped, so that they cannot drive the terminal.
+  return lines.map(([k, v]) => `${k.padEnd(13)} ${printable(v)}`).join("\n");
 }
 
 /** Writes an EDM2 network's weights (float32, PyTorch names/layouts) and config, atomically. */
