@@ -18,6 +18,7 @@ import type { EDMPrecond } from "../lib/nets/precond.ts";
 import { createEdm2Network, EDM2Precond } from "../lib/nets/edm2.ts";
 import { saveEdm2Network } from "../lib/nets/import_edm2.ts";
 import { loadDenoisingNetwork } from "../lib/nets/load.ts";
+import { isLabelsOnly, loadLabelsJson } from "../lib/data/labels.ts";
 import { distillPreset, guessPreset } from "../lib/distill/presets.ts";
 import { distillFlagNames, distillOverrides } from "../lib/distill/settings.ts";
 import { parseFlags } from "../lib/runtime/cli.ts";
@@ -702,6 +703,60 @@ Deno.test("runDistillation on an EDM2 teacher file: SiDA with the imagenet512 pr
     assertEquals(c.fakeGradClip, null);
     const r2 = await runDistillation(opts(0.016));
     assertEquals([r2.curNimg, r2.resumed], [16, true]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("data-free SiD from a labels-only dataset.json (EDM2 teacher); SiDA refuses it", async () => {
+  await setupBackend();
+  const dir = await Deno.makeTempDir({ prefix: "sida-labels-" });
+  try {
+    const teacher = tinyEdm2(6);
+    const teacherPath = join(dir, "teacher.safetensors");
+    await saveEdm2Network(teacher, teacherPath);
+    teacher.dispose();
+    const labelsPath = join(dir, "dataset.json");
+    // Out of name order on purpose: the loader sorts by file name, as the zip loader does.
+    const entries = [["00000/img00000002.png", 2], ["00000/img00000000.png", 0]];
+    entries.push(["00000/img00000001.png", 1]);
+    await Deno.writeTextFile(labelsPath, JSON.stringify({ labels: entries }));
+    const ds = await loadLabelsJson(labelsPath, { resolution: 8, channels: 3 });
+    assertEquals([ds.size, ds.labelDim, ds.label(0), ds.label(2)], [3, 3, 0, 2]);
+    assert.ok(isLabelsOnly(ds));
+    assert.throws(() => ds.image(0), /labels-only data hold no images/);
+    const opts = (method: "sid" | "sida"): DistillationOptions => ({
+      method,
+      teacher: teacherPath,
+      data: labelsPath,
+      out: join(dir, method),
+      preset: "imagenet512-xs",
+      overrides: { batch: 4, microBatch: 2, lr: 1e-3, glr: 1e-3 },
+      durationKimg: 0.008,
+      tickKimg: 0.008,
+      snapKimg: 0.008,
+      dumpKimg: 0.008,
+      backend: TEST_BACKEND,
+      quiet: true,
+    });
+    const r = await runDistillation(opts("sid"));
+    assertEquals(r.curNimg, 8);
+    const snap = await loadDenoisingNetwork(r.snapshotPath!);
+    assert.ok(snap instanceof EDM2Precond && snap.labelDim === 3);
+    await assert.rejects(() => runDistillation(opts("sida")), /SiDA needs images/);
+    assert.throws(
+      () =>
+        new Distiller({
+          teacher: snap,
+          dataset: ds,
+          config: { method: "sida", batch: 4, microBatch: 2 },
+        }),
+      /SiDA needs images/,
+    );
+    snap.dispose();
+    const bad = join(dir, "null.json");
+    await Deno.writeTextFile(bad, JSON.stringify({ labels: null }));
+    await assert.rejects(() => loadLabelsJson(bad, { resolution: 8, channels: 3 }), /is null/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -294,7 +294,7 @@ function decodePng(bytes: Uint8Array, where: string): DecodedImage {
 }
 
 /** Parses `dataset.json`: a map from file name to class index, or null when unlabeled. */
-function parseLabels(text: string, where: string): Map<string, number> | null {
+export function parseLabels(text: string, where: string): Map<string, number> | null {
   let json: unknown;
   try {
     json = JSON.parse(text);
@@ -326,7 +326,8 @@ function parseLabels(text: string, where: string): Map<string, number> | null {
   return map;
 }
 
-function compareNames(a: string, b: string): number {
+/** The order of dataset file names (code-unit order, as Python's `sorted`). */
+export function compareNames(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 

@@ -43,6 +43,7 @@ import type { NamedTensorMap } from "../deps.ts";
 import type { ImageDataset } from "../data/dataset.ts";
 import { InfiniteSampler, makeBatch, type SamplerState } from "../data/sampler.ts";
 import { augmentMismatch, dataMismatch, networkShape } from "../data/fit.ts";
+import { isLabelsOnly } from "../data/labels.ts";
 import {
   augment,
   type AugmentOptions,
@@ -632,6 +633,9 @@ export class Distiller {
       ? "the teacher is conditional: labelled data are needed for its labels"
       : null;
     if (problem) throw new RangeError(problem);
+    if (ds && config.method === "sida" && isLabelsOnly(ds)) {
+      throw new RangeError("SiDA needs images: labels-only data serve SiD only");
+    }
     const noAugment = augmentMismatch(config.augment, teacher.augmentDim);
     if (noAugment) throw new RangeError(noAugment);
     if (init.initGenerator && !sameArchitecture(init.initGenerator, teacher)) {

@@ -17,6 +17,7 @@ import { IoError } from "../io/host_tensor.ts";
 import { toEdmKwargs } from "../nets/config.ts";
 import { EDM2Precond, toEdm2Kwargs } from "../nets/edm2.ts";
 import { loadDenoisingNetwork } from "../nets/load.ts";
+import { loadLabelsJson } from "../data/labels.ts";
 import { BACKEND_NAMES, describeBackend } from "../runtime/backend.ts";
 import {
   ensureBackend,
@@ -140,6 +141,10 @@ export async function runDistillation(opts: DistillationOptions): Promise<Distil
   if (opts.method === "sida" && !opts.data) {
     throw new UsageError("SiDA needs real data: give --data (a dataset zip or mnist)");
   }
+  const labelsOnly = !!opts.data && /\.json$/i.test(opts.data);
+  if (opts.method === "sida" && labelsOnly) {
+    throw new UsageError(`SiDA needs images: a labels-only ${opts.data} serves SiD only`);
+  }
   const backend = await ensureBackend(opts.backend);
   const teacher = await loadNet(opts.teacher, "teacher");
   let initNet: DistillNetwork | undefined;
@@ -173,7 +178,13 @@ export async function runDistillation(opts: DistillationOptions): Promise<Distil
         `the teacher is conditional (${teacher.labelDim} classes): give labelled --data`,
       );
     }
-    const dataset = opts.data ? await loadTrainingData(opts.data) : undefined;
+    // A dataset.json alone: labels for data-free SiD (json_labels_dataset.py), teacher-shaped.
+    const dataset = !opts.data ? undefined : labelsOnly
+      ? await loadLabelsJson(opts.data, {
+        resolution: teacher.imgResolution,
+        channels: teacher.imgChannels,
+      })
+      : await loadTrainingData(opts.data);
     const problem = (dataset &&
       dataMismatch(dataset, networkShape(teacher), { what: `data ${opts.data}` })) ||
       augmentMismatch(config.augment, teacher.augmentDim);
@@ -290,7 +301,9 @@ function distillKind(
 /** The usage line of a distillation task. */
 export function distillUsage(method: DistillMethod): string {
   const sida = method === "sida";
-  return `usage: deno task ${method} --teacher FILE --out DIR [--data ZIP|mnist]` +
+  return `usage: deno task ${method} --teacher FILE --out DIR [--data ZIP|mnist${
+    sida ? "" : "|dataset.json"
+  }]` +
     (sida ? " [--init SID_GENERATOR (SiD²A)]" : "") +
     ` [--preset ${DISTILL_PRESET_NAMES.join("|")}] [--duration KIMG] [--tick KIMG] [--snap KIMG]` +
     ` [--dump KIMG] ${distillFlagUsage(method)} [--backend ${
