@@ -9,7 +9,16 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { tf } from "../lib/deps.ts";
-import { type ImageDataset, writeImageZip } from "../lib/data/dataset.ts";
+import {
+  type ImageDataset,
+  isLatentDataset,
+  LATENT_RAW_MEAN,
+  LATENT_RAW_STD,
+  LatentDataset,
+  loadImageZip,
+  writeImageZip,
+  writeLatentZip,
+} from "../lib/data/dataset.ts";
 import type { HostTensor } from "../lib/io/host_tensor.ts";
 import { writeSafetensors } from "../lib/io/safetensors.ts";
 import { createNetwork, networkMetadata, saveNetwork } from "../lib/nets/network.ts";
@@ -757,6 +766,80 @@ Deno.test("data-free SiD from a labels-only dataset.json (EDM2 teacher); SiDA re
     const bad = join(dir, "null.json");
     await Deno.writeTextFile(bad, JSON.stringify({ labels: null }));
     await assert.rejects(() => loadLabelsJson(bad, { resolution: 8, channels: 3 }), /is null/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("EDM2 latent data: zip round trip, (μ + σ·ε)·scale + bias, SiDA in latent space", async () => {
+  await setupBackend();
+  const dir = await Deno.makeTempDir({ prefix: "sida-latents-" });
+  try {
+    // 5 items of [8, 8, 8] (mean and std of 4 channels at 8×8), 3 classes.
+    const [n, r, c] = [5, 8, 4];
+    const block = 2 * c * r * r;
+    const data = new Float32Array(n * block);
+    const rng = seededRandom(7);
+    data.set(Float32Array.from(rng.normal(data.length), (v, i) => {
+      const std = (i % block) >= c * r * r; // the second half of each block holds σ
+      return std ? 0.1 + Math.abs(v) * 0.2 : 3 * v;
+    }));
+    const source = new LatentDataset("toy", r, c, data, Int32Array.from([0, 1, 2, 1, 0]), 3);
+    const zip = join(dir, "latents.zip");
+    await writeLatentZip(zip, source);
+    const ds = await loadImageZip(zip);
+    assert.ok(isLatentDataset(ds), "a zip of .npy latents loads as latent data");
+    assertEquals([ds.size, ds.resolution, ds.channels, ds.labelDim, ds.label(3)], [5, 8, 4, 3, 1]);
+    assert.ok(bitEqual(ds.data, data), "the means and stds round-trip exactly");
+    assert.throws(() => ds.image(0), /hold no uint8 images/);
+    // ε = 0 gives μ·scale + bias; scale = 0.5 / raw_std, bias = −raw_mean·scale (float32).
+    const zero = ds.sample([2], (k) => new Float64Array(k));
+    for (let ch = 0; ch < c; ch++) {
+      const scale = Math.fround(0.5 / Math.fround(LATENT_RAW_STD[ch]));
+      const bias = Math.fround(-Math.fround(Math.fround(LATENT_RAW_MEAN[ch]) * scale));
+      for (const p of [0, 37, 63]) {
+        const mu = data[2 * block + ch * r * r + p];
+        const want = Math.fround(Math.fround(mu * scale) + bias);
+        assertEquals(zero[p * c + ch], want, `channel ${ch}, pixel ${p}`);
+      }
+    }
+    // ε = 1 adds σ·scale.
+    const one = ds.sample([2], (k) => new Float64Array(k).fill(1));
+    const sigma = data[2 * block + c * r * r + 5];
+    assert.ok(Math.abs(one[5 * c] - zero[5 * c] - sigma * ds.scale[0]) < 1e-6);
+    // SiDA on a 4-channel EDM2 teacher with these latents as its real data.
+    const teacher = createEdm2Network({
+      imgResolution: 8,
+      imgChannels: 4,
+      labelDim: 3,
+      logvarChannels: 8,
+      unet: { modelChannels: 8, channelMult: [1, 2], numBlocks: 1, attnResolutions: [4] },
+    }, { seed: 3 });
+    const d = new Distiller({
+      teacher,
+      dataset: ds,
+      config: { ...TEST_CONFIG, gWarmupNimg: 0, ganWarmupNimg: 0, augment: 0, returnLogvar: true },
+    });
+    const counts: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const st = await d.step();
+      assert.ok(Number.isFinite(st.lossD!) && Number.isFinite(st.lossG), `finite losses ${i}`);
+      if (i > 0) counts.push(tf.memory().numTensors);
+    }
+    assertEquals(new Set(counts).size, 1, `numTensors flat: ${counts}`);
+    d.dispose();
+    teacher.dispose();
+    // Latents that are not [2C, R, R], or of another channel count, are refused by name.
+    const odd = join(dir, "odd.zip");
+    await writeLatentZip(
+      odd,
+      new LatentDataset("odd", 4, 4, new Float32Array(2 * 4 * 16), null, 0),
+    );
+    assert.ok(isLatentDataset(await loadImageZip(odd)));
+    assert.throws(
+      () => new LatentDataset("three", 4, 3, new Float32Array(2 * 3 * 16), null, 0),
+      /3 channels; the SD VAE's scaling needs 4/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -18,7 +18,8 @@
 import { basename, extname } from "node:path";
 import { fastPng, importMnist, zipjs } from "../deps.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
-import { IoError } from "../io/host_tensor.ts";
+import { type HostTensor, IoError, toFloat32 } from "../io/host_tensor.ts";
+import { decodeNpy, encodeNpy } from "../io/npy.ts";
 
 /** A set of same-sized square uint8 images, optionally with integer class labels. */
 export interface ImageDataset {
@@ -39,6 +40,95 @@ export interface ImageDataset {
   image(i: number): Uint8Array;
   /** Class index of image `i`, or -1 when the dataset is unlabeled. */
   label(i: number): number;
+}
+
+/**
+ * EDM2's latent scaling (NVlabs/edm2 `training/encoders.py`, `StabilityVAEEncoder`): raw SD-VAE
+ * latents have per-channel mean `raw_mean` and std `raw_std`; the model sees
+ * `x·scale + bias` with `scale = 0.5 / raw_std`, `bias = −raw_mean·scale` (float32), mean 0 and
+ * std 0.5 per channel.
+ */
+export const LATENT_RAW_MEAN: readonly number[] = [5.81, 3.25, 0.12, -2.15];
+/** See {@linkcode LATENT_RAW_MEAN}. */
+export const LATENT_RAW_STD: readonly number[] = [4.17, 4.62, 3.71, 3.28];
+
+/**
+ * A latent data set (EDM2's `img512-sd.zip`): per item the VAE posterior mean and std, [2C, R, R]
+ * (CHW, as stored). Each use draws a new latent, `(μ + σ·ε)·scale + bias`
+ * (`encode_latents`, NVlabs/edm2 `training/encoders.py`; mingyuanzhou/SiD
+ * `sida_training_loop_edm2.py:41-58`), with {@linkcode LatentDataset.sample}. It has no uint8
+ * images: `image(i)` throws.
+ */
+export class LatentDataset implements ImageDataset {
+  /** The scale and bias per channel (float32, as the reference computes them). */
+  readonly scale: Float32Array;
+  readonly bias: Float32Array;
+  readonly size: number;
+  readonly #labels: Int32Array | null;
+
+  constructor(
+    readonly name: string,
+    readonly resolution: number,
+    readonly channels: number,
+    /** Every item's [2C, R, R] mean-and-std block, one after the other. */
+    readonly data: Float32Array,
+    labels: Int32Array | null,
+    readonly labelDim: number,
+  ) {
+    if (channels !== LATENT_RAW_MEAN.length) {
+      throw new IoError(
+        `${name}: latents have ${channels} channels; the SD VAE's scaling needs ${LATENT_RAW_MEAN.length}`,
+      );
+    }
+    this.size = data.length / (2 * channels * resolution * resolution);
+    this.#labels = labels;
+    this.scale = Float32Array.from(LATENT_RAW_STD, (s) => Math.fround(0.5 / Math.fround(s)));
+    this.bias = Float32Array.from(
+      LATENT_RAW_MEAN,
+      (m, c) => Math.fround(-Math.fround(Math.fround(m) * this.scale[c])),
+    );
+  }
+
+  image(_i: number): Uint8Array {
+    throw new IoError(`${this.name}: latent data hold no uint8 images`);
+  }
+
+  label(i: number): number {
+    return this.#labels === null ? -1 : this.#labels[i];
+  }
+
+  /**
+   * Latents of the items `indices`, NHWC `[N, R, R, C]` float32: `(μ + σ·ε)·scale + bias` with ε
+   * from `normal` (one standard normal value per latent element, in N, C, H, W order).
+   */
+  sample(indices: readonly number[], normal: (n: number) => ArrayLike<number>): Float32Array {
+    const [r, c] = [this.resolution, this.channels];
+    const plane = r * r;
+    const eps = normal(indices.length * c * plane);
+    const out = new Float32Array(indices.length * plane * c);
+    indices.forEach((item, k) => {
+      if (!Number.isInteger(item) || item < 0 || item >= this.size) {
+        throw new RangeError(`latent index ${item} is outside [0, ${this.size})`);
+      }
+      const base = item * 2 * c * plane;
+      for (let ch = 0; ch < c; ch++) {
+        const mean = base + ch * plane, std = base + (c + ch) * plane;
+        const e0 = (k * c + ch) * plane;
+        for (let p = 0; p < plane; p++) {
+          const x = Math.fround(
+            this.data[mean + p] + Math.fround(this.data[std + p] * eps[e0 + p]),
+          );
+          out[(k * plane + p) * c + ch] = Math.fround(x * this.scale[ch]) + this.bias[ch];
+        }
+      }
+    });
+    return out;
+  }
+}
+
+/** Whether `ds` holds latents (EDM2's `img512-sd.zip`) rather than uint8 images. */
+export function isLatentDataset(ds: ImageDataset): ds is LatentDataset {
+  return ds instanceof LatentDataset;
 }
 
 /** What {@linkcode createImageDataset} takes. */
@@ -375,6 +465,81 @@ async function readEntry(
 }
 
 /**
+ * The labels `dataset.json` gives the entries `names` (in that order), or none (`labels: null`,
+ * or no `dataset.json`); every label must name an entry and every entry have a label.
+ */
+async function zipLabels(
+  files: Map<string, zipjs.FileEntry>,
+  names: string[],
+  ranges: FileRanges,
+  path: string,
+): Promise<{ labels: Int32Array | null; labelDim: number }> {
+  const labelEntry = files.get("dataset.json");
+  if (labelEntry === undefined) return { labels: null, labelDim: 0 };
+  const where = `${path}: dataset.json`;
+  const text = new TextDecoder().decode(await readEntry(labelEntry, ranges, where));
+  const map = parseLabels(text, where);
+  if (map === null) return { labels: null, labelDim: 0 };
+  const known = new Set(names);
+  for (const name of map.keys()) {
+    if (!known.has(name)) throw new IoError(`${where}: labels ${name}, which is not in the zip`);
+  }
+  const all = names.map((name) => {
+    const v = map.get(name);
+    if (v === undefined) throw new IoError(`${where}: ${name} has no label`);
+    return v;
+  });
+  return { labels: Int32Array.from(all), labelDim: all.reduce((m, v) => Math.max(m, v), -1) + 1 };
+}
+
+/**
+ * EDM2's latent data (`dataset_tool.py encode`, e.g. `img512-sd.zip`): per image a float32
+ * `.npy` of shape [2C, R, R], the VAE posterior mean (first C channels) and standard deviation,
+ * in file-name order, with the labels of `dataset.json`. See {@linkcode LatentDataset}.
+ */
+async function readLatents(
+  path: string,
+  files: Map<string, zipjs.FileEntry>,
+  npyNames: string[],
+  ranges: FileRanges,
+  maxImages: number | undefined,
+): Promise<LatentDataset> {
+  let { labels, labelDim } = await zipLabels(files, npyNames, ranges, path);
+  const names = maxImages === undefined ? npyNames : npyNames.slice(0, maxImages);
+  if (labels !== null) labels = labels.slice(0, names.length);
+  let shape: number[] | undefined;
+  let data: Float32Array | undefined;
+  for (let i = 0; i < names.length; i++) {
+    const where = `${path}: ${names[i]}`;
+    let t: HostTensor;
+    try {
+      t = decodeNpy(await readEntry(files.get(names[i])!, ranges, where));
+    } catch (e) {
+      throw new IoError(`${where}: ${errorMessage(e)}`);
+    }
+    if (shape === undefined) {
+      const [c2, h, w] = t.shape;
+      if (t.shape.length !== 3 || c2 % 2 !== 0 || h !== w || c2 === 0 || h === 0) {
+        throw new IoError(`${where}: latents must be [2C, R, R] (mean and std), got [${t.shape}]`);
+      }
+      shape = t.shape;
+      data = new Float32Array(names.length * c2 * h * w);
+    } else if (t.shape.join() !== shape.join()) {
+      throw new IoError(`${where}: latents are [${t.shape}], but ${names[0]} is [${shape}]`);
+    }
+    data!.set(toFloat32(t), i * (data!.length / names.length));
+  }
+  return new LatentDataset(
+    basename(path, extname(path)),
+    shape![1],
+    shape![0] / 2,
+    data!,
+    labels,
+    labelDim,
+  );
+}
+
+/**
  * Reads an EDM dataset zip (`dataset_tool.py` output): every `.png` entry, in file-name order,
  * decoded up front into one `Uint8Array`, plus the class labels of `dataset.json` when it has
  * them. The zip is read from the file with random access, never loaded whole.
@@ -420,33 +585,18 @@ export async function loadImageZip(
         throw new IoError(`${path}: ${name}: only PNG images are supported`);
       }
     }
-    if (pngNames.length === 0) throw new IoError(`${path}: no PNG images in the zip`);
+    if (pngNames.length === 0) {
+      // EDM2's latent datasets (img512-sd.zip): .npy arrays instead of PNGs.
+      const npyNames = [...files.keys()].filter((n) => extname(n).toLowerCase() === ".npy");
+      if (npyNames.length > 0) {
+        return await readLatents(path, files, npyNames.sort(compareNames), ranges, maxImages);
+      }
+      throw new IoError(`${path}: no PNG images (nor .npy latents) in the zip`);
+    }
     pngNames.sort(compareNames);
 
     // Labels first, so that label errors come before decoding every image.
-    let labels: Int32Array | null = null;
-    let labelDim = 0;
-    const labelEntry = files.get("dataset.json");
-    if (labelEntry !== undefined) {
-      const where = `${path}: dataset.json`;
-      const text = new TextDecoder().decode(await readEntry(labelEntry, ranges, where));
-      const map = parseLabels(text, where);
-      if (map !== null) {
-        const pngSet = new Set(pngNames);
-        for (const name of map.keys()) {
-          if (!pngSet.has(name)) {
-            throw new IoError(`${where}: labels ${name}, which is not in the zip`);
-          }
-        }
-        const all = pngNames.map((name) => {
-          const v = map.get(name);
-          if (v === undefined) throw new IoError(`${where}: ${name} has no label`);
-          return v;
-        });
-        labelDim = all.reduce((m, v) => Math.max(m, v), -1) + 1;
-        labels = Int32Array.from(all);
-      }
-    }
+    let { labels, labelDim } = await zipLabels(files, pngNames, ranges, path);
 
     const names = maxImages === undefined ? pngNames : pngNames.slice(0, maxImages);
     if (labels !== null) labels = labels.slice(0, names.length);
@@ -650,6 +800,30 @@ export async function writeImageZip(path: string, dataset: ImageDataset): Promis
         { zlib: { level: 0 } },
       );
       yield [name, png];
+      if (labelled) labels.push([name, dataset.label(i)]);
+    }
+    const json = JSON.stringify({ labels: labelled ? labels : null });
+    yield ["dataset.json", new TextEncoder().encode(json)];
+  }
+  await writeFileAtomic(path, storedZipChunks(entries()));
+}
+
+/**
+ * Writes a {@linkcode LatentDataset} as EDM2's `dataset_tool.py encode` lays it out: stored
+ * entries `00000/img-mean-std-00000000.npy`, … (float32 [2C, R, R] each), then `dataset.json`
+ * with the labels (or `null`). Atomic, deterministic.
+ */
+export async function writeLatentZip(path: string, dataset: LatentDataset): Promise<void> {
+  function* entries(): Generator<[string, Uint8Array]> {
+    const labelled = dataset.labelDim > 0;
+    const labels: [string, number][] = [];
+    const [c2, r] = [2 * dataset.channels, dataset.resolution];
+    const block = c2 * r * r;
+    for (let i = 0; i < dataset.size; i++) {
+      const idx = String(i).padStart(8, "0");
+      const name = `${idx.slice(0, 5)}/img-mean-std-${idx}.npy`;
+      const data = dataset.data.slice(i * block, (i + 1) * block);
+      yield [name, encodeNpy({ dtype: "float32", shape: [c2, r, r], data })];
       if (labelled) labels.push([name, dataset.label(i)]);
     }
     const json = JSON.stringify({ labels: labelled ? labels : null });

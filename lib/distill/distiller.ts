@@ -40,7 +40,7 @@
  */
 import { tf } from "../deps.ts";
 import type { NamedTensorMap } from "../deps.ts";
-import type { ImageDataset } from "../data/dataset.ts";
+import { type ImageDataset, isLatentDataset } from "../data/dataset.ts";
 import { InfiniteSampler, makeBatch, type SamplerState } from "../data/sampler.ts";
 import { augmentMismatch, dataMismatch, networkShape } from "../data/fit.ts";
 import { isLabelsOnly } from "../data/labels.ts";
@@ -740,6 +740,18 @@ export class Distiller {
     return this.config.returnLogvar ? (this.fake as EDM2Precond).logvar(sigma) : undefined;
   }
 
+  /**
+   * Real images of the dataset items `indices`: decoded images, or, for EDM2 latent data, a latent
+   * drawn from each item's posterior (`LatentDataset.sample`, ε from the iteration's stream).
+   */
+  #realBatch(indices: number[], rng: RandomSource): { images: tf.Tensor4D; labels?: tf.Tensor2D } {
+    const ds = this.dataset!;
+    if (!isLatentDataset(ds)) return makeBatch(ds, indices);
+    const { resolution: r, channels: c } = ds;
+    const latents = ds.sample(indices, (n) => rng.normal(n));
+    return { images: tf.tensor4d(latents, [indices.length, r, r, c], "float32") };
+  }
+
   /** One-hot labels of the given dataset indices (host-built), or undefined when not needed. */
   #labels(indices: number[] | null): tf.Tensor2D | undefined {
     const ds = this.dataset;
@@ -869,7 +881,7 @@ export class Distiller {
     const sida = c.method === "sida";
     const [res, ch] = [this.teacher.imgResolution, this.teacher.imgChannels];
     const indices = this.#sampler ? this.#sampler.next(b) : null;
-    const real = sida && this.dataset ? makeBatch(this.dataset, indices!) : null;
+    const real = sida && this.dataset ? this.#realBatch(indices!, rng) : null;
     real?.labels?.dispose(); // labels come from #labels (none for an unconditional teacher)
     const labels = this.#labels(indices);
     const eps = generatorNoise(this.G, b, rng);
