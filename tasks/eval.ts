@@ -18,7 +18,7 @@
 import { type ImageDataset, loadImageZip, mnistDataset } from "../lib/data/dataset.ts";
 import { writeFileAtomic } from "../lib/io/atomic.ts";
 import { lockRunFolder } from "../lib/io/lock.ts";
-import { loadNetwork } from "../lib/nets/network.ts";
+import { loadDenoisingNetwork } from "../lib/nets/load.ts";
 import type { Detector } from "../lib/metrics/detector.ts";
 import { datasetFeatures } from "../lib/metrics/evaluate.ts";
 import { SIGMA_INIT, writeImageGrid } from "../lib/metrics/generate.ts";
@@ -96,7 +96,7 @@ await runMain(async () => {
   await using _lock = await lockRunFolder(out, { task: "eval", partialDepth: 0 });
   const backend = await startBackend(flags.backend as string | undefined);
 
-  const net = await loadNetwork(genPath);
+  const net = await loadDenoisingNetwork(genPath);
   const res = net.imgResolution;
   const ch = net.imgChannels;
   const features = (flags.features as string | undefined) ??

@@ -10,7 +10,7 @@ import { dirname } from "node:path";
 import { checkWritableDir, writeFileAtomic } from "../lib/io/atomic.ts";
 import { lockRunFolder } from "../lib/io/lock.ts";
 import { hostTensor } from "../lib/io/host_tensor.ts";
-import { loadNetwork } from "../lib/nets/network.ts";
+import { loadDenoisingNetwork } from "../lib/nets/load.ts";
 import { generateBatches, SIGMA_INIT } from "../lib/metrics/generate.ts";
 import { writeNpz } from "../lib/metrics/npz.ts";
 import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
@@ -55,7 +55,7 @@ await runMain(async () => {
     await checkWritableDir(dirname(out));
   }
   await startBackend(flags.backend as string | undefined);
-  const net = await loadNetwork(genPath);
+  const net = await loadDenoisingNetwork(genPath);
   if (classLabel !== undefined && (!net.labelDim || classLabel >= net.labelDim)) {
     throw new UsageError(
       net.labelDim

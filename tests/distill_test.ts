@@ -34,6 +34,7 @@ import { parseFlags } from "../lib/runtime/cli.ts";
 import { type DistillConfig, Distiller } from "../lib/distill/distiller.ts";
 import { seededRandom } from "../lib/runtime/random.ts";
 import { generate } from "../lib/distill/generator.ts";
+import { generateBatches } from "../lib/metrics/generate.ts";
 import { readTrainingState } from "../lib/distill/run.ts";
 import { findLatestState } from "../lib/train/run_folder.ts";
 import { type DistillationOptions, runDistillation } from "../lib/distill/train.ts";
@@ -698,6 +699,14 @@ Deno.test("runDistillation on an EDM2 teacher file: SiDA with the imagenet512 pr
     const snap = await loadDenoisingNetwork(r1.snapshotPath!);
     assert.ok(snap instanceof EDM2Precond, "the snapshot is an EDM2 network");
     assert.ok(await rowNormError(snap) < 2e-4, "the snapshot's rows are normalised");
+    // The eval and generate tasks' sampling loop takes the EDM2 generator as it is.
+    let images = 0;
+    for await (const b of generateBatches(snap, { num: 5, batch: 2, seed: 1 })) {
+      assertEquals(b.pixels.length, b.n * 8 * 8 * 3);
+      assert.ok(b.labels.every((l) => l >= 0 && l < 3), "conditional: a class per image");
+      images += b.n;
+    }
+    assertEquals(images, 5);
     snap.dispose();
     const saved = await readTrainingState(r1.statePath!);
     const c = saved.state.config;

@@ -11,6 +11,7 @@ import { fastPng, tf } from "../deps.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
 import { edmSampler, toUint8Images } from "../diffusion/sampler.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
+import type { EDM2Precond } from "../nets/edm2.ts";
 import { mulberry32 as rng } from "../runtime/random.ts";
 
 /** σ_init of the SiD generators (`docs/distillation.md` §1.2). */
@@ -53,7 +54,7 @@ export interface GeneratedBatch {
  * @throws {RangeError} on a bad count, batch or class.
  */
 export async function* generateBatches(
-  net: EDMPrecond,
+  net: EDMPrecond | EDM2Precond,
   options: GenerateOptions,
 ): AsyncGenerator<GeneratedBatch> {
   const { num, seed = 0, batch = 16, sampler = "onestep", steps = 18 } = options;

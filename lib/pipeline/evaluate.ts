@@ -10,10 +10,11 @@
 import { createHash } from "node:crypto";
 import type { ImageDataset } from "../data/dataset.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
-import { loadNetwork } from "../nets/network.ts";
 import type { Detector } from "../metrics/detector.ts";
 import { computeMetrics, DetectorAccumulator, type MetricResults } from "../metrics/evaluate.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
+import type { EDM2Precond } from "../nets/edm2.ts";
+import { loadDenoisingNetwork } from "../nets/load.ts";
 import { generateBatches, SIGMA_INIT, writeImageGrid } from "../metrics/generate.ts";
 import { kid } from "../metrics/kid.ts";
 import { fid as fidOf, inceptionScore } from "../metrics/stats.ts";
@@ -108,7 +109,7 @@ export interface NetworkEvaluation {
  * stopped it.
  */
 export async function evaluateNetwork(
-  net: EDMPrecond,
+  net: EDMPrecond | EDM2Precond,
   detector: Detector,
   o: NetworkEvalOptions,
 ): Promise<NetworkEvaluation | null> {
@@ -135,7 +136,7 @@ export async function evaluateNetwork(
  * {@linkcode evaluateNetwork} and {@linkcode evaluateInSpaces}. Null when `signal` stopped it.
  */
 async function sampleInto(
-  net: EDMPrecond,
+  net: EDMPrecond | EDM2Precond,
   accs: readonly DetectorAccumulator[],
   g: Parameters<typeof generateBatches>[1],
   o: {
@@ -293,7 +294,7 @@ export async function evaluateInSpaces(
   if (!spaces.length) throw new Error("evaluateInSpaces: no feature space");
   const t0 = performance.now();
   const sha256 = await fileSha256(generatorPath);
-  const net = await loadNetwork(generatorPath);
+  const net = await loadDenoisingNetwork(generatorPath);
   try {
     const accs = spaces.map((s, i) =>
       new DetectorAccumulator(s.det, { captureFeatures: true, captureProbs: i === 0 })
