@@ -38,7 +38,7 @@ import { generateBatches } from "../lib/metrics/generate.ts";
 import { readTrainingState } from "../lib/distill/run.ts";
 import { findLatestState } from "../lib/train/run_folder.ts";
 import { type DistillationOptions, runDistillation } from "../lib/distill/train.ts";
-import { setupBackend, TEST_BACKEND, tinyImageDataset } from "./helpers.ts";
+import { setupBackend, TEST_BACKEND, tinyImageDataset, withTempDir } from "./helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -673,8 +673,7 @@ Deno.test("a NaN teacher is refused; with --allow-nonfinite its run stops with n
 
 Deno.test("runDistillation on an EDM2 teacher file: SiDA with the imagenet512 preset, EDM2 snapshots, resume", async () => {
   const f = await setup();
-  const dir = await Deno.makeTempDir({ prefix: "sida-edm2-run-" });
-  try {
+  await withTempDir("sida-edm2-run-", async (dir) => {
     const teacher = tinyEdm2(5);
     const teacherPath = join(dir, "teacher-edm2.safetensors");
     await saveEdm2Network(teacher, teacherPath);
@@ -721,15 +720,12 @@ Deno.test("runDistillation on an EDM2 teacher file: SiDA with the imagenet512 pr
     assertEquals(c.fakeGradClip, null);
     const r2 = await runDistillation(opts(0.016));
     assertEquals([r2.curNimg, r2.resumed], [16, true]);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("data-free SiD from a labels-only dataset.json (EDM2 teacher); SiDA refuses it", async () => {
   await setupBackend();
-  const dir = await Deno.makeTempDir({ prefix: "sida-labels-" });
-  try {
+  await withTempDir("sida-labels-", async (dir) => {
     const teacher = tinyEdm2(6);
     const teacherPath = join(dir, "teacher.safetensors");
     await saveEdm2Network(teacher, teacherPath);
@@ -775,15 +771,12 @@ Deno.test("data-free SiD from a labels-only dataset.json (EDM2 teacher); SiDA re
     const bad = join(dir, "null.json");
     await Deno.writeTextFile(bad, JSON.stringify({ labels: null }));
     await assert.rejects(() => loadLabelsJson(bad, { resolution: 8, channels: 3 }), /is null/);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("EDM2 latent data: zip round trip, (μ + σ·ε)·scale + bias, SiDA in latent space", async () => {
   await setupBackend();
-  const dir = await Deno.makeTempDir({ prefix: "sida-latents-" });
-  try {
+  await withTempDir("sida-latents-", async (dir) => {
     // 5 items of [8, 8, 8] (mean and std of 4 channels at 8×8), 3 classes.
     const [n, r, c] = [5, 8, 4];
     const block = 2 * c * r * r;
@@ -849,9 +842,7 @@ Deno.test("EDM2 latent data: zip round trip, (μ + σ·ε)·scale + bias, SiDA i
       () => new LatentDataset("three", 4, 3, new Float32Array(2 * 3 * 16), null, 0),
       /3 channels; the SD VAE's scaling needs 4/,
     );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("imagenet512 presets follow the EDM2 scripts; guessPreset sizes an EDM2 teacher by width", () => {

@@ -126,3 +126,16 @@ export function tinyImageDataset(n: number, res: number, labelled = true): Image
     labels: labelled ? Array.from({ length: n }, (_, i) => i % 3) : null,
   });
 }
+
+/** Runs `fn` in a fresh temporary folder (prefix `prefix`), removed afterwards whatever happens. */
+export async function withTempDir(
+  prefix: string,
+  fn: (dir: string) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
