@@ -151,11 +151,11 @@ Deno.test("Distiller.setLearningRates: a zero rate freezes its network from the 
   teacher.dispose();
 });
 
-/** A tiny EDM2 network (8×8×3, 3 classes, like TINY) with every gain non-zero. */
-function tinyEdm2(seed: number): EDM2Precond {
+/** A tiny EDM2 network (8×8×3 or ×`channels`, 3 classes, like TINY) with every gain non-zero. */
+function tinyEdm2(seed: number, channels = 3): EDM2Precond {
   const net = createEdm2Network({
     imgResolution: 8,
-    imgChannels: 3,
+    imgChannels: channels,
     labelDim: 3,
     logvarChannels: 8,
     unet: { modelChannels: 8, channelMult: [1, 2], numBlocks: 1, attnResolutions: [4] },
@@ -810,13 +810,7 @@ Deno.test("EDM2 latent data: zip round trip, (μ + σ·ε)·scale + bias, SiDA i
     const sigma = data[2 * block + c * r * r + 5];
     assert.ok(Math.abs(one[5 * c] - zero[5 * c] - sigma * ds.scale[0]) < 1e-6);
     // SiDA on a 4-channel EDM2 teacher with these latents as its real data.
-    const teacher = createEdm2Network({
-      imgResolution: 8,
-      imgChannels: 4,
-      labelDim: 3,
-      logvarChannels: 8,
-      unet: { modelChannels: 8, channelMult: [1, 2], numBlocks: 1, attnResolutions: [4] },
-    }, { seed: 3 });
+    const teacher = tinyEdm2(3, 4);
     const d = new Distiller({
       teacher,
       dataset: ds,
