@@ -288,17 +288,18 @@ Deno.test({
   fn: async () => {
     await initBackend("webgpu");
     // Channels in quads, so that the step runs the kernels with internal buffers: the input
-    // gradient's transposed filter, the group-norm statistics and partial sums, the split filter
-    // gradient, the middle-axis Sum of down-sampling.
+    // gradient's transposed filter, the group-norm statistics and partial sums (and the fused
+    // group norm + SiLU's kept statistics), the split filter gradient, the middle-axis Sum of
+    // down-sampling.
     const x = tf.variable(tf.randomNormal([2, 6, 6, 8]));
     const w = tf.variable(tf.randomNormal([3, 3, 8, 8]));
     const g = tf.variable(tf.ones([8]));
     const b = tf.variable(tf.zeros([8]));
     const step = async () => {
       const { value, grads } = tf.variableGrads(() => {
-        const y = silu(
-          groupNorm(tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, "same"), g, b, 2, 1e-5),
-        );
+        const c = tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, "same");
+        // Both group-norm paths: the fused one keeps its statistics for the gradient.
+        const y = tf.add(silu(groupNorm(c, g, b, 2, 1e-5)), groupNormSilu(c, g, b, 4, 1e-5));
         const half = tf.sum(tf.reshape(y, [2 * 3, 2, 3, 2 * 8]), 1);
         return tf.sum(tf.square(half)) as tf.Scalar;
       }, [x, w, g, b]);
@@ -313,6 +314,9 @@ Deno.test({
     assert.equal(tf.memory().numTensors, start);
     // Buffers a kernel makes for itself are not tensors: the backend's own count catches them.
     assert.equal(backend.numDataIds(), ids);
+    // Outside a tidy too: the fused group norm's second output (its statistics) is freed.
+    for (let i = 0; i < 3; i++) groupNormSilu(x as tf.Tensor4D, g, b, 4, 1e-5).dispose();
+    assert.equal(tf.memory().numTensors, start, "group norm + SiLU outside a tidy");
     unregisterWebGpuKernels();
     try {
       assert.ok(!webGpuKernelsActive());
