@@ -120,11 +120,17 @@ export {
   type ImageDataset,
   type ImageDatasetInit,
   imageFileName,
+  isLatentDataset,
+  LATENT_RAW_MEAN,
+  LATENT_RAW_STD,
+  LatentDataset,
   loadImageZip,
   type LoadImageZipOptions,
   mnistDataset,
   writeImageZip,
+  writeLatentZip,
 } from "./lib/data/dataset.ts";
+export { isLabelsOnly, loadLabelsJson } from "./lib/data/labels.ts";
 export {
   type Batch,
   epochPermutation,

@@ -60,12 +60,24 @@ export const LATENT_RAW_STD: readonly number[] = [4.17, 4.62, 3.71, 3.28];
  * images: `image(i)` throws.
  */
 export class LatentDataset implements ImageDataset {
-  /** The scale and bias per channel (float32, as the reference computes them). */
+  /** The scale per channel (float32, as the reference computes it). */
   readonly scale: Float32Array;
+  /** The bias per channel (float32). */
   readonly bias: Float32Array;
+  /** Number of items. */
   readonly size: number;
   readonly #labels: Int32Array | null;
 
+  /**
+   * Latent data from memory (`loadImageZip` reads them from a zip of `.npy` files).
+   *
+   * @param name short name of the data.
+   * @param resolution side R of each latent.
+   * @param channels latent channels C (4 for the SD VAE).
+   * @param data every item's [2C, R, R] mean-and-std block, one after the other.
+   * @param labels a class per item, or null.
+   * @param labelDim number of classes (0 without labels).
+   */
   constructor(
     readonly name: string,
     readonly resolution: number,
@@ -89,10 +101,12 @@ export class LatentDataset implements ImageDataset {
     );
   }
 
+  /** Latent data have no uint8 images: always throws an `IoError`. */
   image(_i: number): Uint8Array {
     throw new IoError(`${this.name}: latent data hold no uint8 images`);
   }
 
+  /** Class index of item `i`, or -1 when the data are unlabeled. */
   label(i: number): number {
     return this.#labels === null ? -1 : this.#labels[i];
   }

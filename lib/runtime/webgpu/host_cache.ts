@@ -37,9 +37,13 @@ import { envSaysOff } from "./program.ts";
 
 /** Counters of one backend's caches. */
 export interface HostCacheStats {
+  /** Uniform blocks found in the cache (no buffer write). */
   uniformHits: number;
+  /** Uniform blocks written to a new buffer. */
   uniformMisses: number;
+  /** Bind groups found in the cache. */
   bindGroupHits: number;
+  /** Bind groups created (and cached). */
   bindGroupMisses: number;
   /** Bind groups not cacheable (a resource other than a buffer binding). */
   bindGroupUncached: number;
