@@ -10,6 +10,10 @@
  * `--detector` names `inception-2015-12-05.pt` or its safetensors conversion; without the flag
  * the `SIDA_INCEPTION` environment variable is used).
  *
+ * A latent generator (EDM2 `img512`, 4-channel samples) needs `--vae`: the Stable Diffusion VAE
+ * (`stabilityai/sd-vae-ft-mse` as a diffusers folder, or its `.safetensors` file) that decodes its
+ * samples to RGB before the detector sees them (NVlabs/edm2 `training/encoders.py:125-132`).
+ *
  * `--out` is created and locked (`lib/io/lock.ts`) before any work, so an unwritable folder or
  * one in use by another task fails at once.
  *
@@ -21,7 +25,8 @@ import { lockRunFolder } from "../lib/io/lock.ts";
 import { loadDenoisingNetwork } from "../lib/nets/load.ts";
 import type { Detector } from "../lib/metrics/detector.ts";
 import { datasetFeatures } from "../lib/metrics/evaluate.ts";
-import { SIGMA_INIT, writeImageGrid } from "../lib/metrics/generate.ts";
+import { imageShapeOrUsage, SIGMA_INIT, writeImageGrid } from "../lib/metrics/generate.ts";
+import { loadVaeDecoder } from "../lib/nets/vae.ts";
 import { DEFAULT_MNIST_FEATURES, DEFAULT_MNIST_REF_STATS } from "../lib/metrics/mnist_features.ts";
 import { evaluateNetwork, loadDetector } from "../lib/pipeline/evaluate.ts";
 import { loadRefStats } from "../lib/metrics/ref_stats.ts";
@@ -32,7 +37,7 @@ const USAGE =
   "usage: deno task eval --generator G.safetensors [--ref stats.npz|stats.pkl|dataset.zip] " +
   "[--num 50000] [--metrics fid,is,pr] [--features mnist|inception] [--detector FILE] " +
   "[--sampler onestep|heun] [--steps 18] [--sigma-init 2.5] [--batch 64] [--seed 0] " +
-  "[--real dataset.zip] [--out DIR] [--backend B]";
+  "[--real dataset.zip] [--vae DIR|FILE] [--out DIR] [--backend B]";
 
 function progress(label: string, done: number, total: number, t0: number): void {
   const sec = (performance.now() - t0) / 1000;
@@ -60,6 +65,7 @@ await runMain(async () => {
       "real",
       "out",
       "grid",
+      "vae",
     ],
     boolean: ["help"],
   }, USAGE);
@@ -97,8 +103,8 @@ await runMain(async () => {
   const backend = await startBackend(flags.backend as string | undefined);
 
   const net = await loadDenoisingNetwork(genPath);
-  const res = net.imgResolution;
-  const ch = net.imgChannels;
+  const vae = flags.vae ? await loadVaeDecoder(flags.vae as string) : undefined;
+  const { resolution: res, channels: ch } = imageShapeOrUsage(net, vae);
   const features = (flags.features as string | undefined) ??
     (res === 32 && ch === 1 ? "mnist" : "inception");
   let detector: Detector;
@@ -168,6 +174,7 @@ await runMain(async () => {
     ref: { stats: refStats, realFeatures },
     gridCount,
     onProgress: (done, total) => progress("generated", done, total, t0),
+    vae,
   }))!;
   const { results, grid: gridPixels } = evaluation;
   const genSeconds = evaluation.generateSeconds;
@@ -188,6 +195,7 @@ await runMain(async () => {
     sampler,
     ...(sampler === "heun" ? { steps } : { sigmaInit }),
     features,
+    ...(flags.vae ? { vae: flags.vae } : {}),
     ref: refPath ?? (features === "mnist" ? DEFAULT_MNIST_REF_STATS : null),
     backend: backend.name,
     generateSeconds: Math.round(genSeconds * 10) / 10,
@@ -202,4 +210,5 @@ await runMain(async () => {
   console.log(`wrote ${out}/metrics.json${count > 0 ? ` and ${out}/samples.png` : ""}`);
   detector.dispose();
   net.dispose();
+  vae?.dispose();
 });

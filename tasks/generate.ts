@@ -1,7 +1,9 @@
 /**
  * `deno task generate`: draws images from a one-step generator (or a teacher with the EDM
  * sampler) and writes them as PNGs into a folder (`000000.png`, …) or as one `.npz`
- * (`images`: uint8 NHWC, `labels`: int32, −1 when unconditional).
+ * (`images`: uint8 NHWC, `labels`: int32, −1 when unconditional). A latent generator (EDM2
+ * `img512`) needs `--vae` (the Stable Diffusion VAE folder or `.safetensors` file) to decode its
+ * samples to RGB.
  *
  * @module
  */
@@ -11,16 +13,28 @@ import { checkWritableDir, writeFileAtomic } from "../lib/io/atomic.ts";
 import { lockRunFolder } from "../lib/io/lock.ts";
 import { hostTensor } from "../lib/io/host_tensor.ts";
 import { loadDenoisingNetwork } from "../lib/nets/load.ts";
-import { generateBatches, SIGMA_INIT } from "../lib/metrics/generate.ts";
+import { generateBatches, imageShapeOrUsage, SIGMA_INIT } from "../lib/metrics/generate.ts";
+import { loadVaeDecoder } from "../lib/nets/vae.ts";
 import { writeNpz } from "../lib/metrics/npz.ts";
 import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
 
 const USAGE = "usage: deno task generate --generator G.safetensors --num N --out DIR|FILE.npz " +
-  "[--seed 0] [--class K] [--sampler onestep|heun] [--steps 18] [--sigma-init 2.5] [--batch 64] [--backend B]";
+  "[--seed 0] [--class K] [--sampler onestep|heun] [--steps 18] [--sigma-init 2.5] [--batch 64] [--vae DIR|FILE] [--backend B]";
 
 await runMain(async () => {
   const flags = parseFlags(Deno.args, {
-    string: ["generator", "num", "seed", "class", "out", "sampler", "steps", "sigma-init", "batch"],
+    string: [
+      "generator",
+      "num",
+      "seed",
+      "class",
+      "out",
+      "sampler",
+      "steps",
+      "sigma-init",
+      "batch",
+      "vae",
+    ],
     boolean: ["help"],
   }, USAGE);
   if (flags.help) return console.log(USAGE);
@@ -63,12 +77,21 @@ await runMain(async () => {
         : "--class given for an unconditional generator",
     );
   }
-  const res = net.imgResolution;
-  const ch = net.imgChannels;
+  const vae = flags.vae ? await loadVaeDecoder(flags.vae as string) : undefined;
+  const { resolution: res, channels: ch } = imageShapeOrUsage(net, vae);
   const images = toNpz ? new Uint8Array(num * res * res * ch) : undefined;
   const labels = new Int32Array(num);
   for await (
-    const b of generateBatches(net, { num, seed, batch, classLabel, sampler, steps, sigmaInit })
+    const b of generateBatches(net, {
+      num,
+      seed,
+      batch,
+      classLabel,
+      sampler,
+      steps,
+      sigmaInit,
+      vae,
+    })
   ) {
     labels.set(b.labels, b.start);
     if (images) images.set(b.pixels, b.start * res * res * ch);
@@ -96,4 +119,5 @@ await runMain(async () => {
   }
   console.log(`wrote ${num} images to ${out}`);
   net.dispose();
+  vae?.dispose();
 });

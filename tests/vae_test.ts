@@ -11,6 +11,9 @@ import { tf } from "../lib/deps.ts";
 import type { HostTensor } from "../lib/io/host_tensor.ts";
 import { IoError } from "../lib/io/host_tensor.ts";
 import { readSafetensors, writeSafetensors } from "../lib/io/safetensors.ts";
+import { readNpz } from "../lib/metrics/npz.ts";
+import { createEdm2Network } from "../lib/nets/edm2.ts";
+import { saveEdm2Network } from "../lib/nets/import_edm2.ts";
 import {
   canonicalVaeName,
   decodeLatents,
@@ -258,4 +261,102 @@ Deno.test("EDM2 latent decoding: scaling constants, (x − bias)/scale, clamp, �
   assert.deepEqual(Array.from(u.data), Array.from(g));
   tf.dispose([z, x, want, got, ref]);
   vae.dispose();
+});
+
+// ---------------------------------------------------------------------------------------------
+// `deno task generate` / `deno task eval` with a latent generator.
+
+const root = new URL("..", import.meta.url).pathname;
+
+async function runTask(args: string[]): Promise<{ code: number; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", ...args],
+    cwd: root,
+    env: { SIDA_BACKEND: "cpu" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+}
+
+/** Lines of stderr other than the backend banner (an error is one line). */
+const errorLines = (stderr: string) =>
+  stderr.trim().split("\n").filter((l) => !l.startsWith("backend:")).length;
+
+Deno.test("generate/eval: a latent EDM2 generator is decoded by --vae, and refused without it", async () => {
+  await setupBackend();
+  const fx = await fixture("small");
+  await withTempDir("sida-vae-task-", async (dir) => {
+    const gen = join(dir, "g.safetensors");
+    const net = createEdm2Network({
+      imgResolution: 8,
+      imgChannels: 4,
+      labelDim: 0,
+      logvarChannels: 8,
+      unet: { modelChannels: 8, channelMult: [1, 2], numBlocks: 1, attnResolutions: [] },
+    }, { seed: 3 });
+    await saveEdm2Network(net, gen);
+    net.dispose();
+    const vaeDir = join(dir, "vae");
+    await Deno.mkdir(vaeDir);
+    await writeSafetensors(join(vaeDir, "diffusion_pytorch_model.safetensors"), fx.state);
+    await Deno.writeTextFile(join(vaeDir, "config.json"), JSON.stringify(fx.config));
+    const npz = join(dir, "samples.npz");
+    const ok = await runTask([
+      "tasks/generate.ts",
+      "--generator",
+      gen,
+      "--vae",
+      vaeDir,
+      "--num",
+      "3",
+      "--batch",
+      "2",
+      "--out",
+      npz,
+    ]);
+    assert.equal(ok.code, 0, ok.stderr);
+    const images = (await readNpz(npz)).get("images")!;
+    // 8×8 latents through a 3-level VAE (two 2× upsamplers): 32×32 RGB.
+    assert.deepEqual(images.shape, [3, 32, 32, 3]);
+    const px = images.data as Uint8Array;
+    assert.ok(new Set(px).size > 20, "decoded images are not flat");
+    // Without the VAE: one line naming the problem, nothing written.
+    const npz2 = join(dir, "none.npz");
+    const no = await runTask([
+      "tasks/generate.ts",
+      "--generator",
+      gen,
+      "--num",
+      "2",
+      "--out",
+      npz2,
+    ]);
+    assert.notEqual(no.code, 0);
+    assert.match(no.stderr, /4-channel latents: give the VAE/);
+    assert.equal(errorLines(no.stderr), 1, no.stderr);
+    await assert.rejects(() => Deno.stat(npz2), Deno.errors.NotFound);
+    // A VAE for other latents (8 channels): refused before sampling, by eval too.
+    const wrong = join(dir, "wrong");
+    await Deno.mkdir(wrong);
+    await writeSafetensors(join(wrong, "diffusion_pytorch_model.safetensors"), fx.state);
+    await Deno.writeTextFile(
+      join(wrong, "config.json"),
+      JSON.stringify({ ...fx.config, latent_channels: 8 }),
+    );
+    const bad = await runTask([
+      "tasks/eval.ts",
+      "--generator",
+      gen,
+      "--vae",
+      wrong,
+      "--num",
+      "2",
+      "--out",
+      join(dir, "ev"),
+    ]);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /conv_in\.weight|8-channel latents/);
+    assert.equal(errorLines(bad.stderr), 1, bad.stderr);
+  });
 });

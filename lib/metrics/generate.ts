@@ -13,6 +13,8 @@ import { edmSampler, toUint8Images } from "../diffusion/sampler.ts";
 import type { EDMPrecond } from "../nets/precond.ts";
 import type { EDM2Precond } from "../nets/edm2.ts";
 import { mulberry32 as rng } from "../runtime/random.ts";
+import { decodeLatentsToUint8, type VaeDecoder } from "../nets/vae.ts";
+import { UsageError } from "../runtime/cli.ts";
 
 /** σ_init of the SiD generators (`docs/distillation.md` §1.2). */
 export const SIGMA_INIT = 2.5;
@@ -33,6 +35,47 @@ export interface GenerateOptions {
   steps?: number;
   /** σ_init of the one-step generator (default 2.5). */
   sigmaInit?: number;
+  /**
+   * The VAE decoder of a latent generator (EDM2 `img512`): its samples are EDM2-normalised
+   * latents, decoded to RGB images here (NVlabs/edm2 `training/encoders.py:125-132`).
+   */
+  vae?: VaeDecoder;
+}
+
+/**
+ * Whether a network makes latents rather than pixels: 4 channels (the SD VAE's latent; no
+ * pixel data set has 4).
+ */
+export function isLatentNetwork(net: { imgChannels: number }): boolean {
+  return net.imgChannels === 4;
+}
+
+/**
+ * The images `net` yields through {@linkcode generateBatches}: its own resolution and channels,
+ * or, decoded by `vae`, the VAE's (×2 per upsampling level, RGB).
+ *
+ * @throws {RangeError} when the VAE does not fit the network (latent channels), or a latent
+ *   network has no VAE.
+ */
+export function outputImageShape(
+  net: { imgResolution: number; imgChannels: number },
+  vae?: VaeDecoder,
+): { resolution: number; channels: number } {
+  if (!vae) {
+    if (isLatentNetwork(net)) {
+      throw new RangeError(
+        "the network makes 4-channel latents: give the VAE that decodes them (--vae <sd-vae-ft-mse folder>)",
+      );
+    }
+    return { resolution: net.imgResolution, channels: net.imgChannels };
+  }
+  if (vae.config.latentChannels !== net.imgChannels) {
+    throw new RangeError(
+      `the VAE decodes ${vae.config.latentChannels}-channel latents, the network makes ${net.imgChannels} channels`,
+    );
+  }
+  const levels = vae.config.blockOutChannels.length;
+  return { resolution: net.imgResolution * 2 ** (levels - 1), channels: vae.config.outChannels };
 }
 
 /** A batch of generated images: HWC uint8 pixels one image after the other, and labels. */
@@ -41,8 +84,12 @@ export interface GeneratedBatch {
   start: number;
   /** Number of images. */
   n: number;
-  /** `[n, H, W, C]` uint8. */
+  /** `[n, H, W, C]` uint8 (decoded RGB for a latent generator with a VAE). */
   pixels: Uint8Array;
+  /** H = W of the images. */
+  resolution: number;
+  /** C of the images. */
+  channels: number;
   /** Class of each image (-1 for an unconditional net). */
   labels: Int32Array;
 }
@@ -73,6 +120,7 @@ export async function* generateBatches(
   }
   const res = net.imgResolution;
   const ch = net.imgChannels;
+  const shape = outputImageShape(net, options.vae);
   const rand = rng(seed ^ 0x9e3779b9);
   for (let start = 0; start < num; start += batch) {
     const n = Math.min(batch, num - start);
@@ -109,10 +157,45 @@ export async function* generateBatches(
       tf.dispose([z, oneHot, aug].filter((t) => t !== undefined) as tf.Tensor[]);
     }
     // A generator that outputs NaN is broken: refuse it rather than evaluate black pixels.
-    const pixels = await toUint8Images(x, { nonFinite: "error" });
-    x.dispose();
-    yield { start, n, pixels, labels };
+    let pixels: Uint8Array;
+    try {
+      pixels = options.vae
+        ? await decodeFinite(options.vae, x)
+        : await toUint8Images(x, { nonFinite: "error" });
+    } finally {
+      x.dispose();
+    }
+    yield { start, n, pixels, labels, ...shape };
   }
+}
+
+/**
+ * {@linkcode outputImageShape} for a command line: a mismatch is a {@linkcode UsageError} (one
+ * line, exit code 2).
+ */
+export function imageShapeOrUsage(
+  net: { imgResolution: number; imgChannels: number },
+  vae?: VaeDecoder,
+): { resolution: number; channels: number } {
+  try {
+    return outputImageShape(net, vae);
+  } catch (e) {
+    if (e instanceof RangeError) throw new UsageError(e.message);
+    throw e;
+  }
+}
+
+/** Decodes latents to uint8 RGB, refusing non-finite latents as {@linkcode toUint8Images} does. */
+async function decodeFinite(vae: VaeDecoder, x: tf.Tensor4D): Promise<Uint8Array> {
+  const count = tf.tidy(() => tf.sum(tf.cast(tf.logicalNot(tf.isFinite(x)), "int32")));
+  const bad = (await count.data())[0];
+  count.dispose();
+  if (bad > 0) {
+    throw new RangeError(
+      `the network produced ${bad} non-finite values in ${x.size} (its weights or inputs are broken)`,
+    );
+  }
+  return (await decodeLatentsToUint8(vae, x)).data;
 }
 
 /**

@@ -15,7 +15,13 @@ import { computeMetrics, DetectorAccumulator, type MetricResults } from "../metr
 import type { EDMPrecond } from "../nets/precond.ts";
 import type { EDM2Precond } from "../nets/edm2.ts";
 import { loadDenoisingNetwork } from "../nets/load.ts";
-import { generateBatches, SIGMA_INIT, writeImageGrid } from "../metrics/generate.ts";
+import {
+  generateBatches,
+  outputImageShape,
+  SIGMA_INIT,
+  writeImageGrid,
+} from "../metrics/generate.ts";
+import type { VaeDecoder } from "../nets/vae.ts";
 import { kid } from "../metrics/kid.ts";
 import { fid as fidOf, inceptionScore } from "../metrics/stats.ts";
 import { MnistFeatureNet } from "../metrics/mnist_features.ts";
@@ -90,6 +96,8 @@ export interface NetworkEvalOptions {
   signal?: AbortSignal;
   /** After every batch. */
   onProgress?: (done: number, total: number) => void;
+  /** The VAE that decodes a latent generator's samples (EDM2 `img512`). */
+  vae?: VaeDecoder;
 }
 
 /** What {@linkcode evaluateNetwork} returns. */
@@ -124,6 +132,7 @@ export async function evaluateNetwork(
     sampler: o.sampler,
     steps: o.steps,
     sigmaInit: o.sigmaInit,
+    vae: o.vae,
   }, { gridCount: o.gridCount, signal: o.signal, onProgress: o.onProgress });
   if (!s) return null;
   const results = await computeMetrics(gen, o.metrics, o.ref, detector.numClasses);
@@ -145,7 +154,7 @@ async function sampleInto(
     onProgress?: (done: number, total: number) => void;
   },
 ): Promise<{ grid: Uint8Array; gridCount: number; generateSeconds: number } | null> {
-  const res = net.imgResolution, ch = net.imgChannels;
+  const { resolution: res, channels: ch } = outputImageShape(net, g.vae);
   const gridCount = Math.min(o.gridCount ?? 64, g.num);
   const per = res * res * ch;
   const grid = new Uint8Array(gridCount * per);
@@ -289,7 +298,7 @@ export async function evaluateInSpaces(
   settings: { num: number; seed: number; batch: number },
   sampler: SamplerSpec,
   paths: { metricsPath: string; gridPath?: string; gridCount?: number },
-  opts: { signal?: AbortSignal } = {},
+  opts: { signal?: AbortSignal; vae?: VaeDecoder } = {},
 ): Promise<SpacesMetrics | null> {
   if (!spaces.length) throw new Error("evaluateInSpaces: no feature space");
   const t0 = performance.now();
@@ -307,6 +316,7 @@ export async function evaluateInSpaces(
       sampler: sampler.sampler,
       steps,
       sigmaInit: SIGMA_INIT,
+      vae: opts.vae,
     }, { gridCount: paths.gridCount, signal: opts.signal });
     if (!sampled) return null;
     const { grid, gridCount, generateSeconds: genSeconds } = sampled;
@@ -350,7 +360,8 @@ export async function evaluateInSpaces(
       new TextEncoder().encode(JSON.stringify(metrics, null, 2) + "\n"),
     );
     if (paths.gridPath && gridCount > 0) {
-      await writeImageGrid(paths.gridPath, grid, gridCount, net.imgResolution, net.imgChannels, 8);
+      const { resolution, channels } = outputImageShape(net, opts.vae);
+      await writeImageGrid(paths.gridPath, grid, gridCount, resolution, channels, 8);
     }
     return metrics;
   } finally {
