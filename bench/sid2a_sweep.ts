@@ -19,6 +19,9 @@
  * - `lsg-gan0.1`: the adversarial scale 10× (0.1);
  * - `warmup-it-decay`: `warmup-it`, then lr = glr = 3e-5 once the adversarial term is on (from
  *   iteration 17; {@linkcode SWEEP_DECAY}).
+ * - `warmup-it-lsg1e-3`: `warmup-it` with the adversarial scale 10× smaller (0.001), meant for a
+ *   longer stage (`--iters 72`) so that the fake score and discriminator catch up after the
+ *   warm-ups before the adversarial term pushes G.
  *
  * Every run appends one JSON line per evaluation to `--out` (a `.jsonl` file); rerunning skips
  * the (setting, seed) pairs that are complete there, so a long sweep can be continued.
@@ -73,6 +76,7 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
   "lr3e-5-warmup-it": { lr: 3e-5, glr: 3e-5, gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64 },
   "lsg-gan0.1": { lsgGan: 0.1 },
   "warmup-it-decay": { gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64 },
+  "warmup-it-lsg1e-3": { gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64, lsgGan: 0.001 },
 };
 
 /** Learning-rate changes of a setting: after iteration `after`, these rates. */

@@ -13,6 +13,8 @@
  *   deno task distill --budget 4 --num 5000 --out runs/mnist-x4
  *   deno task distill --teacher edm-cifar10-32x32-uncond-vp.pkl --data cifar10-32x32.zip \
  *     --ref cifar10-32x32.npz --detector inception-2015-12-05.pt --out runs/cifar
+ *   deno task distill --teacher edm2-img512-xs-2147483-0.135.pkl --data img512-sd.zip \
+ *     --vae sd-vae-ft-mse --ref img512.zip --detector inception-2015-12-05.pt --out runs/xs
  *   deno task distill --stages eval --eval-teacher
  *
  * @module

@@ -38,7 +38,11 @@ import { mpiWorld } from "../runtime/mpi.ts";
 import { checkFiniteWeights, IoError } from "../io/host_tensor.ts";
 import { readSafetensors, readSafetensorsHeader } from "../io/safetensors.ts";
 import { importToSafetensors } from "../nets/import.ts";
-import { configFromMetadata, loadNetwork } from "../nets/network.ts";
+import { configFromMetadata } from "../nets/network.ts";
+import { type EDM2Precond, fromEdm2Kwargs } from "../nets/edm2.ts";
+import { saveEdm2Network } from "../nets/import_edm2.ts";
+import { loadDenoisingNetwork } from "../nets/load.ts";
+import { loadVaeDecoder, type VaeDecoder } from "../nets/vae.ts";
 import type { DistillConfig } from "../distill/distiller.ts";
 import { resolveDistillConfig } from "../distill/distiller.ts";
 import { DISTILL_PRESET_NAMES, distillPreset, guessPreset } from "../distill/presets.ts";
@@ -60,7 +64,7 @@ import {
 } from "../metrics/mnist_features.ts";
 import { mnistDataset } from "../data/dataset.ts";
 import type { ImageDataset } from "../data/dataset.ts";
-import { SIGMA_INIT } from "../metrics/generate.ts";
+import { isLatentNetwork, outputImageShape, SIGMA_INIT } from "../metrics/generate.ts";
 import {
   compareGenerators,
   DEFAULT_NOISE_Z,
@@ -217,6 +221,11 @@ export interface DistillChainOptions {
   features?: FeatureKind;
   /** Detector file; default the shipped MNIST feature network / `SIDA_INCEPTION`. */
   detector?: string;
+  /**
+   * The Stable Diffusion VAE (a diffusers folder or its `.safetensors`) that decodes a latent
+   * teacher's samples (EDM2 `img512`) for scoring, evaluation and grids.
+   */
+  vae?: string;
   /** Images per generator call in the evaluation (default 64). */
   evalBatch?: number;
   /** Seed of the evaluation latents (default 0). */
@@ -416,7 +425,12 @@ interface TeacherInfo {
   channels: number;
   labelDim: number;
   augmentDim: number;
-  config: { imgResolution: number; imgChannels: number; labelDim: number };
+  config: {
+    imgResolution: number;
+    imgChannels: number;
+    labelDim: number;
+    config?: { precond?: string; unet?: { modelChannels?: number } };
+  };
 }
 
 /** The teacher's image shape, from the safetensors header or by importing a pickle. */
@@ -424,13 +438,17 @@ async function teacherInfo(path: string): Promise<TeacherInfo> {
   const lower = path.toLowerCase();
   try {
     if (lower.endsWith(".pkl") || lower.endsWith(".pt") || lower.endsWith(".pth")) {
-      const net = await loadNetwork(path);
+      const net = await loadDenoisingNetwork(path);
       const info = {
         resolution: net.imgResolution,
         channels: net.imgChannels,
         labelDim: net.labelDim,
         augmentDim: net.augmentDim,
       };
+      const precond = net.config.precond;
+      const unet = "modelChannels" in net.config.unet
+        ? { modelChannels: net.config.unet.modelChannels as number }
+        : undefined;
       net.dispose();
       return {
         ...info,
@@ -438,10 +456,27 @@ async function teacherInfo(path: string): Promise<TeacherInfo> {
           imgResolution: info.resolution,
           imgChannels: info.channels,
           labelDim: info.labelDim,
+          config: { precond, unet },
         },
       };
     }
     const { metadata } = await readSafetensorsHeader(path);
+    if (metadata.class === "EDM2Precond") {
+      const c = fromEdm2Kwargs(JSON.parse(metadata.config ?? "null"));
+      checkFiniteWeights((await readSafetensors(path)).tensors, path);
+      return {
+        resolution: c.imgResolution,
+        channels: c.imgChannels,
+        labelDim: c.labelDim,
+        augmentDim: 0,
+        config: {
+          imgResolution: c.imgResolution,
+          imgChannels: c.imgChannels,
+          labelDim: c.labelDim,
+          config: c,
+        },
+      };
+    }
     const c = configFromMetadata(metadata, path);
     // Refuse NaN weights before the run folder exists (a pickle is checked by its import above).
     checkFiniteWeights((await readSafetensors(path)).tensors, path);
@@ -502,6 +537,10 @@ interface Plan {
   snapshotScore: SnapshotScoreSettings | null;
   evalTeacher: boolean;
   backend?: string;
+  /** The VAE of a latent teacher (null: pixels). */
+  vae: string | null;
+  /** The teacher is an EDM2 network (imported with the EDM2 importer). */
+  edm2: boolean;
 }
 
 async function plan(o: DistillChainOptions): Promise<Plan> {
@@ -635,8 +674,35 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
   };
 
   // ---- evaluation ----
+  // A latent teacher's samples are scored as the RGB images its VAE decodes them to.
+  const latent = isLatentNetwork({ imgChannels: teacher.channels });
+  const training = stages.has("sid") || stages.has("sida");
+  if (o.vae !== undefined && !latent) {
+    throw new UsageError(
+      `--vae applies to a latent teacher (4 channels); this one makes ${teacher.channels}-channel images`,
+    );
+  }
+  let images = { resolution: teacher.resolution, channels: teacher.channels };
+  if (o.vae !== undefined) {
+    let vae: VaeDecoder;
+    try {
+      vae = await loadVaeDecoder(o.vae);
+    } catch (e) {
+      throw new UsageError(`--vae: ${(e as Error).message}`);
+    }
+    try {
+      images = outputImageShape({
+        imgResolution: teacher.resolution,
+        imgChannels: teacher.channels,
+      }, vae);
+    } catch (e) {
+      throw new UsageError(`--vae ${o.vae}: ${(e as Error).message}`);
+    } finally {
+      vae.dispose();
+    }
+  }
   const features: FeatureKind = o.features ??
-    (teacher.resolution === 32 && teacher.channels === 1 ? "mnist" : "inception");
+    (images.resolution === 32 && images.channels === 1 ? "mnist" : "inception");
   let detector = o.detector;
   if (!detector) {
     if (features === "mnist") detector = DEFAULT_MNIST_FEATURES;
@@ -695,11 +761,23 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
     }
     : null;
   const refStats = new Map<string, Stats | null>();
-  const training = stages.has("sid") || stages.has("sida");
   if (stages.has("eval") || (training && snapshotScore)) {
-    if (features === "mnist" && teacher.resolution !== 32) {
+    if (latent && o.vae === undefined) {
       throw new UsageError(
-        `the mnist detector needs 32×32 images, the teacher makes ${teacher.resolution}×${teacher.resolution}`,
+        "the teacher makes 4-channel latents: scoring and evaluation need the VAE that decodes " +
+          "them (--vae <sd-vae-ft-mse folder>), or run without them (--stages import,sid,sida " +
+          "--snapshot-num 0)",
+      );
+    }
+    if (latent && stages.has("eval") && !isZip(ref)) {
+      throw new UsageError(
+        "with latent data, the eval stage's KID needs real images: give --ref as an image zip " +
+          "(the images the latents were encoded from)",
+      );
+    }
+    if (features === "mnist" && images.resolution !== 32) {
+      throw new UsageError(
+        `the mnist detector needs 32×32 images, the teacher makes ${images.resolution}×${images.resolution}`,
       );
     }
     if (!detector) {
@@ -718,10 +796,11 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
       if (isZip(sp.ref)) {
         // A dataset: its statistics are computed by the chain (and kept in the run folder).
         const ds = await loadImageZip(sp.ref, { maxImages: 1 });
-        if (ds.resolution !== teacher.resolution || ds.channels !== teacher.channels) {
+        if (ds.resolution !== images.resolution || ds.channels !== images.channels) {
           throw new UsageError(
             `reference images ${sp.ref} are ${ds.resolution}x${ds.resolution}x${ds.channels}, ` +
-              `the teacher makes ${teacher.resolution}x${teacher.resolution}x${teacher.channels}`,
+              `the teacher makes ${images.resolution}x${images.resolution}x${images.channels}` +
+              (latent ? " (decoded by the VAE)" : ""),
           );
         }
       }
@@ -767,6 +846,8 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
     snapshotScore,
     evalTeacher: o.evalTeacher ?? false,
     backend: o.backend,
+    vae: o.vae ?? null,
+    edm2: teacher.config.config?.precond === "EDM2Precond",
   };
 }
 
@@ -839,6 +920,13 @@ export async function runDistillChain(o: DistillChainOptions = {}): Promise<Dist
       const lower = p.teacherSource.toLowerCase();
       if (lower.endsWith(".safetensors")) {
         await writeFileAtomic(importedTeacher, await Deno.readFile(p.teacherSource));
+      } else if (p.edm2) {
+        const net = await loadDenoisingNetwork(p.teacherSource);
+        try {
+          await saveEdm2Network(net as EDM2Precond, importedTeacher);
+        } finally {
+          net.dispose();
+        }
       } else {
         await importToSafetensors(p.teacherSource, importedTeacher);
       }
@@ -969,10 +1057,11 @@ async function openScoring(
   const settings = p.snapshotScore!;
   const space = p.spaces[0];
   const det = await loadDetector(space.features, space.detector);
+  const vae = p.vae ? await loadVaeDecoder(p.vae) : undefined;
   try {
     const refStats = p.refStats.get(space.name) ?? await datasetRefStats(p, space, det, say);
     const scorer = async (path: string) => {
-      const net = await loadNetwork(path);
+      const net = await loadDenoisingNetwork(path);
       try {
         const e = await evaluateNetwork(net, det, {
           num: settings.num,
@@ -984,6 +1073,7 @@ async function openScoring(
           metrics: new Set(["fid", "is"]),
           ref: { stats: refStats },
           gridCount: 0,
+          vae,
         });
         return { fid: e!.results.fid!, is: e!.results.is! };
       } finally {
@@ -1006,10 +1096,14 @@ async function openScoring(
     return {
       onSnapshot,
       catchUp: (snaps, final) => tracker.catchUp(snaps, final),
-      dispose: () => det.dispose(),
+      dispose: () => {
+        det.dispose();
+        vae?.dispose();
+      },
     };
   } catch (e) {
     det.dispose();
+    vae?.dispose();
     throw e;
   }
 }
@@ -1207,6 +1301,7 @@ async function evalStage(
   }
   if (todo.length) {
     const spaces = await loadSpaces(p, say);
+    const vae = p.vae ? await loadVaeDecoder(p.vae) : undefined;
     try {
       for (const j of todo) {
         const key = `${j.sha256}/${j.sampler.sampler}`;
@@ -1224,7 +1319,7 @@ async function evalStage(
           const got = await evaluateInSpaces(j.generator, spaces, es, j.sampler, {
             metricsPath: j.metricsPath,
             gridPath: j.gridPath,
-          }, { signal: o.signal });
+          }, { signal: o.signal, vae });
           if (!got) return "interrupted";
           m = got;
           known.set(key, m);
@@ -1241,6 +1336,7 @@ async function evalStage(
       }
     } finally {
       for (const s of spaces) s.det.dispose();
+      vae?.dispose();
     }
   }
   const done: EvalDone = {
@@ -1546,7 +1642,8 @@ export function distillChainUsage(): string {
     "[--sid-kimg K] [--sida-kimg K] [--tick K] [--snap K] [--dump K] " +
     `${distillFlagUsage("sida")} ` +
     "(each also per stage: --sid-FLAG, --sida-FLAG; --lsd, --lsg-gan and the warm-ups apply " +
-    "to the sida stage) [--features mnist|inception] [--detector FILE] [--eval-batch N] " +
+    "to the sida stage) [--features mnist|inception] [--detector FILE] [--vae DIR|FILE] " +
+    "[--eval-batch N] " +
     `[--eval-seed N] [--quiet] [--backend ${[...BACKEND_NAMES, "auto"].join("|")}]`;
 }
 
@@ -1582,6 +1679,7 @@ export function parseDistillChainArgs(args: string[]): DistillChainOptions {
       "snapshot-num",
       "detector-b",
       "ref-b",
+      "vae",
     ],
     boolean: ["eval-teacher", "help", "quiet", "one-space"],
   }, usage);
@@ -1624,6 +1722,7 @@ export function parseDistillChainArgs(args: string[]): DistillChainOptions {
     teacher: str("teacher"),
     data: str("data"),
     ref: str("ref"),
+    vae: str("vae"),
     preset,
     out: str("out"),
     stages,
