@@ -243,7 +243,7 @@ export class VaeDecoder extends Module {
   readonly postQuantConv: Conv2d;
   readonly decoder: VaeDecoderNet;
 
-  constructor(cfg: VaeDecoderConfig = SD_VAE_CONFIG, init = new Initializer("zeros")) {
+  constructor(cfg: VaeDecoderConfig = SD_VAE_CONFIG, init: Initializer = new Initializer("zeros")) {
     super();
     validateConfig(cfg);
     this.config = { ...cfg, blockOutChannels: [...cfg.blockOutChannels] };
