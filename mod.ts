@@ -212,6 +212,17 @@ export {
 export { importEdm2Network, loadEdm2Network, saveEdm2Network } from "./lib/nets/import_edm2.ts";
 // A network file of either family (EDM or EDM2), by what the file holds.
 export { loadDenoisingNetwork } from "./lib/nets/load.ts";
+// The Stable Diffusion VAE decoder (diffusers AutoencoderKL), for EDM2's latents (docs/edm2.md).
+export {
+  decodeLatents,
+  decodeLatentsToUint8,
+  EDM2_LATENT_SCALING,
+  type LatentScaling,
+  loadVaeDecoder,
+  SD_VAE_CONFIG,
+  VaeDecoder,
+  type VaeDecoderConfig,
+} from "./lib/nets/vae.ts";
 
 // Evaluation.
 export {
@@ -238,6 +249,8 @@ export {
   type GeneratedBatch,
   type GenerateOptions,
   imageGridPng,
+  isLatentNetwork,
+  outputImageShape,
   SIGMA_INIT,
   writeImageGrid,
 } from "./lib/metrics/generate.ts";

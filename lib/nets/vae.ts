@@ -239,10 +239,17 @@ export class VaeDecoderNet extends Module {
  * decoder's output range.
  */
 export class VaeDecoder extends Module {
+  /** The decoder's shape. */
   readonly config: VaeDecoderConfig;
+  /** `post_quant_conv`, 1×1 over the latent channels. */
   readonly postQuantConv: Conv2d;
+  /** `decoder`. */
   readonly decoder: VaeDecoderNet;
 
+  /**
+   * @param cfg the shape (default the SD VAE's).
+   * @param init initial values (default zeros: weights are loaded next).
+   */
   constructor(cfg: VaeDecoderConfig = SD_VAE_CONFIG, init: Initializer = new Initializer("zeros")) {
     super();
     validateConfig(cfg);
