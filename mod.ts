@@ -215,6 +215,7 @@ export { loadDenoisingNetwork } from "./lib/nets/load.ts";
 // The Stable Diffusion VAE decoder (diffusers AutoencoderKL), for EDM2's latents (docs/edm2.md).
 export {
   decodeLatents,
+  decodeLatentsToImages,
   decodeLatentsToUint8,
   EDM2_LATENT_SCALING,
   type LatentScaling,

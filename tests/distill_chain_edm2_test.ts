@@ -55,9 +55,11 @@ function setup(): Promise<Fixture> {
       unet: { modelChannels: 8, channelMult: [1, 2], numBlocks: 1, attnResolutions: [4] },
     }, { seed: 2 });
     // out_gain starts at 0 (D = c_skip·x): give it a value so that the teacher is not trivial.
-    for (const [name, v] of net.namedParameters()) {
-      if (/gain/.test(name)) v.assign(tf.fill(v.shape, 0.7));
-    }
+    tf.tidy(() => {
+      for (const [name, v] of net.namedParameters()) {
+        if (/gain/.test(name)) v.assign(tf.fill(v.shape, 0.7));
+      }
+    });
     const teacher = join(dir, "edm2-tiny.safetensors");
     await saveEdm2Network(net, teacher);
     net.dispose();

@@ -425,7 +425,7 @@ Deno.test({
 // their smoke configuration.
 
 /** Every notebook of `notebooks/`. */
-const ALL_NOTEBOOKS = ["quickstart", "cifar10", "imagenet64"];
+const ALL_NOTEBOOKS = ["quickstart", "cifar10", "imagenet64", "imagenet512"];
 
 /** Largest stored output of a committed notebook (JSON characters). */
 const MAX_STORED_OUTPUT = 4096;
@@ -465,23 +465,53 @@ Deno.test("notebooks: code cells import only ../mod.ts; no stored outputs over a
   }
 });
 
+/** A smoke notebook and what its outputs must show. */
+interface SmokeNotebook {
+  name: string;
+  /** Image side of the teacher's and the run's grids (after VAE decoding for latents). */
+  res: number;
+  /** Rows (classes) of those grids. */
+  classes: number;
+  perClass: number;
+  /** The released-generator stand-in, relative to the notebook folder. */
+  fixture: string;
+  /** Press the stop button during the distillation, then resume. */
+  stop: boolean;
+  /** Extra first-cell parameters. */
+  params?: string[];
+  /** The released grid's image side and rows, where they differ from the others. */
+  released?: { res: number; rows: number };
+}
+
 /** The smoke notebooks and what their outputs must show. */
-const SMOKE_NOTEBOOKS = [
+const SMOKE_NOTEBOOKS: SmokeNotebook[] = [
   {
     name: "cifar10",
     res: 32,
     classes: 10,
     perClass: 4,
-    fixture: "sid_cifar10_tiny.pkl",
-    stop: true, // press the stop button during the distillation, then resume
+    fixture: "../tests/fixtures/generators/sid_cifar10_tiny.pkl",
+    stop: true,
   },
   {
     name: "imagenet64",
     res: 64,
     classes: 8,
     perClass: 2,
-    fixture: "sida_imagenet64_tiny.pkl",
+    fixture: "../tests/fixtures/generators/sida_imagenet64_tiny.pkl",
     stop: false,
+  },
+  {
+    // EDM2 in latent space: 8×8 latents decoded to 32×32 by the smoke VAE; the released
+    // stand-in (EDM2 pickle fixture) makes 16×16 latents, 64×64 images, 10 classes: one row.
+    name: "imagenet512",
+    res: 32,
+    classes: 8,
+    perClass: 2,
+    fixture: "../tests/fixtures/pickles/edm2_tiny_fp16.pkl",
+    stop: false,
+    params: ["VAE"],
+    released: { res: 64, rows: 1 },
   },
 ];
 
@@ -496,7 +526,8 @@ for (const nbCase of SMOKE_NOTEBOOKS) {
       assert.equal(c.execution_count, null, `code cell ${i} (${c.id}) has an execution count`);
     }
     const params = joined(code[0].source);
-    for (const p of ["TEACHER", "DATA", "FID_REF", "DETECTOR", "RELEASED", "BUDGET", "BACKEND"]) {
+    const names = ["TEACHER", "DATA", "FID_REF", "DETECTOR", "RELEASED", "BUDGET", "BACKEND"];
+    for (const p of [...names, ...(nbCase.params ?? [])]) {
       assert.match(params, new RegExp(`^const ${p} = `, "m"), `no ${p} in the first cell`);
     }
     assert.match(params, /^const OUT = "\.\.\/runs\/notebook-[\w-]+";/m);
@@ -630,16 +661,28 @@ for (const nbCase of SMOKE_NOTEBOOKS) {
         };
         const grids = pngs.filter((p) => p.width === grid.width && p.height === grid.height);
         // Teacher, this run's generator, the released generator: one row per class.
+        const rel = nbCase.released;
         assert.equal(
           grids.length,
-          3,
-          `grids ${JSON.stringify(pngs)}, want 3 of ${JSON.stringify(grid)}`,
+          rel ? 2 : 3,
+          `grids ${JSON.stringify(pngs)}, want ${rel ? 2 : 3} of ${JSON.stringify(grid)}`,
         );
+        if (rel) {
+          const t = rel.res * 2;
+          const want = {
+            width: nbCase.perClass * t + (nbCase.perClass - 1) * 2,
+            height: rel.rows * t + (rel.rows - 1) * 2,
+          };
+          assert.ok(
+            pngs.some((p) => p.width === want.width && p.height === want.height),
+            `no released grid of ${JSON.stringify(want)} in ${JSON.stringify(pngs)}`,
+          );
+        }
         assert.equal(pngs.length, 5, `images ${JSON.stringify(pngs)}: want 3 grids and 2 plots`);
         assert.match(
           shown,
           new RegExp(
-            `^released generator: \\.\\./tests/fixtures/generators/${nbCase.fixture}: `,
+            `^released generator: ${nbCase.fixture.replaceAll(".", "\\.")}: `,
             "m",
           ),
         );

@@ -497,6 +497,19 @@ export function decodeLatents(
   });
 }
 
+/**
+ * {@linkcode decodeLatents} as images in [−1, 1] (pixel / 127.5 − 1), the range of pixel-space
+ * networks' samples, for display (e.g. the notebooks' `showImages`); converting back with
+ * `clamp(127.5·x + 128)` and truncation gives the same uint8 pixels.
+ */
+export function decodeLatentsToImages(
+  vae: VaeDecoder,
+  x: tf.Tensor4D,
+  scaling: LatentScaling = EDM2_LATENT_SCALING,
+): tf.Tensor4D {
+  return tf.tidy(() => tf.sub(tf.div(decodeLatents(vae, x, scaling), 127.5), 1) as tf.Tensor4D);
+}
+
 /** {@linkcode decodeLatents} in batches of `batch` (EDM2 decodes 8 at a time), as uint8 NHWC. */
 export async function decodeLatentsToUint8(
   vae: VaeDecoder,
