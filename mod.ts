@@ -209,7 +209,12 @@ export {
   fromEdm2Kwargs,
   toEdm2Kwargs,
 } from "./lib/nets/edm2.ts";
-export { importEdm2Network, loadEdm2Network, saveEdm2Network } from "./lib/nets/import_edm2.ts";
+export {
+  importEdm2Network,
+  importEdm2ToSafetensors,
+  loadEdm2Network,
+  saveEdm2Network,
+} from "./lib/nets/import_edm2.ts";
 // A network file of either family (EDM or EDM2), by what the file holds.
 export { loadDenoisingNetwork } from "./lib/nets/load.ts";
 // The Stable Diffusion VAE decoder (diffusers AutoencoderKL), for EDM2's latents (docs/edm2.md).

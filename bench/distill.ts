@@ -5,6 +5,9 @@
  * - `mnist`: the `mnist` network (random weights), batch 64 in 2 rounds of 32 (the mnist preset);
  * - `cifar10`: CIFAR-10 DDPM++ cond (56M, random weights, augment_dim 9, augmentation p 0.12),
  *   batch 8 in one round, on 32×32×3 synthetic labelled data;
+ * - `edm2-xs`: EDM2-XS on ImageNet 512 latents (125M, random weights, 4×64×64, 1000 classes),
+ *   the `imagenet512-xs` preset (logvar weighting, renormalisation after each step), batch 2 in
+ *   one round, on synthetic latents (per item a posterior mean and std, as `img512-sd.zip`);
  *
  * on every backend that starts (`webgpu`, `native`, `cpu`). Before timing, a batch-1
  * forward+backward of the mnist network measures the backend's speed; a configuration whose
@@ -17,7 +20,14 @@
  * @module
  */
 import { tf } from "../lib/deps.ts";
-import { createImageDataset, type ImageDataset, mnistDataset } from "../lib/data/dataset.ts";
+import {
+  createImageDataset,
+  type ImageDataset,
+  LatentDataset,
+  mnistDataset,
+} from "../lib/data/dataset.ts";
+import { createEdm2Network, type EDM2Precond } from "../lib/nets/edm2.ts";
+import type { EDMPrecond } from "../lib/nets/precond.ts";
 import { Distiller } from "../lib/distill/distiller.ts";
 import { generate } from "../lib/distill/generator.ts";
 import { distillPreset } from "../lib/distill/presets.ts";
@@ -27,11 +37,15 @@ import { BACKEND_NAMES, describeBackend } from "../lib/runtime/backend.ts";
 import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
 
 const USAGE =
-  "usage: bench/distill.ts [--backends webgpu,native,cpu] [--configs mnist,cifar10] [--iters 3] [--max-seconds 600] [--batch N] [--json out.json]";
+  "usage: bench/distill.ts [--backends webgpu,native,cpu] [--configs mnist,cifar10,edm2-xs] [--iters 3] [--max-seconds 600] [--batch N] [--json out.json]";
 
 interface Config {
   name: string;
   network: string;
+  /** The distillation preset whose settings are used. */
+  preset: string;
+  /** Makes the (random-weight) teacher. */
+  teacher: () => EDMPrecond | EDM2Precond;
   batch: number;
   microBatch: number;
   /** Augmentation probability p (the CIFAR-10 scripts' 0.12), 0 for none. */
@@ -45,6 +59,8 @@ const CONFIGS: Record<string, Config> = {
   mnist: {
     name: "mnist",
     network: "mnist",
+    preset: "mnist",
+    teacher: () => createNetwork(preset("mnist"), { seed: 0 }),
     batch: 64,
     microBatch: 32,
     augment: 0,
@@ -54,6 +70,8 @@ const CONFIGS: Record<string, Config> = {
   cifar10: {
     name: "cifar10",
     network: "cifar10-ddpmpp-cond",
+    preset: "cifar10-cond",
+    teacher: () => createNetwork(preset("cifar10-ddpmpp-cond"), { seed: 0 }),
     batch: 8,
     microBatch: 8,
     augment: 0.12,
@@ -69,6 +87,28 @@ const CONFIGS: Record<string, Config> = {
         pixels,
         labels: Array.from({ length: n }, (_, i) => i % 10),
       }));
+    },
+  },
+  "edm2-xs": {
+    name: "edm2-xs",
+    network: "edm2-img512-xs",
+    preset: "imagenet512-xs",
+    teacher: () => createEdm2Network("edm2-img512-xs", { seed: 0 }),
+    batch: 2,
+    microBatch: 2,
+    augment: 0,
+    // EDM2 paper (Karras et al. 2024), Table 2: XS 46 Gflops per evaluation.
+    gflopPerImage: 46,
+    data: () => {
+      const n = 8, r = 64, c = 4;
+      const per = 2 * c * r * r;
+      const data = new Float32Array(n * per);
+      for (let i = 0; i < data.length; i++) {
+        const std = (i % per) >= c * r * r;
+        data[i] = std ? 0.1 : 4 * Math.sin(i * 0.618);
+      }
+      const labels = Int32Array.from({ length: n }, (_, i) => (i * 97) % 1000);
+      return Promise.resolve(new LatentDataset("synthetic-img512-sd", r, c, data, labels, 1000));
     },
   },
 };
@@ -121,9 +161,9 @@ async function probeUnitSeconds(): Promise<number> {
 }
 
 async function benchConfig(c: Config, iters: number): Promise<Omit<Row, "backend" | "device">> {
-  const teacher = createNetwork(preset(c.network), { seed: 0 });
+  const teacher = c.teacher();
   const dataset = await c.data();
-  const base = distillPreset(c.name === "mnist" ? "mnist" : "cifar10-cond", "sida").config;
+  const base = distillPreset(c.preset, "sida").config;
   const d = new Distiller({
     teacher,
     dataset,
@@ -177,7 +217,9 @@ await runMain(async () => {
   const backends = String(f.backends ?? BACKEND_NAMES.join(",")).split(",");
   const configs = String(f.configs ?? "mnist,cifar10").split(",");
   for (const c of configs) {
-    if (!CONFIGS[c]) throw new UsageError(`unknown config '${c}' (mnist, cifar10)`);
+    if (!CONFIGS[c]) {
+      throw new UsageError(`unknown config '${c}' (${Object.keys(CONFIGS).join(", ")})`);
+    }
   }
   const iters = numberFlag("iters", f.iters, 3, { integer: true, min: 1 });
   const maxSeconds = numberFlag("max-seconds", f["max-seconds"], 600, { min: 1 });

@@ -10,7 +10,7 @@ import { dirname } from "node:path";
 import { checkWritableDir } from "../lib/io/atomic.ts";
 import { fromEdmKwargs, preset } from "../lib/nets/config.ts";
 import { describeImport, importToSafetensors } from "../lib/nets/import.ts";
-import { describeEdm2Import, importEdm2Network, saveEdm2Network } from "../lib/nets/import_edm2.ts";
+import { describeEdm2Import, importEdm2ToSafetensors } from "../lib/nets/import_edm2.ts";
 import { parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
 
 const USAGE =
@@ -56,13 +56,7 @@ await runMain(async () => {
         "--preset and --config apply to EDM networks; an EDM2 pickle records its own",
       );
     }
-    const { net, summary } = await importEdm2Network(input, { key });
-    try {
-      await saveEdm2Network(net, output);
-    } finally {
-      net.dispose();
-    }
-    description = describeEdm2Import(summary);
+    description = describeEdm2Import(await importEdm2ToSafetensors(input, output, { key }));
   }
   console.log(description);
   console.log(

@@ -21,6 +21,7 @@ import {
   writeLatentZip,
 } from "../lib/data/dataset.ts";
 import { readSafetensors, writeSafetensors } from "../lib/io/safetensors.ts";
+import { toFloat32 } from "../lib/io/host_tensor.ts";
 import { saveRefStats } from "../lib/metrics/ref_stats.ts";
 import { createEdm2Network } from "../lib/nets/edm2.ts";
 import { saveEdm2Network } from "../lib/nets/import_edm2.ts";
@@ -284,7 +285,7 @@ Deno.test("distill chain, EDM2 pickle teacher: the import stage converts it with
     const want = await ref.stateDict();
     assert.deepEqual([...imported.tensors.keys()].sort(), [...want.keys()].sort());
     for (const [k, t] of want) {
-      const got = imported.tensors.get(k)!.data as Float32Array;
+      const got = toFloat32(imported.tensors.get(k)!);
       assert.ok(got.every((v, i) => v === (t.data as Float32Array)[i]), `${k} differs`);
     }
   } finally {

@@ -15,7 +15,14 @@ import {
   fromEdm2Kwargs,
   toEdm2Kwargs,
 } from "../lib/nets/edm2.ts";
-import { importEdm2Network, loadEdm2Network, saveEdm2Network } from "../lib/nets/import_edm2.ts";
+import {
+  importEdm2Network,
+  importEdm2ToSafetensors,
+  loadEdm2Network,
+  saveEdm2Network,
+} from "../lib/nets/import_edm2.ts";
+import { withShapesOnly } from "../lib/nets/module.ts";
+import { readSafetensors as readSt } from "../lib/io/safetensors.ts";
 import {
   fakeScoreLoss,
   sidaGeneratorAdversarialLoss,
@@ -238,6 +245,66 @@ Deno.test("EDM2 pickle import (fp16 EMA, safe reader): exact weights, parity, sa
     fx.net.dispose();
     await Deno.remove(tmp);
   }
+});
+
+Deno.test("EDM2 pickle to safetensors without building the network: fp16 kept, same network loaded, nothing written on error", async () => {
+  await setupBackend();
+  const pkl = fixturePath("pickles/edm2_tiny_fp16.pkl");
+  const dir = await Deno.makeTempDir({ prefix: "sida-edm2-stream-" });
+  try {
+    const before = tf.memory().numTensors;
+    const out = `${dir}/t.safetensors`;
+    const summary = await importEdm2ToSafetensors(pkl, out);
+    assert.equal(tf.memory().numTensors, before, "the streaming import allocated tensors");
+    const { net, summary: s2 } = await importEdm2Network(pkl);
+    assert.deepEqual(summary, s2);
+    assert.equal(summary.paramCount, net.numParameters());
+    // The file holds the pickle's fp16 parameters as they were; it loads as the same network.
+    const { tensors, metadata } = await readSt(out);
+    assert.equal(metadata.class, "EDM2Precond");
+    assert.ok([...tensors.values()].some((t) => t.dtype === "float16"));
+    const loaded = await loadEdm2Network(out);
+    const a = await net.stateDict(), b = await loaded.stateDict();
+    for (const [k, t] of a) {
+      const x = t.data as Float32Array, y = b.get(k)!.data as Float32Array;
+      assert.ok(x.every((v, i) => v === y[i]), `${k} differs`);
+    }
+    net.dispose();
+    loaded.dispose();
+    // Not an EDM2 network, or a hostile pickle: an IoError, and no file.
+    for (const bad of ["pickles/edm_songunet.pkl", "pickles/malicious_os_system.pkl"]) {
+      await assert.rejects(() => importEdm2ToSafetensors(fixturePath(bad), `${dir}/x.safetensors`));
+      await assert.rejects(() => Deno.stat(`${dir}/x.safetensors`), Deno.errors.NotFound);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("shapes-only construction: the names and PyTorch shapes of the real network, one-element placeholders", async () => {
+  await setupBackend();
+  const config = edm2Preset("edm2-img512-xs");
+  const before = tf.memory().numTensors;
+  const dry = withShapesOnly(() => new EDM2Precond(config, { init: "zeros" }));
+  const entries = dry.namedTensors();
+  assert.ok(entries.every(([, e]) => e.variable.size === 1), "a placeholder is not one element");
+  // Against a small real network of the same structure and against the reference's count.
+  const small = { ...config, unet: { ...config.unet, modelChannels: 8 } };
+  const real = new EDM2Precond(small, { init: "zeros" });
+  const drySmall = withShapesOnly(() => new EDM2Precond(small, { init: "zeros" }));
+  assert.deepEqual(
+    drySmall.namedTensors().map(([n, e]) => [n, e.torchShape, e.kind]),
+    real.namedTensors().map(([n, e]) => [n, e.torchShape, e.kind]),
+  );
+  const count = entries.filter(([, e]) => e.kind === "param")
+    .reduce((n, [, e]) => n + e.torchShape.reduce((a, b) => a * b, 1), 0);
+  assert.equal(count, estimateEdm2Parameters(config));
+  // Outside withShapesOnly, modules are real again.
+  assert.ok(real.namedTensors().some(([, e]) => e.variable.size > 1));
+  dry.dispose();
+  drySmall.dispose();
+  real.dispose();
+  assert.equal(tf.memory().numTensors, before);
 });
 
 Deno.test("EDM2 fake-score loss with the logvar head: λ e^{-u} Σ(D̂-x)² + HWC·u per sample", async () => {

@@ -28,6 +28,7 @@ import { moduleState, openTorchFile, readTensor, stateDictOf, toPlain } from "..
 import { ConfigError } from "./config.ts";
 import { type Edm2Config, EDM2Precond, fromEdm2Kwargs, toEdm2Kwargs } from "./edm2.ts";
 import { NETWORK_FORMAT } from "./metadata.ts";
+import { withShapesOnly } from "./module.ts";
 
 /** Class names of EDM2 networks: NVlabs/edm2's `Precond` and SiD's EDM2 variants. */
 export const EDM2_CLASSES: ReadonlySet<string> = new Set([
@@ -74,20 +75,25 @@ function dictGet(d: PyValue, key: string): PyValue | undefined {
   return undefined;
 }
 
+/** A parsed EDM2 pickle: the network record's configuration and tensors, checked by name and shape. */
+interface ParsedEdm2 {
+  file: ReturnType<typeof openTorchFile>;
+  key: string;
+  className: string;
+  config: Edm2Config;
+  tensors: ReturnType<typeof stateDictOf>;
+  /** Parameter elements of the architecture. */
+  paramCount: number;
+}
+
 /**
- * Reads an EDM2 network from a pickle: checks its class, builds the architecture its
- * `_init_args`/`_init_kwargs` record (defaults as in the reference), checks that the stored
- * tensors match it exactly (names and shapes) and loads them as float32.
- *
- * @throws {IoError} for an unsafe or malformed file, a non-EDM2 class, or mismatched weights.
+ * Opens an EDM2 pickle and checks it without allocating the network: the class, the
+ * configuration its `_init_args`/`_init_kwargs` record, and every stored tensor's name and shape
+ * against that architecture (built shapes-only, {@linkcode withShapesOnly}). The caller closes
+ * `file`.
  */
-export async function importEdm2Network(
-  path: string,
-  options: Edm2ImportOptions = {},
-): Promise<{ net: EDM2Precond; summary: Edm2ImportSummary }> {
-  await Promise.resolve();
+function parseEdm2(path: string, options: Edm2ImportOptions): ParsedEdm2 {
   const file = openTorchFile(path);
-  let net: EDM2Precond | undefined;
   try {
     let obj: PyValue | undefined;
     let key = options.key ?? "";
@@ -128,8 +134,11 @@ export async function importEdm2Network(
       throw e;
     }
     const tensors = stateDictOf(obj);
-    net = new EDM2Precond(config, { init: "zeros" });
-    const ours = net.namedTensors();
+    const shapes = withShapesOnly(() => new EDM2Precond(config, { init: "zeros" }));
+    const ours = shapes.namedTensors();
+    const paramCount = ours.filter(([, e]) => e.kind === "param")
+      .reduce((n, [, e]) => n + e.torchShape.reduce((a, b) => a * b, 1), 0);
+    shapes.dispose();
     const known = new Set(ours.map(([n]) => n));
     const problems = [
       ...ours.filter(([n]) => !tensors.has(n)).map(([n]) => `missing ${n}`),
@@ -146,8 +155,43 @@ export async function importEdm2Network(
         }${problems.length > 5 ? `; … (${problems.length} in all)` : ""}`,
       );
     }
+    return { file, key, className: obj.className, config, tensors, paramCount };
+  } catch (e) {
+    file.close();
+    throw e;
+  }
+}
+
+function summaryOf(path: string, p: ParsedEdm2): Edm2ImportSummary {
+  return {
+    path,
+    key: p.key,
+    className: p.className,
+    config: p.config,
+    paramCount: p.paramCount,
+    tensorCount: p.tensors.size,
+    sourceDtypes: [...new Set([...p.tensors.values()].map((t) => t.dtype))],
+  };
+}
+
+/**
+ * Reads an EDM2 network from a pickle: checks its class, builds the architecture its
+ * `_init_args`/`_init_kwargs` record (defaults as in the reference), checks that the stored
+ * tensors match it exactly (names and shapes) and loads them as float32.
+ *
+ * @throws {IoError} for an unsafe or malformed file, a non-EDM2 class, or mismatched weights.
+ */
+export async function importEdm2Network(
+  path: string,
+  options: Edm2ImportOptions = {},
+): Promise<{ net: EDM2Precond; summary: Edm2ImportSummary }> {
+  await Promise.resolve();
+  const p = parseEdm2(path, options);
+  let net: EDM2Precond | undefined;
+  try {
+    net = new EDM2Precond(p.config, { init: "zeros" });
     const allow = options.allowNonFinite ?? nonFiniteAllowedByDefault();
-    for (const [name, ref] of tensors) {
+    for (const [name, ref] of p.tensors) {
       const t = readTensor(ref);
       const f: HostTensor = t.dtype === "float32"
         ? t
@@ -155,31 +199,65 @@ export async function importEdm2Network(
       checkFiniteWeights([[name, f]], path, allow);
       net.loadStateDict(new Map([[name, f]]), { strict: false });
     }
-    const summary: Edm2ImportSummary = {
-      path,
-      key,
-      className: obj.className,
-      config,
-      paramCount: net.numParameters(),
-      tensorCount: tensors.size,
-      sourceDtypes: [...new Set([...tensors.values()].map((t) => t.dtype))],
-    };
-    return { net, summary };
+    return { net, summary: summaryOf(path, p) };
   } catch (e) {
     net?.dispose();
     throw e;
   } finally {
-    file.close();
+    p.file.close();
   }
+}
+
+/**
+ * Converts an EDM2 pickle to our safetensors network file without building the network: the
+ * pickle is checked as {@linkcode importEdm2Network} does, then its tensors are written in their
+ * stored dtype (float16 for the official releases; {@linkcode loadEdm2Network} reads them as
+ * float32). Memory stays near the size of the weights, once (EDM2-XXL: 3 GB), where building
+ * the float32 network and saving it needs about five times that.
+ *
+ * @throws {IoError} for an unsafe or malformed file, a non-EDM2 class, mismatched or non-finite
+ *   weights; nothing is written then.
+ *
+ * @example
+ * ```ts
+ * import { importEdm2ToSafetensors } from "./import_edm2.ts";
+ * await importEdm2ToSafetensors("edm2-img512-xs-2147483-0.135.pkl", "teacher.safetensors");
+ * ```
+ */
+export async function importEdm2ToSafetensors(
+  input: string,
+  output: string,
+  options: Edm2ImportOptions = {},
+): Promise<Edm2ImportSummary> {
+  await Promise.resolve();
+  const p = parseEdm2(input, options);
+  try {
+    const allow = options.allowNonFinite ?? nonFiniteAllowedByDefault();
+    const host = new Map<string, HostTensor>();
+    for (const [name, ref] of p.tensors) {
+      const t = readTensor(ref);
+      checkFiniteWeights([[name, t]], input, allow);
+      host.set(name, t);
+    }
+    await writeSafetensors(output, host, edm2ConfigMetadata(p.config));
+    return summaryOf(input, p);
+  } finally {
+    p.file.close();
+  }
+}
+
+/** The safetensors metadata of an EDM2 network of configuration `config`. */
+function edm2ConfigMetadata(config: Edm2Config): Record<string, string> {
+  return {
+    format: NETWORK_FORMAT,
+    class: "EDM2Precond",
+    config: JSON.stringify(toEdm2Kwargs(config)),
+  };
 }
 
 /** The safetensors metadata of a saved EDM2 network. */
 export function edm2Metadata(net: EDM2Precond): Record<string, string> {
-  return {
-    format: NETWORK_FORMAT,
-    class: "EDM2Precond",
-    config: JSON.stringify(toEdm2Kwargs(net.config)),
-  };
+  return edm2ConfigMetadata(net.config);
 }
 
 /**

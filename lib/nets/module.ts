@@ -60,6 +60,31 @@ export function toTorchLayout(t: tf.Tensor, layout: Layout): tf.Tensor {
   return tf.clone(t);
 }
 
+let shapesOnly = 0;
+
+/**
+ * Runs `build` with every module it constructs registering only the names, kinds and PyTorch
+ * shapes of its tensors: each tensor is a one-element placeholder, and no initial value is
+ * computed. It checks a checkpoint against an architecture without allocating the architecture
+ * (1.5 B parameters for EDM2-XXL). The modules built may only be inspected
+ * ({@linkcode Module.namedTensors}: the `torchShape`s) and disposed.
+ *
+ * @example
+ * ```ts
+ * import { Module, withShapesOnly } from "./module.ts";
+ * const net: Module = withShapesOnly(() => new Module());
+ * net.dispose();
+ * ```
+ */
+export function withShapesOnly<T>(build: () => T): T {
+  shapesOnly++;
+  try {
+    return build();
+  } finally {
+    shapesOnly--;
+  }
+}
+
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((v, i) => v === b[i]);
 }
@@ -107,6 +132,13 @@ export class Module {
   ): tf.Variable {
     if (this.#tensors.has(name) || this.#children.has(name)) {
       throw new Error(`duplicate module entry '${name}'`);
+    }
+    if (shapesOnly > 0) {
+      const zero = tf.zeros([1]);
+      const placeholder = tf.variable(zero, false);
+      zero.dispose();
+      this.#tensors.set(name, { variable: placeholder, kind, layout, torchShape: [...torchShape] });
+      return placeholder;
     }
     const value = tf.tidy(init);
     const want = toTfShape(torchShape, layout);

@@ -39,8 +39,8 @@ import { checkFiniteWeights, IoError } from "../io/host_tensor.ts";
 import { readSafetensors, readSafetensorsHeader } from "../io/safetensors.ts";
 import { importToSafetensors } from "../nets/import.ts";
 import { configFromMetadata } from "../nets/network.ts";
-import { type EDM2Precond, fromEdm2Kwargs } from "../nets/edm2.ts";
-import { saveEdm2Network } from "../nets/import_edm2.ts";
+import { fromEdm2Kwargs } from "../nets/edm2.ts";
+import { importEdm2ToSafetensors } from "../nets/import_edm2.ts";
 import { loadDenoisingNetwork } from "../nets/load.ts";
 import { loadVaeDecoder, type VaeDecoder } from "../nets/vae.ts";
 import type { DistillConfig } from "../distill/distiller.ts";
@@ -921,12 +921,7 @@ export async function runDistillChain(o: DistillChainOptions = {}): Promise<Dist
       if (lower.endsWith(".safetensors")) {
         await writeFileAtomic(importedTeacher, await Deno.readFile(p.teacherSource));
       } else if (p.edm2) {
-        const net = await loadDenoisingNetwork(p.teacherSource);
-        try {
-          await saveEdm2Network(net as EDM2Precond, importedTeacher);
-        } finally {
-          net.dispose();
-        }
+        await importEdm2ToSafetensors(p.teacherSource, importedTeacher);
       } else {
         await importToSafetensors(p.teacherSource, importedTeacher);
       }
