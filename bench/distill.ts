@@ -129,7 +129,19 @@ interface Row {
   secPerIteration: number;
   trainImgPerSec: number;
   generatorImgPerSec: number;
+  /** Peak resident memory of the process so far (VmHWM, GB; Linux only). */
+  peakRssGb?: number;
   note?: string;
+}
+
+/** The process's peak resident memory in GB (VmHWM), or undefined off Linux. */
+function peakRssGb(): number | undefined {
+  try {
+    const m = Deno.readTextFileSync("/proc/self/status").match(/VmHWM:\s+(\d+) kB/);
+    return m ? Number(m[1]) / 1e6 : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -181,7 +193,9 @@ async function benchConfig(c: Config, iters: number): Promise<Omit<Row, "backend
     const t = performance.now();
     await d.step();
     const s = (performance.now() - t) / 1000;
-    console.error(`  ${c.name} ${what}: ${s.toFixed(3)} s`);
+    console.error(
+      `  ${c.name} ${what}: ${s.toFixed(3)} s (peak RSS ${peakRssGb()?.toFixed(2) ?? "?"} GB)`,
+    );
     return s;
   };
   await timed("warm-up iteration");
@@ -207,6 +221,7 @@ async function benchConfig(c: Config, iters: number): Promise<Omit<Row, "backend
     secPerIteration,
     trainImgPerSec: c.batch / secPerIteration,
     generatorImgPerSec: c.batch / genSec,
+    peakRssGb: peakRssGb(),
   };
 }
 
