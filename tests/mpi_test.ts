@@ -276,6 +276,144 @@ Deno.test({
   },
 });
 
+/** `deno task distill` of a tiny chain, alone (`ranks` 0) or under `mpirun -np ranks`. */
+async function runChain(out: string, ranks: number, extra: string[] = []): Promise<Exit> {
+  const f = await files();
+  const task = [
+    "run",
+    "-A",
+    join(ROOT, "tasks/distill.ts"),
+    ...["--teacher", f.teacher, "--data", f.data, "--ref", f.data, "--out", out],
+    ...[
+      "--features",
+      "inception",
+      "--detector",
+      join(ROOT, "tests/fixtures/inception/inception_w8.pt"),
+    ],
+    ...[
+      "--one-space",
+      "--preset",
+      "mnist",
+      "--batch",
+      String(BATCH),
+      "--micro-batch",
+      String(MICRO),
+    ],
+    ...[
+      "--seed",
+      "3",
+      "--lr",
+      "1e-4",
+      "--glr",
+      "1e-4",
+      "--g-warmup-kimg",
+      "0",
+      "--gan-warmup-kimg",
+      "0",
+    ],
+    ...["--sid-kimg", "0.016", "--sida-kimg", "0.016", "--tick", "0.008", "--snap", "0.008"],
+    ...["--dump", "0.008", "--num", "8", "--snapshot-num", "4", "--eval-batch", "4"],
+    ...["--backend", BACKEND, "--quiet"],
+    ...extra,
+  ];
+  const [cmd, args] = ranks > 0
+    ? ["mpirun", [
+      "--allow-run-as-root",
+      "--oversubscribe",
+      "-np",
+      String(ranks),
+      Deno.execPath(),
+      ...task,
+    ]]
+    : [Deno.execPath(), task];
+  const env: Record<string, string> = { ...Deno.env.toObject(), ...ENV };
+  for (const k of Object.keys(env)) if (/^(OMPI_|PMI_|PMIX_)/.test(k)) delete env[k];
+  const t0 = performance.now();
+  const child = new Deno.Command(cmd as string, {
+    args: args as string[],
+    env,
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // A rank left waiting (a follower that missed a stage) would hang the job: killed at 300 s.
+  const timer = setTimeout(() => child.kill("SIGKILL"), 300_000);
+  const o = await child.output();
+  clearTimeout(timer);
+  const dec = new TextDecoder();
+  return {
+    code: o.code,
+    output: dec.decode(o.stdout) + dec.decode(o.stderr),
+    seconds: (performance.now() - t0) / 1000,
+  };
+}
+
+Deno.test({
+  name:
+    "mpi: mpirun -np 2 deno task distill gives one process's SiD and SiD²A generators; rank 0 alone scores and reports",
+  ignore: !MPIRUN,
+  sanitizeResources: false,
+  async fn() {
+    const f = await files();
+    const one = join(f.dir, "chain-one"), two = join(f.dir, "chain-two");
+    const a = await runChain(one, 0);
+    ok(a, "one-process chain");
+    const b = await runChain(two, 2);
+    ok(b, "mpirun -np 2 chain");
+    console.log(`chain: ${a.seconds.toFixed(0)} s alone, ${b.seconds.toFixed(0)} s on 2 ranks`);
+    for (const stage of ["sid", "sida"]) {
+      const x = await readSafetensors(join(one, stage, "network-snapshot-000000.016.safetensors"));
+      const y = await readSafetensors(join(two, stage, "network-snapshot-000000.016.safetensors"));
+      let diff = 0;
+      for (const [k, u] of x.tensors) {
+        const v = y.tensors.get(k)!;
+        for (let i = 0; i < u.data.length; i++) {
+          diff = Math.max(diff, Math.abs((u.data[i] as number) - (v.data[i] as number)));
+        }
+      }
+      console.log(`chain ${stage}: max |2 ranks − 1 process| = ${diff.toExponential(2)}`);
+      assert(diff <= 1e-5, `${stage}: the 2-rank chain's generator differs by ${diff}`);
+    }
+    // One chain log line per stage (rank 0 wrote it), the report and the scored snapshots.
+    const log = (await Deno.readTextFile(join(two, "chain-log.jsonl"))).trim().split("\n")
+      .map((l) => JSON.parse(l));
+    assert.deepEqual(log.map((l) => `${l.stage} ${l.action}`), [
+      "import ran",
+      "sid ran",
+      "sida ran",
+      "eval ran",
+    ]);
+    const report = JSON.parse(await Deno.readTextFile(join(two, "report.json")));
+    assert.equal(report.stages.length, 2);
+    const fids = (await Deno.readTextFile(join(two, "sid", "snapshot-fids.jsonl"))).trim().split(
+      "\n",
+    );
+    assert.equal(fids.length, 2, "each SiD snapshot scored once");
+    // A rerun under mpirun skips every stage.
+    const c = await runChain(two, 2);
+    ok(c, "rerun");
+    assert.match(c.output, /import skipped, sid skipped, sida skipped, eval skipped/);
+  },
+});
+
+Deno.test({
+  name: "mpi: deno task distill under mpirun: an error on rank 0 ends the whole job at once",
+  ignore: !MPIRUN,
+  sanitizeResources: false,
+  async fn() {
+    const f = await files();
+    const out = join(f.dir, "chain-bad");
+    // The reference statistics cannot be read: rank 0 fails in its plan while rank 1 waits for
+    // its first stage.
+    await Deno.writeTextFile(join(f.dir, "bad.npz"), "not an npz");
+    const e = await runChain(out, 2, ["--ref", join(f.dir, "bad.npz")]);
+    assert(e.code !== 0, `the job exited 0:\n${e.output.slice(-2000)}`);
+    assert(e.seconds < 60, `the job took ${e.seconds} s to end`);
+    assert.match(e.output, /bad\.npz/);
+    await assert.rejects(() => Deno.stat(join(out, "chain.json")), Deno.errors.NotFound);
+  },
+});
+
 Deno.test({
   name: "mpi: clean up",
   ignore: !MPIRUN,

@@ -34,7 +34,7 @@ import { basename, join } from "node:path";
 import { loadImageZip } from "../data/dataset.ts";
 import { appendTextNamed, mkdirNamed, PARTIAL_FILE_RE, writeFileAtomic } from "../io/atomic.ts";
 import { LOCK_FILE, lockRunFolder } from "../io/lock.ts";
-import { mpiWorld } from "../runtime/mpi.ts";
+import { type DataParallel, dataParallel, isWriter } from "../train/parallel.ts";
 import { checkFiniteWeights, IoError } from "../io/host_tensor.ts";
 import { readSafetensors, readSafetensorsHeader } from "../io/safetensors.ts";
 import { importToSafetensors } from "../nets/import.ts";
@@ -55,7 +55,7 @@ import {
 import { augmentMismatch, dataMismatch } from "../data/fit.ts";
 import { withInterrupt } from "../train/driver.ts";
 import { findLatestState, snapshotFileName } from "../train/run_folder.ts";
-import { runDistillation } from "../distill/train.ts";
+import { type DistillationOptions, runDistillation } from "../distill/train.ts";
 import {
   DEFAULT_MNIST_FEATURES,
   DEFAULT_MNIST_FEATURES_B,
@@ -545,16 +545,6 @@ interface Plan {
 
 async function plan(o: DistillChainOptions): Promise<Plan> {
   // ---- pure checks ----
-  // The chain's import, scoring, eval and report are not rank-aware yet (each rank would lock the
-  // folder): under mpirun only the training tasks run (docs/mpi.md).
-  const world = mpiWorld();
-  if (world && world.size > 1) {
-    throw new UsageError(
-      `deno task distill does not run under mpirun yet (rank ${world.rank} of ${world.size}): ` +
-        "run its stages as mpirun -np N deno task sid|sida, and deno task eval in one process " +
-        "(docs/mpi.md)",
-    );
-  }
   const stages = new Set<StageName>();
   for (const s of o.stages ?? STAGE_NAMES) {
     if (!(STAGE_NAMES as readonly string[]).includes(s)) {
@@ -883,6 +873,109 @@ async function checkRunFolder(out: string, settings: ChainSettings): Promise<voi
  * input, before anything is written.
  */
 export async function runDistillChain(o: DistillChainOptions = {}): Promise<DistillChainResult> {
+  const dp = dataParallel();
+  if (dp && dp.rank !== 0) return await followChain(dp, o);
+  if (!dp) return await leadChain(o, null);
+  // Rank 0 leads and, at the end, releases the other ranks. An error on rank 0 ends the job
+  // instead: its non-zero exit calls MPI_Abort (lib/runtime/mpi.ts), which stops the ranks
+  // waiting for its next message.
+  const r = await leadChain(o, dp);
+  dp.broadcastJson<ChainJob>({ done: true });
+  return r;
+}
+
+/**
+ * What rank 0 sends the other ranks under `mpirun`: a training stage to run with it (the files it
+ * needs by path and SHA-256), or the end of the chain.
+ */
+type ChainJob =
+  | { done: true }
+  | {
+    done?: false;
+    stage: "sid" | "sida";
+    teacher: SharedFile;
+    init: SharedFile | null;
+    options: Omit<DistillationOptions, "teacher" | "init" | "signal" | "onSnapshot" | "quiet">;
+  };
+
+/** A file rank 0 has and the other ranks need: its path there, size and SHA-256. */
+interface SharedFile {
+  path: string;
+  size: number;
+  sha256: string;
+}
+
+/**
+ * Makes `file` available on this rank: the same path when this rank sees the same bytes there
+ * (one host, or a shared folder), else a private copy of rank 0's bytes. Collective: every rank
+ * calls it with the same `file`; returns the path to use and a cleanup.
+ */
+async function shareFile(
+  dp: DataParallel,
+  file: SharedFile,
+): Promise<{ path: string; cleanup: () => Promise<void> }> {
+  let same = dp.rank === 0;
+  if (!same) {
+    try {
+      same = (await Deno.stat(file.path)).size === file.size &&
+        (await fileSha256(file.path)) === file.sha256;
+    } catch {
+      same = false;
+    }
+  }
+  const missing = dp.any(!same);
+  if (!missing) return { path: file.path, cleanup: () => Promise.resolve() };
+  const bytes = dp.broadcastBytes(dp.rank === 0 ? await Deno.readFile(file.path) : null);
+  if (same) return { path: file.path, cleanup: () => Promise.resolve() };
+  const dir = await Deno.makeTempDir({ prefix: "sida-mpi-chain-" });
+  const path = join(dir, basename(file.path));
+  await Deno.writeFile(path, bytes);
+  return { path, cleanup: () => Deno.remove(dir, { recursive: true }).catch(() => {}) };
+}
+
+async function describeShared(path: string): Promise<SharedFile> {
+  return { path, size: (await Deno.stat(path)).size, sha256: await fileSha256(path) };
+}
+
+/**
+ * The chain on ranks other than 0: each training stage rank 0 runs, with the same settings (this
+ * rank computes its share of every batch, `lib/train/parallel.ts`); nothing is written here.
+ */
+async function followChain(dp: DataParallel, o: DistillChainOptions): Promise<DistillChainResult> {
+  const status: Record<StageName, StageStatus> = {
+    import: "not selected",
+    sid: "not selected",
+    sida: "not selected",
+    eval: "not selected",
+  };
+  let interrupted = false;
+  for (;;) {
+    const job = dp.broadcastJson<ChainJob>(undefined);
+    if (job.done) break;
+    const teacher = await shareFile(dp, job.teacher);
+    const init = job.init ? await shareFile(dp, job.init) : null;
+    try {
+      const r = await runDistillation({
+        ...job.options,
+        teacher: teacher.path,
+        init: init?.path,
+        signal: o.signal,
+        quiet: true,
+      });
+      status[job.stage] = r.interrupted ? "interrupted" : "ran";
+      interrupted ||= r.interrupted;
+    } finally {
+      await teacher.cleanup();
+      await init?.cleanup();
+    }
+  }
+  return { out: o.out ?? "", stages: status, interrupted, report: null };
+}
+
+async function leadChain(
+  o: DistillChainOptions,
+  dp: DataParallel | null,
+): Promise<DistillChainResult> {
   const p = await plan(o);
   const say = (s: string) => {
     if (!o.quiet) console.error(s);
@@ -963,11 +1056,9 @@ export async function runDistillChain(o: DistillChainOptions = {}): Promise<Dist
     let r: Awaited<ReturnType<typeof runDistillation>>;
     let final: { name: string; nimg: number } | undefined;
     try {
-      r = await runDistillation({
+      const options = {
         method: stage,
-        teacher: teacherPath,
         data: settings.data,
-        init,
         out: join(out, stage),
         preset: settings.preset,
         config: sp.config,
@@ -976,6 +1067,23 @@ export async function runDistillChain(o: DistillChainOptions = {}): Promise<Dist
         snapKimg: sp.snapKimg,
         dumpKimg: sp.dumpKimg,
         backend: p.backend,
+      };
+      if (dp) {
+        // Under mpirun every rank trains this stage with rank 0 (`followChain`).
+        const job: ChainJob = {
+          stage,
+          teacher: await describeShared(teacherPath),
+          init: init ? await describeShared(init) : null,
+          options,
+        };
+        dp.broadcastJson(job);
+        await shareFile(dp, job.teacher);
+        if (job.init) await shareFile(dp, job.init);
+      }
+      r = await runDistillation({
+        ...options,
+        teacher: teacherPath,
+        init,
         signal: o.signal,
         quiet: o.quiet,
         onSnapshot: scoring ? (path, nimg) => scoring.onSnapshot(path, nimg) : undefined,
@@ -1761,7 +1869,7 @@ export async function distillChainTask(args: string[]): Promise<void> {
   await withInterrupt(async (signal) => {
     const t0 = performance.now();
     const r = await runDistillChain({ ...opts, signal });
-    if (r.interrupted) return r;
+    if (r.interrupted || !isWriter()) return r;
     const summary = STAGE_NAMES.map((s) => `${s} ${r.stages[s]}`).join(", ");
     console.log(`${summary}; ${((performance.now() - t0) / 60000).toFixed(1)} min`);
     const names = r.report?.evaluation.spaces.map((s) => s.name) ?? [];
