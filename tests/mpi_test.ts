@@ -198,6 +198,51 @@ function reference(kind: MpiRunSpec["kind"]): Promise<MpiRunSpec> {
   return references.get(kind)!;
 }
 
+/** `applyRankDefaults(world)` in a child process with exactly `env` (this process's env is untouched). */
+function rankDefaults(
+  world: { rank: number; size: number; localRank: number; localSize: number } | null,
+  env: Record<string, string>,
+): { set: Record<string, string>; after: Record<string, string | null> } {
+  const mod = new URL("../lib/runtime/mpi.ts", import.meta.url).href;
+  const code = `import { applyRankDefaults } from ${JSON.stringify(mod)};
+const set = applyRankDefaults(${JSON.stringify(world)});
+const after = Object.fromEntries(["SIDA_NUM_THREADS", "DRI_PRIME"].map((k) => [k, Deno.env.get(k) ?? null]));
+console.log(JSON.stringify({ set, after }));`;
+  const o = new Deno.Command(Deno.execPath(), {
+    args: ["eval", code],
+    env: { PATH: Deno.env.get("PATH") ?? "", HOME: Deno.env.get("HOME") ?? "/tmp", ...env },
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).outputSync();
+  assert(o.success, new TextDecoder().decode(o.stderr));
+  return JSON.parse(new TextDecoder().decode(o.stdout));
+}
+
+Deno.test("mpi: per-rank defaults: GPU k for local rank k (DRI_PRIME), threads split, explicit settings kept", () => {
+  const cores = navigator.hardwareConcurrency || 1;
+  const a = rankDefaults({ rank: 3, size: 4, localRank: 1, localSize: 2 }, {
+    SIDA_MPI_GPUS: "pci-0000_01_00_0, pci-0000_41_00_0",
+  });
+  assert.equal(a.set.DRI_PRIME, "pci-0000_41_00_0");
+  assert.equal(a.after.DRI_PRIME, "pci-0000_41_00_0");
+  assert.equal(a.set.SIDA_NUM_THREADS, String(Math.max(1, Math.floor(cores / 2))));
+  assert.equal(a.set.OMPI_MCA_mpi_yield_when_idle, "1");
+  // Local rank 0 gets the first GPU; a thread count the user gave is kept.
+  const b = rankDefaults({ rank: 0, size: 2, localRank: 0, localSize: 2 }, {
+    SIDA_MPI_GPUS: "a,b",
+    OMP_NUM_THREADS: "3",
+  });
+  assert.equal(b.set.DRI_PRIME, "a");
+  assert.equal(b.set.SIDA_NUM_THREADS, undefined);
+  // A world of one, or no MPI, changes nothing.
+  for (const w of [{ rank: 0, size: 1, localRank: 0, localSize: 1 }, null]) {
+    const c = rankDefaults(w, { SIDA_MPI_GPUS: "a,b" });
+    assert.deepEqual(c.set, {});
+    assert.deepEqual(c.after, { SIDA_NUM_THREADS: null, DRI_PRIME: null });
+  }
+});
+
 Deno.test("mpi: rounds are split into contiguous blocks; uneven splits are refused", () => {
   assert.deepEqual(roundRange(4, 0, 1), [0, 4]);
   assert.deepEqual([0, 1].map((r) => roundRange(4, r, 2)), [[0, 2], [2, 4]]);
