@@ -33,8 +33,9 @@ import { generate } from "../lib/distill/generator.ts";
 import { distillPreset } from "../lib/distill/presets.ts";
 import { preset } from "../lib/nets/config.ts";
 import { createNetwork } from "../lib/nets/network.ts";
-import { BACKEND_NAMES, describeBackend } from "../lib/runtime/backend.ts";
-import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
+import { BACKEND_NAMES } from "../lib/runtime/backend.ts";
+import { startBenchBackend } from "./common.ts";
+import { numberFlag, parseFlags, runMain, UsageError } from "../lib/runtime/cli.ts";
 
 const USAGE =
   "usage: bench/distill.ts [--backends webgpu,native,cpu] [--configs mnist,cifar10,edm2-xs] [--iters 3] [--max-seconds 600] [--batch N] [--json out.json]";
@@ -245,22 +246,9 @@ await runMain(async () => {
     : numberFlag("batch", f.batch, 0, { integer: true, min: 1 });
   const rows: Row[] = [];
   for (const b of backends) {
-    let info;
-    try {
-      info = await startBackend(b);
-    } catch (e) {
-      console.error(`skipping backend ${b}: ${(e as Error).message}`);
-      continue;
-    }
-    if (info.name !== b) {
-      console.error(`skipping backend ${b}: got ${info.name}`);
-      continue;
-    }
-    const device = info.name === "webgpu"
-      ? `${info.adapter}${info.isFallbackAdapter ? " (software)" : ""}`
-      : info.name === "cpu"
-      ? "tfjs-cpu (JS)"
-      : describeBackend(info).replace(/^backend: /, "");
+    const started = await startBenchBackend(b);
+    if (!started) continue;
+    const { device } = started;
     const unit = await probeUnitSeconds();
     console.error(`${b}: mnist forward+backward at batch 1 takes ${unit.toFixed(2)} s`);
     for (const name of configs) {

@@ -22,6 +22,9 @@
  * - `warmup-it-lsg1e-3`: `warmup-it` with the adversarial scale 10× smaller (0.001), meant for a
  *   longer stage (`--iters 72`) so that the fake score and discriminator catch up after the
  *   warm-ups before the adversarial term pushes G.
+ * - `warmup-g40`: the fake net trains alone for 40 iterations before G moves (the reference starts
+ *   SiD²A's fake net from the teacher, as here, and gives it 100 kimg, 391 iterations, first),
+ *   the adversarial term from iteration 49; meant for `--iters 96`.
  *
  * Every run appends one JSON line per evaluation to `--out` (a `.jsonl` file); rerunning skips
  * the (setting, seed) pairs that are complete there, so a long sweep can be continued.
@@ -77,6 +80,7 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
   "lsg-gan0.1": { lsgGan: 0.1 },
   "warmup-it-decay": { gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64 },
   "warmup-it-lsg1e-3": { gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64, lsgGan: 0.001 },
+  "warmup-g40": { gWarmupNimg: 40 * 64, ganWarmupNimg: 48 * 64 },
 };
 
 /** Learning-rate changes of a setting: after iteration `after`, these rates. */

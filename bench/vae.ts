@@ -15,8 +15,9 @@
 import { tf } from "../lib/deps.ts";
 import { Initializer } from "../lib/nets/init.ts";
 import { decodeLatents, SD_VAE_CONFIG, VaeDecoder } from "../lib/nets/vae.ts";
-import { BACKEND_NAMES, describeBackend } from "../lib/runtime/backend.ts";
-import { numberFlag, parseFlags, runMain, startBackend } from "../lib/runtime/cli.ts";
+import { BACKEND_NAMES } from "../lib/runtime/backend.ts";
+import { startBenchBackend } from "./common.ts";
+import { numberFlag, parseFlags, runMain } from "../lib/runtime/cli.ts";
 
 const USAGE =
   "usage: bench/vae.ts [--backends webgpu,native,cpu] [--batch 1] [--batches 2] [--latent 64] [--json out.json]";
@@ -42,22 +43,9 @@ await runMain(async () => {
   const latent = numberFlag("latent", f.latent, 64, { integer: true, min: 1 });
   const rows: Row[] = [];
   for (const b of backends) {
-    let info;
-    try {
-      info = await startBackend(b);
-    } catch (e) {
-      console.error(`skipping backend ${b}: ${(e as Error).message}`);
-      continue;
-    }
-    if (info.name !== b) {
-      console.error(`skipping backend ${b}: got ${info.name}`);
-      continue;
-    }
-    const device = info.name === "webgpu"
-      ? `${info.adapter}${info.isFallbackAdapter ? " (software)" : ""}`
-      : info.name === "cpu"
-      ? "tfjs-cpu (JS)"
-      : describeBackend(info).replace(/^backend: /, "");
+    const started = await startBenchBackend(b);
+    if (!started) continue;
+    const { device } = started;
     const vae = new VaeDecoder(SD_VAE_CONFIG, new Initializer("random", 0));
     const z = tf.randomNormal([batch, latent, latent, 4], 0, 0.5, "float32", 1) as tf.Tensor4D;
     const once = async () => {

@@ -50,13 +50,22 @@ interface Exit {
 }
 
 /** Runs the driver: alone (`ranks` 0) or under `mpirun -np ranks`; killed after `limitSec`. */
-async function run(
+function run(
   spec: MpiRunSpec,
   ranks: number,
   limitSec = 300,
   extraEnv: Record<string, string> = {},
 ): Promise<Exit> {
-  const deno = ["run", "-A", DRIVER, JSON.stringify(spec)];
+  return runDeno(["run", "-A", DRIVER, JSON.stringify(spec)], ranks, limitSec, extraEnv);
+}
+
+/** `deno <denoArgs>` alone (`ranks` 0) or under `mpirun -np ranks`; killed after `limitSec`. */
+async function runDeno(
+  denoArgs: string[],
+  ranks: number,
+  limitSec = 300,
+  extraEnv: Record<string, string> = {},
+): Promise<Exit> {
   const [cmd, args] = ranks > 0
     ? ["mpirun", [
       "--allow-run-as-root",
@@ -64,9 +73,9 @@ async function run(
       "-np",
       String(ranks),
       Deno.execPath(),
-      ...deno,
+      ...denoArgs,
     ]]
-    : [Deno.execPath(), deno];
+    : [Deno.execPath(), denoArgs];
   const env: Record<string, string> = { ...Deno.env.toObject(), ...ENV, ...extraEnv };
   // A test itself started by mpirun must not look like a rank to its children.
   for (const k of Object.keys(env)) if (/^(OMPI_|PMI_|PMIX_)/.test(k)) delete env[k];
@@ -322,7 +331,11 @@ Deno.test({
 });
 
 /** `deno task distill` of a tiny chain, alone (`ranks` 0) or under `mpirun -np ranks`. */
-async function runChain(out: string, ranks: number, extra: string[] = []): Promise<Exit> {
+async function runChain(
+  out: string,
+  ranks: number,
+  extra: string[] = [],
+): Promise<Exit> {
   const f = await files();
   const task = [
     "run",
@@ -361,36 +374,8 @@ async function runChain(out: string, ranks: number, extra: string[] = []): Promi
     ...["--backend", BACKEND, "--quiet"],
     ...extra,
   ];
-  const [cmd, args] = ranks > 0
-    ? ["mpirun", [
-      "--allow-run-as-root",
-      "--oversubscribe",
-      "-np",
-      String(ranks),
-      Deno.execPath(),
-      ...task,
-    ]]
-    : [Deno.execPath(), task];
-  const env: Record<string, string> = { ...Deno.env.toObject(), ...ENV };
-  for (const k of Object.keys(env)) if (/^(OMPI_|PMI_|PMIX_)/.test(k)) delete env[k];
-  const t0 = performance.now();
-  const child = new Deno.Command(cmd as string, {
-    args: args as string[],
-    env,
-    clearEnv: true,
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
   // A rank left waiting (a follower that missed a stage) would hang the job: killed at 300 s.
-  const timer = setTimeout(() => child.kill("SIGKILL"), 300_000);
-  const o = await child.output();
-  clearTimeout(timer);
-  const dec = new TextDecoder();
-  return {
-    code: o.code,
-    output: dec.decode(o.stdout) + dec.decode(o.stderr),
-    seconds: (performance.now() - t0) / 1000,
-  };
+  return await runDeno(task, ranks, 300);
 }
 
 Deno.test({
