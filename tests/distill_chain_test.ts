@@ -229,7 +229,9 @@ Deno.test("distill chain: bad arguments fail before anything is written", async 
       [...base, "--sida-augment", "0.12"],
       /augmentation needs a teacher with an augmentation embedding/,
     ],
-    ["under mpirun", base, /does not run under mpirun yet \(rank 1 of 2\)/, {
+    // A launcher's environment without the launcher (the chain runs under a real mpirun:
+    // tests/mpi_test.ts): MPI says it is alone, and the chain stops before writing.
+    ["fake mpirun environment", base, /MPI: rank 0 of 1, but the launcher said 1 of 2/, {
       OMPI_COMM_WORLD_SIZE: "2",
       OMPI_COMM_WORLD_RANK: "1",
     }],
