@@ -139,3 +139,21 @@ export async function withTempDir(
     await Deno.remove(dir, { recursive: true });
   }
 }
+
+/**
+ * `deno run -A <args>` from the repository root on the `cpu` backend (`SIDA_BACKEND`), with its
+ * exit code and output: how the task tests run a task as a user would.
+ */
+export async function runCpuTask(
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", ...args],
+    cwd: new URL("../", import.meta.url).pathname,
+    env: { SIDA_BACKEND: "cpu" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}

@@ -11,21 +11,10 @@ import { readNpz } from "../lib/metrics/npz.ts";
 import { saveRefStats } from "../lib/metrics/ref_stats.ts";
 import { FeatureStats } from "../lib/metrics/stats.ts";
 import { generateBatches } from "../lib/metrics/generate.ts";
-import { setupBackend } from "./helpers.ts";
+import { runCpuTask, setupBackend } from "./helpers.ts";
 
-const root = new URL("../", import.meta.url).pathname;
 
-async function runTask(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", ...args],
-    cwd: root,
-    env: { SIDA_BACKEND: "cpu" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const runTask = runCpuTask;
 
 async function fixtures(dir: string): Promise<{ gen: string; det: string; ref: string }> {
   await setupBackend();

@@ -29,6 +29,7 @@ import {
   maxAbs,
   maxAbsDiff,
   nhwc,
+  runCpuTask,
   setupBackend,
   TEST_BACKEND,
   withTempDir,
@@ -266,18 +267,7 @@ Deno.test("EDM2 latent decoding: scaling constants, (x âˆ’ bias)/scale, clamp, Ã
 // ---------------------------------------------------------------------------------------------
 // `deno task generate` / `deno task eval` with a latent generator.
 
-const root = new URL("..", import.meta.url).pathname;
-
-async function runTask(args: string[]): Promise<{ code: number; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", ...args],
-    cwd: root,
-    env: { SIDA_BACKEND: "cpu" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
-}
+const runTask = runCpuTask;
 
 /** Lines of stderr other than the backend banner (an error is one line). */
 const errorLines = (stderr: string) =>
