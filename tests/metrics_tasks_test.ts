@@ -13,7 +13,6 @@ import { FeatureStats } from "../lib/metrics/stats.ts";
 import { generateBatches } from "../lib/metrics/generate.ts";
 import { runCpuTask, setupBackend } from "./helpers.ts";
 
-
 const runTask = runCpuTask;
 
 async function fixtures(dir: string): Promise<{ gen: string; det: string; ref: string }> {
