@@ -25,6 +25,8 @@
  * - `warmup-g40`: the fake net trains alone for 40 iterations before G moves (the reference starts
  *   SiD²A's fake net from the teacher, as here, and gives it 100 kimg, 391 iterations, first),
  *   the adversarial term from iteration 49; meant for `--iters 96`.
+ * - `warmup-it-lr1e-5`: `warmup-it` with lr = glr = 1e-5, the reference's SiD²A rate on CIFAR-10
+ *   (mingyuanzhou/SiD `run_sid_sida.sh:38-39`).
  *
  * Every run appends one JSON line per evaluation to `--out` (a `.jsonl` file); rerunning skips
  * the (setting, seed) pairs that are complete there, so a long sweep can be continued.
@@ -81,6 +83,7 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
   "warmup-it-decay": { gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64 },
   "warmup-it-lsg1e-3": { gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64, lsgGan: 0.001 },
   "warmup-g40": { gWarmupNimg: 40 * 64, ganWarmupNimg: 48 * 64 },
+  "warmup-it-lr1e-5": { lr: 1e-5, glr: 1e-5, gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64 },
 };
 
 /** Learning-rate changes of a setting: after iteration `after`, these rates. */

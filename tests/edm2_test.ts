@@ -18,6 +18,7 @@ import {
 import {
   importEdm2Network,
   importEdm2ToSafetensors,
+  inspectEdm2Pickle,
   loadEdm2Network,
   saveEdm2Network,
 } from "../lib/nets/import_edm2.ts";
@@ -258,6 +259,11 @@ Deno.test("EDM2 pickle to safetensors without building the network: fp16 kept, s
     assert.equal(tf.memory().numTensors, before, "the streaming import allocated tensors");
     const { net, summary: s2 } = await importEdm2Network(pkl);
     assert.deepEqual(summary, s2);
+    // Inspecting the pickle (the chain's plan does, before anything is written) finds the same,
+    // without a tensor.
+    const seen = tf.memory().numTensors;
+    assert.deepEqual(await inspectEdm2Pickle(pkl), summary);
+    assert.equal(tf.memory().numTensors, seen);
     assert.equal(summary.paramCount, net.numParameters());
     // The file holds the pickle's fp16 parameters as they were; it loads as the same network.
     const { tensors, metadata } = await readSt(out);

@@ -209,6 +209,23 @@ export async function importEdm2Network(
 }
 
 /**
+ * What an EDM2 pickle holds, checked as {@linkcode importEdm2Network} checks it (class,
+ * recorded architecture, every tensor's name and shape) without reading the weights or building
+ * the network: cheap even for EDM2-XXL.
+ *
+ * @throws {IoError} for an unsafe or malformed file, a non-EDM2 class, or mismatched weights.
+ */
+export async function inspectEdm2Pickle(
+  path: string,
+  options: Edm2ImportOptions = {},
+): Promise<Edm2ImportSummary> {
+  await Promise.resolve();
+  const p = parseEdm2(path, options);
+  p.file.close();
+  return summaryOf(path, p);
+}
+
+/**
  * Converts an EDM2 pickle to our safetensors network file without building the network: the
  * pickle is checked as {@linkcode importEdm2Network} does, then its tensors are written in their
  * stored dtype (float16 for the official releases; {@linkcode loadEdm2Network} reads them as

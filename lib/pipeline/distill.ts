@@ -38,9 +38,10 @@ import { type DataParallel, dataParallel, isWriter } from "../train/parallel.ts"
 import { checkFiniteWeights, IoError } from "../io/host_tensor.ts";
 import { readSafetensors, readSafetensorsHeader } from "../io/safetensors.ts";
 import { importToSafetensors } from "../nets/import.ts";
-import { configFromMetadata } from "../nets/network.ts";
-import { fromEdm2Kwargs } from "../nets/edm2.ts";
-import { importEdm2ToSafetensors } from "../nets/import_edm2.ts";
+import { configFromMetadata, loadNetwork } from "../nets/network.ts";
+import type { EDMPrecond } from "../nets/precond.ts";
+import { type Edm2Config, fromEdm2Kwargs } from "../nets/edm2.ts";
+import { importEdm2ToSafetensors, inspectEdm2Pickle } from "../nets/import_edm2.ts";
 import { loadDenoisingNetwork } from "../nets/load.ts";
 import { loadVaeDecoder, type VaeDecoder } from "../nets/vae.ts";
 import type { DistillConfig } from "../distill/distiller.ts";
@@ -433,22 +434,43 @@ interface TeacherInfo {
   };
 }
 
+/** A teacher's info from its EDM2 configuration. */
+function edm2Info(c: Edm2Config): TeacherInfo {
+  return {
+    resolution: c.imgResolution,
+    channels: c.imgChannels,
+    labelDim: c.labelDim,
+    augmentDim: 0,
+    config: {
+      imgResolution: c.imgResolution,
+      imgChannels: c.imgChannels,
+      labelDim: c.labelDim,
+      config: c,
+    },
+  };
+}
+
 /** The teacher's image shape, from the safetensors header or by importing a pickle. */
 async function teacherInfo(path: string): Promise<TeacherInfo> {
   const lower = path.toLowerCase();
   try {
     if (lower.endsWith(".pkl") || lower.endsWith(".pt") || lower.endsWith(".pth")) {
-      const net = await loadDenoisingNetwork(path);
+      let net: EDMPrecond;
+      try {
+        net = await loadNetwork(path);
+      } catch (e) {
+        // An EDM2 pickle is checked without building it (EDM2-XXL is 1.5 B parameters); its
+        // weights are checked for non-finite values by the import stage.
+        if (!/is an EDM2 network/.test((e as Error).message)) throw e;
+        const c = (await inspectEdm2Pickle(path)).config;
+        return edm2Info(c);
+      }
       const info = {
         resolution: net.imgResolution,
         channels: net.imgChannels,
         labelDim: net.labelDim,
         augmentDim: net.augmentDim,
       };
-      const precond = net.config.precond;
-      const unet = "modelChannels" in net.config.unet
-        ? { modelChannels: net.config.unet.modelChannels as number }
-        : undefined;
       net.dispose();
       return {
         ...info,
@@ -456,7 +478,6 @@ async function teacherInfo(path: string): Promise<TeacherInfo> {
           imgResolution: info.resolution,
           imgChannels: info.channels,
           labelDim: info.labelDim,
-          config: { precond, unet },
         },
       };
     }
@@ -464,18 +485,7 @@ async function teacherInfo(path: string): Promise<TeacherInfo> {
     if (metadata.class === "EDM2Precond") {
       const c = fromEdm2Kwargs(JSON.parse(metadata.config ?? "null"));
       checkFiniteWeights((await readSafetensors(path)).tensors, path);
-      return {
-        resolution: c.imgResolution,
-        channels: c.imgChannels,
-        labelDim: c.labelDim,
-        augmentDim: 0,
-        config: {
-          imgResolution: c.imgResolution,
-          imgChannels: c.imgChannels,
-          labelDim: c.labelDim,
-          config: c,
-        },
-      };
+      return edm2Info(c);
     }
     const c = configFromMetadata(metadata, path);
     // Refuse NaN weights before the run folder exists (a pickle is checked by its import above).
