@@ -97,16 +97,7 @@ with open(sys.argv[1], "wb") as f:
     pickle.dump(dict(ema=m.to_standin(net, p), augment_pipe=None), f, protocol=4)
 `;
 const pkl = `${dir}/edm-cifar10-like.pkl`;
-const gen = await new Deno.Command(PY, { args: ["-c", script, pkl], stderr: "piped" }).output();
-if (!gen.success) {
-  console.log(
-    `skipped: python could not build the pickle: ${
-      new TextDecoder().decode(gen.stderr).trim().split("\n").pop()
-    }`,
-  );
-  Deno.removeSync(dir, { recursive: true });
-  Deno.exit(0);
-}
+if (!(await buildPickle(script, pkl, dir))) Deno.exit(0);
 const size = Deno.statSync(pkl).size;
 const rows: { seconds: number; hwm: number; params: number }[] = [];
 for (let i = 0; i < 3; i++) {
@@ -197,16 +188,7 @@ print(count)
 `;
   const pkl = `${dir}/edm2-img512-${size}-like.pkl`;
   const t0 = performance.now();
-  const gen = await new Deno.Command(PY, { args: ["-c", script, pkl], stderr: "piped" }).output();
-  if (!gen.success) {
-    console.log(
-      `skipped: python could not build the pickle: ${
-        new TextDecoder().decode(gen.stderr).trim().split("\n").pop()
-      }`,
-    );
-    Deno.removeSync(dir, { recursive: true });
-    return;
-  }
+  if (!(await buildPickle(script, pkl, dir))) return;
   const fileSize = Deno.statSync(pkl).size;
   console.log(
     `edm2-img512-${size}-like.pkl: ${(fileSize / 1e9).toFixed(2)} GB (fp16), built in ${
@@ -245,4 +227,20 @@ print(count)
   }
   if (!Deno.args.includes("--keep")) Deno.removeSync(dir, { recursive: true });
   else console.log(`kept ${dir}`);
+}
+
+/**
+ * Runs the Python `script` that writes the pickle `pkl`; on failure says why ("skipped"), removes
+ * the temporary folder `dir` and returns false.
+ */
+async function buildPickle(script: string, pkl: string, dir: string): Promise<boolean> {
+  const gen = await new Deno.Command(PY, { args: ["-c", script, pkl], stderr: "piped" }).output();
+  if (gen.success) return true;
+  console.log(
+    `skipped: python could not build the pickle: ${
+      new TextDecoder().decode(gen.stderr).trim().split("\n").pop()
+    }`,
+  );
+  Deno.removeSync(dir, { recursive: true });
+  return false;
 }
