@@ -212,6 +212,7 @@ export {
 export {
   importEdm2Network,
   importEdm2ToSafetensors,
+  inspectEdm2Pickle,
   loadEdm2Network,
   saveEdm2Network,
 } from "./lib/nets/import_edm2.ts";
