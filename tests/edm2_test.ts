@@ -13,8 +13,11 @@ import {
   edm2Preset,
   estimateEdm2Parameters,
   fromEdm2Kwargs,
+  MPConv,
+  mpNormalize,
   toEdm2Kwargs,
 } from "../lib/nets/edm2.ts";
+import { Initializer } from "../lib/nets/init.ts";
 import {
   importEdm2Network,
   importEdm2ToSafetensors,
@@ -410,4 +413,52 @@ Deno.test("EDM2 generator losses with logvar: SiD and adversarial terms divided 
   tf.dispose([xg, yReal, yFake, logits, u]);
   for (const r of [a, b, ga, gb]) tf.dispose([r.loss, r.perSample, r.keep]);
   tf.dispose([a.weightFactor, b.weightFactor, ga.bce, gb.bce]);
+});
+
+Deno.test("EDM2 MPConv: output scaling equals the reference's normalised, scaled weight, with its gradients", async () => {
+  await setupBackend();
+  for (const kernel of [[3, 3], [1, 1], []]) {
+    const layer = new MPConv(new Initializer("random", 3), 6, 5, kernel);
+    // Stored rows far from unit norm, as between renormalisations.
+    tf.tidy(() => layer.weight.assign(tf.mul(layer.weight, tf.linspace(0.2, 3, 5))));
+    const gain = tf.variable(tf.scalar(0.7));
+    const x = kernel.length
+      ? tf.randomNormal([2, 4, 4, 6], 0, 1, "float32", 1)
+      : tf.randomNormal([3, 6], 0, 1, "float32", 1);
+    const dy = tf.randomNormal(kernel.length ? [2, 4, 4, 5] : [3, 5], 0, 1, "float32", 2);
+    // The reference's MPConv.forward (edm2 training/networks_edm2.py:88-106), literally.
+    const reference = () => {
+      const w = tf.mul(
+        mpNormalize(layer.weight, layer.rowAxes),
+        tf.div(gain, Math.sqrt(layer.fanIn)),
+      );
+      return kernel.length
+        ? tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, "same")
+        : tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D);
+    };
+    const ours = () => layer.forward(x, gain);
+    const run = (f: () => tf.Tensor) =>
+      tf.variableGrads(() => tf.sum(tf.mul(f(), dy)) as tf.Scalar, [layer.weight, gain]);
+    const a = run(reference), b = run(ours);
+    const gw = [a.grads[layer.weight.name], b.grads[layer.weight.name]];
+    const scale = await maxAbs(gw[0]);
+    assert.ok(Math.abs((await a.value.data())[0] - (await b.value.data())[0]) < 1e-5);
+    assert.ok(
+      await maxAbsDiff(gw[0], gw[1]) < 1e-5 * scale,
+      `kernel [${kernel}]: weight gradients differ`,
+    );
+    assert.ok(
+      Math.abs((await a.grads[gain.name].data())[0] - (await b.grads[gain.name].data())[0]) < 1e-4,
+    );
+    tf.dispose([
+      x,
+      dy,
+      gain,
+      a.value,
+      b.value,
+      ...Object.values(a.grads),
+      ...Object.values(b.grads),
+    ]);
+    layer.dispose();
+  }
 });

@@ -317,15 +317,34 @@ export class MPConv extends Module {
   renormalize(): void {
     tf.tidy(() => this.weight.assign(mpNormalize(this.weight, this.rowAxes)));
   }
-  /** Applies the layer: NHWC for a conv, `[N, in]` for a linear layer. */
+  /**
+   * The per-output-channel factor `gain / √fan_in / (‖w_o‖·√(1/fan_in) + ε)` that turns the stored
+   * weight into the reference's `normalize(w) · gain / √fan_in` (`:88-106`), shape `[out]`.
+   */
+  outputScale(gain: number | tf.Tensor = 1): tf.Tensor1D {
+    return tf.tidy(() => {
+      const norm = tf.sqrt(tf.sum(tf.square(this.weight), this.rowAxes));
+      const denom = tf.add(tf.mul(norm, Math.sqrt(1 / this.fanIn)), 1e-4);
+      const g = typeof gain === "number"
+        ? gain / Math.sqrt(this.fanIn)
+        : tf.div(gain, Math.sqrt(this.fanIn));
+      return tf.div(g, denom) as tf.Tensor1D;
+    });
+  }
+  /**
+   * Applies the layer: NHWC for a conv, `[N, in]` for a linear layer.
+   *
+   * Each output channel is linear in its own weight row, so `conv(x, w·s) = conv(x, w)·s` for a
+   * per-channel `s`: the layer convolves with the stored weight and scales the output, the same
+   * function (and gradient) as the reference's `conv(x, normalize(w)·gain/√fan_in)` without a
+   * weight-sized temporary, or a weight-sized tensor kept for the backward pass, per forward.
+   */
   forward(x: tf.Tensor, gain: number | tf.Tensor = 1): tf.Tensor {
-    let w = mpNormalize(this.weight, this.rowAxes);
-    w = tf.mul(
-      w,
-      typeof gain === "number" ? gain / Math.sqrt(this.fanIn) : tf.div(gain, Math.sqrt(this.fanIn)),
-    );
-    if (!this.isConv) return tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D);
-    return tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, "same");
+    const s = this.outputScale(gain);
+    const y = this.isConv
+      ? tf.conv2d(x as tf.Tensor4D, this.weight as tf.Tensor4D, 1, "same")
+      : tf.matMul(x as tf.Tensor2D, this.weight as tf.Tensor2D);
+    return tf.mul(y, s);
   }
 }
 
