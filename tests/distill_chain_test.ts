@@ -14,7 +14,7 @@
  */
 import { tf } from "../lib/deps.ts";
 import assert from "node:assert/strict";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { createImageDataset, type ImageDataset, writeImageZip } from "../lib/data/dataset.ts";
 import { findLatestState } from "../lib/train/run_folder.ts";
 import { datasetFeatures } from "../lib/metrics/evaluate.ts";
@@ -28,9 +28,17 @@ import {
   type DistillChainResult,
   parseDistillChainArgs,
   runDistillChain,
+  sha256File,
 } from "../lib/pipeline/distill.ts";
 import { fidPlotSvg, lossPlotSvg } from "../lib/pipeline/plots.ts";
-import { type ChainReport, kidText, readShippedTeacherFid } from "../lib/pipeline/report.ts";
+import {
+  type ChainReport,
+  kidText,
+  readShippedTeacherFid,
+  shippedSpacesMatch,
+} from "../lib/pipeline/report.ts";
+import { SPACES_METRICS_FORMAT, type SpacesMetrics } from "../lib/pipeline/evaluate.ts";
+import { teacherRecord } from "../tools/record_teacher_scores.ts";
 import { setupBackend, TEST_BACKEND, tinySongUNet } from "./helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -449,6 +457,55 @@ Deno.test("distill chain: killed mid-stage, resumed, complete run folder, rerun 
     eval: "skipped",
   });
 
+  // 5b. A teacher record with per-space scores made with the report's settings (as a chain's
+  // eval/teacher/metrics.json holds them) is compared like an evaluated teacher; one made with
+  // another teacher file, seed or detector is not.
+  const sidecar = join(f.dir, "teacher.json");
+  const original = await Deno.readTextFile(sidecar);
+  const teacherSha = await sha256File(f.teacher);
+  const record = (over: Record<string, unknown>) => ({
+    fid: 12.5,
+    num: 10000,
+    nfe: 35,
+    ref: "mnist-ref-stats.npz",
+    more: [{
+      fid: 900,
+      num: 20,
+      nfe: 35,
+      seed: 0,
+      sha256: teacherSha,
+      ref: `/elsewhere/${basename(f.ref)}`,
+      spaces: Object.fromEntries(report.evaluation.spaces.map((x) => [x.name, {
+        fid: 900,
+        kid: 1e4,
+        kidStd: 1e-3,
+        kidSubsetSize: 20,
+        detector: `/elsewhere/${basename(x.detector)}`,
+        ref: `/elsewhere/${basename(x.ref)}`,
+      }])),
+      ...over,
+    }],
+  });
+  const teacherVerdicts = (r: ChainReport) =>
+    r.comparisons.filter((c) => c.b.startsWith("the teacher")).map((c) => c.verdict);
+  try {
+    await Deno.writeTextFile(sidecar, JSON.stringify(record({})));
+    const withSpaces = (await runDistillChain(parseDistillChainArgs(flags))).report!;
+    assertEquals(withSpaces.teacher.shipped?.fid, 900);
+    assertEquals(withSpaces.teacher.shipped?.spaces?.["mnist-b"]?.kid, 1e4);
+    assertEquals(teacherVerdicts(withSpaces), ["better", "better"]);
+    const md2 = await Deno.readTextFile(join(out, "report.md"));
+    assert(md2.includes("| teacher (35 NFE, shipped) |") && md2.includes("900.00"), md2);
+    for (const over of [{ sha256: "0".repeat(64) }, { seed: 1 }]) {
+      await Deno.writeTextFile(sidecar, JSON.stringify(record(over)));
+      const r = (await runDistillChain(parseDistillChainArgs(flags))).report!;
+      assertEquals(r.teacher.shipped?.spaces, undefined, JSON.stringify(over));
+      assertEquals(teacherVerdicts(r), ["not compared", "not compared"], JSON.stringify(over));
+    }
+  } finally {
+    await Deno.writeTextFile(sidecar, original);
+  }
+
   // 6. Other training settings on the same folder: refused before anything is written.
   const listed = await listing(out);
   const bad = await runTask([...flags, "--budget", "2"]);
@@ -519,6 +576,49 @@ Deno.test("distill chain: the teacher's shipped FID from metadata or a sidecar; 
   assertEquals((await readShippedTeacherFid(bare, { num: 10000, ref: "other.npz" }))?.fid, 50);
   assertEquals((await readShippedTeacherFid(bare))?.fid, 50);
   assertEquals((await readShippedTeacherFid(f.teacher))?.fid, 12.5);
+  // A chain's teacher metrics recorded by tools/record_teacher_scores.ts read back with their
+  // spaces, and match the settings they were made with.
+  const metrics: SpacesMetrics = {
+    format: SPACES_METRICS_FORMAT,
+    generator: bare,
+    sha256: await sha256File(bare),
+    num: 10000,
+    seed: 0,
+    sampler: "heun",
+    steps: 18,
+    nfe: 35,
+    spaces: Object.fromEntries(["mnist", "mnist-b"].map((n, i) => [n, {
+      features: "mnist" as const,
+      detector: `/x/det-${n}.safetensors`,
+      ref: `/x/ref-${n}.npz`,
+      fid: 40 + i,
+      kid: 3 + i,
+      kidStd: 0.5,
+      kidSubsetSize: 1000,
+      kidSubsets: 100,
+      kidReal: 10000,
+    }])),
+    is: { mean: 9, std: 0.1 },
+    backend: "native",
+    generateSeconds: 1,
+    evalSeconds: 2,
+  };
+  await Deno.writeTextFile(
+    join(f.dir, "bare-teacher.json"),
+    JSON.stringify({ fid: 50, num: 1000, more: [teacherRecord(metrics)] }),
+  );
+  const rec = await readShippedTeacherFid(bare, { num: 10000, ref: "/y/ref-mnist.npz" });
+  assertEquals([rec?.fid, rec?.spaces?.["mnist-b"]?.kid, rec?.seed], [40, 4, 0]);
+  const spaces = ["mnist", "mnist-b"].map((n) => ({
+    name: n,
+    detector: `/y/det-${n}.safetensors`,
+    ref: `/y/ref-${n}.npz`,
+  }));
+  const want = { sha256: metrics.sha256, num: 10000, seed: 0 };
+  assert(shippedSpacesMatch(rec!, want, spaces));
+  assert(!shippedSpacesMatch(rec!, { ...want, num: 1000 }, spaces));
+  assert(!shippedSpacesMatch(rec!, want, [{ ...spaces[0], ref: "/y/other.npz" }]));
+  assert(!shippedSpacesMatch(rec!, want, [...spaces, { ...spaces[0], name: "inception" }]));
 
   const svg = await fidPlotSvg([{ stage: "SiD", kimg: 1, fid: 30 }, {
     stage: "SiD",

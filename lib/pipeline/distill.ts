@@ -120,6 +120,7 @@ import {
   readShippedTeacherFid,
   relativeTo,
   REPORT_FORMAT,
+  shippedSpacesMatch,
   type SnapshotMetrics,
   type SpaceScores,
   type StageReport,
@@ -1609,7 +1610,18 @@ async function buildReport(p: Plan, teacherPath: string): Promise<ChainReport> {
   const imp = await readJsonOrNull<ImportDone>(join(out, "import", "stage-done.json"));
   // The teacher's own file first (it may record FIDs at several sample counts), else what the
   // import stage recorded (the source may have moved since).
-  const shipped = (await readShippedTeacherFid(p.teacherSource, es)) ?? imp?.shippedFid ?? null;
+  let shipped = (await readShippedTeacherFid(p.teacherSource, es)) ?? imp?.shippedFid ?? null;
+  if (shipped?.spaces) {
+    // Shipped per-space scores count only when made with this report's settings; else the
+    // record's single FID is shown, as for a record without them.
+    const sha = await shaOrNull(teacherPath);
+    if (
+      !sha || !shippedSpacesMatch(shipped, { sha256: sha, num: es.num, seed: es.seed }, p.spaces)
+    ) {
+      const { spaces: _dropped, ...rest } = shipped;
+      shipped = rest;
+    }
+  }
   if (shipped) {
     const same = shipped.num === es.num && shipped.ref !== undefined &&
       basename(shipped.ref) === basename(es.ref);
@@ -1660,10 +1672,15 @@ async function buildReport(p: Plan, teacherPath: string): Promise<ChainReport> {
         label(s, used),
         used.metrics,
         `the teacher (${teacherFid!.nfe ?? "?"} NFE)`,
-        evaluated?.spaces ? { num: evaluated.num!, spaces: evaluated.spaces } : null,
-        evaluated
+        evaluated?.spaces
+          ? { num: evaluated.num!, spaces: evaluated.spaces }
+          : shipped?.spaces
+          ? { num: shipped.num!, spaces: shipped.spaces }
+          : null,
+        evaluated || shipped?.spaces
           ? undefined
-          : "the teacher's shipped record holds one FID and no KID: `--eval-teacher` scores it",
+          : "the teacher's shipped record holds one FID and no KID with this report's settings: " +
+            "`--eval-teacher` scores it",
       );
     }
   }

@@ -46,8 +46,41 @@ export interface TeacherFid {
   origin: "shipped" | "evaluated";
   /** The file it was read from. */
   source: string;
-  /** Per feature space (evaluated only). */
-  spaces?: Record<string, SpaceScores>;
+  /**
+   * Per feature space: evaluated by this chain, or shipped (a record's `spaces`, as the chain's
+   * `eval/teacher/metrics.json` writes them, used only where {@linkcode shippedSpacesMatch} holds).
+   */
+  spaces?: Record<string, ShippedSpaceScores>;
+  /** The sampling seed, when recorded. */
+  seed?: number;
+  /** SHA-256 of the teacher file that was scored, when recorded. */
+  sha256?: string;
+}
+
+/** A shipped space's scores with the detector and reference statistics they were computed with. */
+export interface ShippedSpaceScores extends SpaceScores {
+  detector?: string;
+  ref?: string;
+}
+
+/**
+ * Whether a shipped record's per-space scores were computed with this report's settings: the same
+ * teacher file (SHA-256), sample count and seed, and for every space of the report the same
+ * detector and reference statistics (by file name: the record was made in another checkout).
+ */
+export function shippedSpacesMatch(
+  t: TeacherFid,
+  want: { sha256: string; num: number; seed: number },
+  spaces: readonly { name: string; detector: string; ref: string }[],
+): boolean {
+  if (!t.spaces || t.sha256 !== want.sha256 || t.num !== want.num || t.seed !== want.seed) {
+    return false;
+  }
+  return spaces.every((x) => {
+    const r = t.spaces![x.name];
+    return r !== undefined && r.detector !== undefined && r.ref !== undefined &&
+      basename(r.detector) === basename(x.detector) && basename(r.ref) === basename(x.ref);
+  });
 }
 
 /** FID of one evaluated snapshot. */
@@ -232,6 +265,11 @@ function fidIn(obj: unknown): Omit<TeacherFid, "origin" | "source"> | null {
     const is = maybeJson(r.is) as Record<string, unknown> | undefined;
     const isMean = num(is?.mean);
     if (isMean !== undefined) out.is = { mean: isMean, std: num(is?.std) ?? 0 };
+    const seed = num(r.seed);
+    if (seed !== undefined) out.seed = seed;
+    if (typeof r.sha256 === "string") out.sha256 = r.sha256;
+    const spaces = spacesIn(r.spaces);
+    if (spaces) out.spaces = spaces;
     return out;
   }
   for (const k of ["metrics", "eval", "evaluation", "fid"]) {
@@ -239,6 +277,25 @@ function fidIn(obj: unknown): Omit<TeacherFid, "origin" | "source"> | null {
     if (inner) return inner;
   }
   return null;
+}
+
+/** Per-space scores of a record (`{name: {fid, kid, kidStd, detector, ref}}`), if all are valid. */
+function spacesIn(v: unknown): Record<string, ShippedSpaceScores> | undefined {
+  if (!v || typeof v !== "object" || Array.isArray(v)) return undefined;
+  const out: Record<string, ShippedSpaceScores> = {};
+  for (const [name, x] of Object.entries(v as Record<string, unknown>)) {
+    if (!x || typeof x !== "object") return undefined;
+    const r = x as Record<string, unknown>;
+    const fid = num(r.fid), kid = num(r.kid), kidStd = num(r.kidStd);
+    if (fid === undefined || kid === undefined || kidStd === undefined) return undefined;
+    const s: ShippedSpaceScores = { fid, kid, kidStd };
+    const subset = num(r.kidSubsetSize);
+    if (subset !== undefined) s.kidSubsetSize = subset;
+    if (typeof r.detector === "string") s.detector = r.detector;
+    if (typeof r.ref === "string") s.ref = r.ref;
+    out[name] = s;
+  }
+  return Object.keys(out).length ? out : undefined;
 }
 
 /** The sample count and reference statistics a report's FIDs use. */
