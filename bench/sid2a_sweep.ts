@@ -27,6 +27,11 @@
  *   the adversarial term from iteration 49; meant for `--iters 96`.
  * - `warmup-it-lr1e-5`: `warmup-it` with lr = glr = 1e-5, the reference's SiD²A rate on CIFAR-10
  *   (mingyuanzhou/SiD `run_sid_sida.sh:38-39`).
+ * - `sid-fake`: the fake net starts from the SiD run's fake score (the `fake.*` tensors of the
+ *   training state beside `--sid`, `training-state-<kimg>.safetensors`) instead of the teacher, so
+ *   that it already fits G: G steps from the first iteration at the SiD stage's rate (1e-4), the
+ *   adversarial term from iteration 17 (the discriminator's logits train alone until then). Not
+ *   the reference's SiD²A, whose fake net starts from the teacher.
  *
  * Every run appends one JSON line per evaluation to `--out` (a `.jsonl` file); rerunning skips
  * the (setting, seed) pairs that are complete there, so a long sweep can be continued.
@@ -52,7 +57,8 @@ import {
 import { loadRefStats } from "../lib/metrics/ref_stats.ts";
 import type { Stats } from "../lib/metrics/stats.ts";
 import { loadNetwork } from "../lib/nets/network.ts";
-import type { EDMPrecond } from "../lib/nets/precond.ts";
+import { EDMPrecond } from "../lib/nets/precond.ts";
+import { readSafetensors } from "../lib/io/safetensors.ts";
 import { evaluateNetwork } from "../lib/pipeline/evaluate.ts";
 import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
 
@@ -84,7 +90,33 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
   "warmup-it-lsg1e-3": { gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64, lsgGan: 0.001 },
   "warmup-g40": { gWarmupNimg: 40 * 64, ganWarmupNimg: 48 * 64 },
   "warmup-it-lr1e-5": { lr: 1e-5, glr: 1e-5, gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64 },
+  "sid-fake": { gWarmupNimg: 0, ganWarmupNimg: 16 * 64 },
 };
+
+/** Settings whose fake net starts from the SiD run's fake score (see the module doc). */
+export const SWEEP_SID_FAKE: ReadonlySet<string> = new Set(["sid-fake"]);
+
+/** The SiD run's fake score: the `fake.*` tensors of the training state beside its snapshot. */
+async function loadSidFake(snapshot: string, teacher: EDMPrecond): Promise<EDMPrecond> {
+  const state = snapshot.replace(
+    /network-snapshot-([0-9.]+)\.safetensors$/,
+    "training-state-$1.safetensors",
+  );
+  if (state === snapshot) throw new UsageError(`--sid ${snapshot}: not a network-snapshot file`);
+  const { tensors } = await readSafetensors(state).catch((e) => {
+    throw new UsageError(
+      `sid-fake needs the SiD training state beside --sid: ${(e as Error).message}`,
+    );
+  });
+  const fake = new EDMPrecond(teacher.config, { init: "zeros" });
+  const missing = fake.namedTensors().map(([n]) => n).filter((n) => !tensors.has(`fake.${n}`));
+  if (missing.length) {
+    fake.dispose();
+    throw new UsageError(`${state}: no fake.${missing[0]} (${missing.length} tensors missing)`);
+  }
+  fake.loadStateDict(tensors, { prefix: "fake.", strict: false });
+  return fake;
+}
 
 /** Learning-rate changes of a setting: after iteration `after`, these rates. */
 export const SWEEP_DECAY: Record<string, { after: number; lr: number; glr: number }> = {
@@ -285,7 +317,11 @@ async function main() {
       const overrides = SWEEP_SETTINGS[setting];
       const decay = SWEEP_DECAY[setting];
       const config = { ...baseConfig(), ...overrides, seed };
-      const d = new Distiller({ teacher, dataset, config, initGenerator: sid });
+      const initFake = SWEEP_SID_FAKE.has(setting)
+        ? await loadSidFake(f.sid as string, teacher)
+        : undefined;
+      const d = new Distiller({ teacher, dataset, config, initGenerator: sid, initFake });
+      initFake?.dispose();
       const t0 = performance.now();
       // At iteration 0 G_ema is the SiD generator: its FIDs on these latents are the first
       // noise row's when there is one.

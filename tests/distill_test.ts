@@ -341,6 +341,19 @@ Deno.test("Distiller: warm-up gates, what changes, frozen teacher, flat memory",
   assertEquals(x.shape, [2, 8, 8, 3]);
   x.dispose();
   d2.dispose();
+  // initFake: the fake net from another network (a SiD run's fake score), G still from sidG.
+  const sidFake = createNetwork(TINY, { seed: 11 });
+  const d3 = new Distiller({
+    teacher,
+    dataset,
+    config: TEST_CONFIG,
+    initGenerator: sidG,
+    initFake: sidFake,
+  });
+  assert(sameArrays(await params(d3.fake), await params(sidFake)));
+  assert(sameArrays(await params(d3.G), await params(sidG)));
+  d3.dispose();
+  sidFake.dispose();
   sidG.dispose();
   d.dispose();
   teacher.dispose();

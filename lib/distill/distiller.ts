@@ -400,10 +400,16 @@ export interface DistillerInit {
   dataset?: ImageDataset;
   /**
    * SiD²A: a pre-distilled SiD generator that G and G_ema start from (docs/distillation.md §1.3);
-   * same
-   * architecture as the teacher. The fake net still starts from the teacher.
+   * same architecture as the teacher. The fake net still starts from the teacher.
    */
   initGenerator?: DistillNetwork;
+  /**
+   * A network the fake net starts from instead of the teacher, e.g. the fake score of the SiD run
+   * that made `initGenerator` (its training state's `fake.*` tensors). Not the reference's SiD²A,
+   * which starts the fake net from the teacher (docs/distillation.md §1.3); a setting of the
+   * small-budget SiD²A sweep (bench/sid2a_sweep.ts). Same architecture as the teacher.
+   */
+  initFake?: DistillNetwork;
 }
 
 /** The teacher's configuration with another dropout (the structure, hence the names, is unchanged). */
@@ -641,6 +647,9 @@ export class Distiller {
     if (init.initGenerator && !sameArchitecture(init.initGenerator, teacher)) {
       throw new RangeError("the initial generator's architecture differs from the teacher's");
     }
+    if (init.initFake && !sameArchitecture(init.initFake, teacher)) {
+      throw new RangeError("the initial fake net's architecture differs from the teacher's");
+    }
     const edm2 = teacher instanceof EDM2Precond;
     if (config.returnLogvar && !edm2) {
       throw new RangeError("returnLogvar needs an EDM2 teacher (EDM networks have no logvar head)");
@@ -654,9 +663,10 @@ export class Distiller {
       net.copyFrom(src);
       return net.eval();
     };
-    // §1.3: the fake net starts from the teacher, also in SiD²A; G and G_ema from the teacher
+    // §1.3: the fake net starts from the teacher, also in SiD²A (unless `initFake` is given); G
+    // and G_ema from the teacher
     // (SiD, SiDA) or from the SiD generator (SiD²A).
-    this.fake = clone(teacher);
+    this.fake = clone(init.initFake ?? teacher);
     this.G = clone(init.initGenerator ?? teacher);
     this.Gema = clone(init.initGenerator ?? teacher);
     // §4.2: Adam, β = (0, 0.999) for the fake net, (g_beta1, 0.999) for G.
