@@ -32,6 +32,9 @@
  *   that it already fits G: G steps from the first iteration at the SiD stage's rate (1e-4), the
  *   adversarial term from iteration 17 (the discriminator's logits train alone until then). Not
  *   the reference's SiD²A, whose fake net starts from the teacher.
+ * - `sid-continue`: the control of `sid-fake`: plain SiD (no discriminator, no adversarial term)
+ *   continued from the SiD run's generator and fake score, at the SiD stage's settings, with
+ *   fresh optimizers. How much does the FID move when nothing but SiD goes on?
  *
  * Every run appends one JSON line per evaluation to `--out` (a `.jsonl` file); rerunning skips
  * the (setting, seed) pairs that are complete there, so a long sweep can be continued.
@@ -91,10 +94,11 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
   "warmup-g40": { gWarmupNimg: 40 * 64, ganWarmupNimg: 48 * 64 },
   "warmup-it-lr1e-5": { lr: 1e-5, glr: 1e-5, gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64 },
   "sid-fake": { gWarmupNimg: 0, ganWarmupNimg: 16 * 64 },
+  "sid-continue": { method: "sid", gWarmupNimg: 0, ganWarmupNimg: 0 },
 };
 
 /** Settings whose fake net starts from the SiD run's fake score (see the module doc). */
-export const SWEEP_SID_FAKE: ReadonlySet<string> = new Set(["sid-fake"]);
+export const SWEEP_SID_FAKE: ReadonlySet<string> = new Set(["sid-fake", "sid-continue"]);
 
 /** The SiD run's fake score: the `fake.*` tensors of the training state beside its snapshot. */
 async function loadSidFake(snapshot: string, teacher: EDMPrecond): Promise<EDMPrecond> {
