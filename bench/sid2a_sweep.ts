@@ -32,6 +32,9 @@
  *   that it already fits G: G steps from the first iteration at the SiD stage's rate (1e-4), the
  *   adversarial term from iteration 17 (the discriminator's logits train alone until then). Not
  *   the reference's SiD²A, whose fake net starts from the teacher.
+ * - `warmup-it-ema0.5`: `warmup-it` with G_ema's half-life 0.5 kimg (8 iterations) and no
+ *   ramp-up. The preset's 10 kimg with the 5 % ramp-up gives a half-life of 5 % of the images seen
+ *   in the stage (154 images, 2.4 iterations, at iteration 48), so G_ema follows G's every swing.
  * - `sid-continue`: the control of `sid-fake`: plain SiD (no discriminator, no adversarial term)
  *   continued from the SiD run's generator and fake score, at the SiD stage's settings, with
  *   fresh optimizers. How much does the FID move when nothing but SiD goes on?
@@ -95,6 +98,12 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
   "warmup-it-lr1e-5": { lr: 1e-5, glr: 1e-5, gWarmupNimg: 8 * 64, ganWarmupNimg: 16 * 64 },
   "sid-fake": { gWarmupNimg: 0, ganWarmupNimg: 16 * 64 },
   "sid-continue": { method: "sid", gWarmupNimg: 0, ganWarmupNimg: 0 },
+  "warmup-it-ema0.5": {
+    gWarmupNimg: 8 * 64,
+    ganWarmupNimg: 16 * 64,
+    emaKimg: 0.5,
+    emaRampup: null,
+  },
 };
 
 /** Settings whose fake net starts from the SiD run's fake score (see the module doc). */
