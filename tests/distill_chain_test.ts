@@ -605,7 +605,11 @@ Deno.test("distill chain: the teacher's shipped FID from metadata or a sidecar; 
   };
   await Deno.writeTextFile(
     join(f.dir, "bare-teacher.json"),
-    JSON.stringify({ fid: 50, num: 1000, more: [teacherRecord(metrics)] }),
+    JSON.stringify({
+      fid: 50,
+      num: 1000,
+      more: [{ fid: 41, num: 10000, ref: "/x/ref-mnist.npz" }, teacherRecord(metrics)],
+    }),
   );
   const rec = await readShippedTeacherFid(bare, { num: 10000, ref: "/y/ref-mnist.npz" });
   assertEquals([rec?.fid, rec?.spaces?.["mnist-b"]?.kid, rec?.seed], [40, 4, 0]);

@@ -326,8 +326,8 @@ function matches(r: Omit<TeacherFid, "origin" | "source">, want: FidSettings): b
  * The teacher's shipped FID: from a sidecar JSON (`<teacher without extension>.json`, then
  * `<teacher>.json`), else from the safetensors metadata of the teacher file (see `fidIn` for the
  * keys read; a `more` list holds FIDs at other sample counts). With `want`, the record computed
- * on that many samples against those statistics (same file name) when there is one, else the
- * first record. Null when neither records one.
+ * on that many samples against those statistics (same file name) when there is one (of several,
+ * one with per-space scores first), else the first record. Null when neither records one.
  */
 export async function readShippedTeacherFid(
   teacherPath: string,
@@ -335,7 +335,9 @@ export async function readShippedTeacherFid(
 ): Promise<TeacherFid | null> {
   const pick = (obj: unknown, source: string): TeacherFid | null => {
     const all = fidRecords(obj);
-    const r = (want && all.find((x) => matches(x, want))) ?? all[0];
+    // Of the records made with the wanted settings, one with per-space scores first.
+    const matching = want ? all.filter((x) => matches(x, want)) : [];
+    const r = matching.find((x) => x.spaces) ?? matching[0] ?? all[0];
     return r ? { ...r, origin: "shipped", source } : null;
   };
   const stem = teacherPath.replace(/\.(safetensors|pkl|pt|pth)$/i, "");
