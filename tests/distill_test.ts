@@ -884,7 +884,7 @@ Deno.test("imagenet512 presets follow the EDM2 scripts; guessPreset sizes an EDM
   assertEquals(guessPreset({ imgResolution: 64, imgChannels: 3, labelDim: 1000 }), "imagenet64");
 });
 
-Deno.test("--return-logvar and --force-normalization take 0 or 1, as the reference's flags", () => {
+Deno.test("--return-logvar and --force-normalization take 0 or 1, as the reference's flags; --ema-rampup R|none", () => {
   const parse = (args: string[]) =>
     distillOverrides(parseFlags(args, { string: distillFlagNames("sida") }, "usage"), "sida");
   assertEquals(parse(["--return-logvar", "1", "--force-normalization", "0"]), {
@@ -892,6 +892,10 @@ Deno.test("--return-logvar and --force-normalization take 0 or 1, as the referen
     forceNormalization: false,
   });
   assert.throws(() => parse(["--return-logvar", "yes"]), /--return-logvar must be 0 or 1/);
+  // EDM's ema_rampup_ratio: a ratio, or none for a fixed half-life.
+  assertEquals(parse(["--ema", "0.5", "--ema-rampup", "none"]), { emaKimg: 0.5, emaRampup: null });
+  assertEquals(parse(["--ema-rampup", "0.1"]), { emaRampup: 0.1 });
+  assert.throws(() => parse(["--ema-rampup", "off"]), /--ema-rampup/);
 });
 
 Deno.test("distill tests: remove the temporary folder", async () => {

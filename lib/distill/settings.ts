@@ -29,8 +29,11 @@ import { DISTILL_PRESET_NAMES } from "./presets.ts";
 export interface DistillFlag {
   /** The {@linkcode DistillConfig} field it sets. */
   key: keyof DistillConfig;
-  /** How its value is read: a number ≥ 0, an integer ≥ 0, or 0/1 for a switch (as the reference). */
-  type: "number" | "integer" | "switch";
+  /**
+   * How its value is read: a number ≥ 0, an integer ≥ 0, 0/1 for a switch (as the reference), or
+   * a number or `none` (null).
+   */
+  type: "number" | "integer" | "switch" | "number-or-none";
   /** Factor from the flag's unit to the field's (kimg → images: 1000). */
   scale?: number;
   /** Only SiDA (and SiD²A) has it. */
@@ -71,6 +74,9 @@ export const DISTILL_FLAGS: Readonly<Record<string, DistillFlag>> = Object.freez
     value: "K",
   },
   ema: { key: "emaKimg", type: "number", value: "KIMG" },
+  // EDM's ema_rampup_ratio (training_loop.py: the half-life is at most this fraction of the
+  // images seen; 0.05, or None for a fixed half-life).
+  "ema-rampup": { key: "emaRampup", type: "number-or-none", value: "R|none" },
   dropout: { key: "dropout", type: "number", value: "P" },
   augment: { key: "augment", type: "number", value: "P" },
   seed: { key: "seed", type: "integer", value: "N" },
@@ -114,6 +120,10 @@ export function distillOverrides(
         throw new UsageError(`--${flag} must be 0 or 1, got '${raw}'`);
       }
       out[spec.key] = raw === "1";
+      continue;
+    }
+    if (spec.type === "number-or-none" && raw === "none") {
+      out[spec.key] = null;
       continue;
     }
     const v = numberFlag(flag, raw, NaN, { integer: spec.type === "integer", min: 0 });
