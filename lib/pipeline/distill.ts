@@ -1614,7 +1614,7 @@ async function buildReport(p: Plan, teacherPath: string): Promise<ChainReport> {
   if (shipped?.spaces) {
     // Shipped per-space scores count only when made with this report's settings; else the
     // record's single FID is shown, as for a record without them.
-    const sha = await shaOrNull(teacherPath);
+    const sha = tsha ?? await shaOrNull(teacherPath);
     if (
       !sha || !shippedSpacesMatch(shipped, { sha256: sha, num: es.num, seed: es.seed }, p.spaces)
     ) {
