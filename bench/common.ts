@@ -5,6 +5,7 @@
  */
 import { type BackendInfo, describeBackend } from "../lib/runtime/backend.ts";
 import { startBackend } from "../lib/runtime/cli.ts";
+import { LatentDataset } from "../lib/data/dataset.ts";
 
 /**
  * Starts backend `name` for a benchmark row: its info and a one-line device label (the adapter
@@ -31,4 +32,31 @@ export async function startBenchBackend(
     ? "tfjs-cpu (JS)"
     : describeBackend(info).replace(/^backend: /, "");
   return { info, device };
+}
+
+/** The process's resident set now and its high-water mark (bytes, from /proc; NaN off Linux). */
+export function residentBytes(): { rss: number; hwm: number } {
+  let s = "";
+  try {
+    s = Deno.readTextFileSync("/proc/self/status");
+  } catch {
+    // not Linux
+  }
+  const kb = (k: string) => Number(s.match(new RegExp(`${k}:\\s+(\\d+) kB`))?.[1] ?? NaN) * 1e3;
+  return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
+}
+
+/**
+ * Eight synthetic ImageNet-512-style latent items at resolution `r` (4 channels; per item a
+ * posterior mean and std, as `img512-sd.zip`), with 1000-class labels.
+ */
+export function syntheticLatents(r: number): LatentDataset {
+  const n = 8, c = 4;
+  const per = 2 * c * r * r;
+  const data = new Float32Array(n * per);
+  for (let i = 0; i < data.length; i++) {
+    data[i] = (i % per) >= c * r * r ? 0.1 : 4 * Math.sin(i * 0.618);
+  }
+  const labels = Int32Array.from({ length: n }, (_, i) => (i * 97) % 1000);
+  return new LatentDataset("synthetic-img512-sd", r, c, data, labels, 1000);
 }

@@ -20,12 +20,7 @@
  * @module
  */
 import { tf } from "../lib/deps.ts";
-import {
-  createImageDataset,
-  type ImageDataset,
-  LatentDataset,
-  mnistDataset,
-} from "../lib/data/dataset.ts";
+import { createImageDataset, type ImageDataset, mnistDataset } from "../lib/data/dataset.ts";
 import { createEdm2Network, type EDM2Precond } from "../lib/nets/edm2.ts";
 import type { EDMPrecond } from "../lib/nets/precond.ts";
 import { Distiller } from "../lib/distill/distiller.ts";
@@ -34,7 +29,7 @@ import { distillPreset } from "../lib/distill/presets.ts";
 import { preset } from "../lib/nets/config.ts";
 import { createNetwork } from "../lib/nets/network.ts";
 import { BACKEND_NAMES } from "../lib/runtime/backend.ts";
-import { startBenchBackend } from "./common.ts";
+import { residentBytes, startBenchBackend, syntheticLatents } from "./common.ts";
 import { numberFlag, parseFlags, runMain, UsageError } from "../lib/runtime/cli.ts";
 
 const USAGE =
@@ -100,17 +95,7 @@ const CONFIGS: Record<string, Config> = {
     augment: 0,
     // EDM2 paper (Karras et al. 2024), Table 2: XS 46 Gflops per evaluation.
     gflopPerImage: 46,
-    data: () => {
-      const n = 8, r = 64, c = 4;
-      const per = 2 * c * r * r;
-      const data = new Float32Array(n * per);
-      for (let i = 0; i < data.length; i++) {
-        const std = (i % per) >= c * r * r;
-        data[i] = std ? 0.1 : 4 * Math.sin(i * 0.618);
-      }
-      const labels = Int32Array.from({ length: n }, (_, i) => (i * 97) % 1000);
-      return Promise.resolve(new LatentDataset("synthetic-img512-sd", r, c, data, labels, 1000));
-    },
+    data: () => Promise.resolve(syntheticLatents(64)),
   },
 };
 
@@ -137,12 +122,8 @@ interface Row {
 
 /** The process's peak resident memory in GB (VmHWM), or undefined off Linux. */
 function peakRssGb(): number | undefined {
-  try {
-    const m = Deno.readTextFileSync("/proc/self/status").match(/VmHWM:\s+(\d+) kB/);
-    return m ? Number(m[1]) / 1e6 : undefined;
-  } catch {
-    return undefined;
-  }
+  const { hwm } = residentBytes();
+  return Number.isFinite(hwm) ? hwm / 1e9 : undefined;
 }
 
 /**

@@ -12,14 +12,14 @@
  * @module
  */
 import { tf } from "../lib/deps.ts";
-import { type ImageDataset, LatentDataset, mnistDataset } from "../lib/data/dataset.ts";
+import { mnistDataset } from "../lib/data/dataset.ts";
 import { createEdm2Network, edm2Preset } from "../lib/nets/edm2.ts";
 import { Distiller } from "../lib/distill/distiller.ts";
 import { distillPreset } from "../lib/distill/presets.ts";
 import { preset } from "../lib/nets/config.ts";
 import { createNetwork } from "../lib/nets/network.ts";
 import { bufferPool } from "../lib/runtime/native/buffer_pool.ts";
-import { startBenchBackend } from "./common.ts";
+import { residentBytes, startBenchBackend, syntheticLatents } from "./common.ts";
 import { numberFlag, parseFlags, runMain, UsageError } from "../lib/runtime/cli.ts";
 
 const USAGE =
@@ -27,30 +27,12 @@ const USAGE =
 
 const GB = 1e9;
 
-/** Resident set now and its high-water mark, from /proc/self/status (bytes). */
-function residentBytes(): { rss: number; hwm: number } {
-  const s = Deno.readTextFileSync("/proc/self/status");
-  const kb = (k: string) => Number(s.match(new RegExp(`${k}:\\s+(\\d+) kB`))?.[1] ?? NaN) * 1e3;
-  return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
-}
-
 let trim: (() => void) | undefined;
 try {
   const libc = Deno.dlopen("libc.so.6", { malloc_trim: { parameters: ["usize"], result: "i32" } });
   trim = () => void libc.symbols.malloc_trim(0n);
 } catch {
   trim = undefined;
-}
-
-function latentData(r: number): Promise<ImageDataset> {
-  const n = 8, c = 4;
-  const per = 2 * c * r * r;
-  const data = new Float32Array(n * per);
-  for (let i = 0; i < data.length; i++) {
-    data[i] = (i % per) >= c * r * r ? 0.1 : 4 * Math.sin(i * 0.618);
-  }
-  const labels = Int32Array.from({ length: n }, (_, i) => (i * 97) % 1000);
-  return Promise.resolve(new LatentDataset("synthetic-latents", r, c, data, labels, 1000));
 }
 
 await runMain(async () => {
@@ -75,7 +57,7 @@ await runMain(async () => {
   const teacher = config === "mnist"
     ? createNetwork(preset("mnist"), { seed: 0 })
     : createEdm2Network({ ...edm2Preset("edm2-img512-xs"), imgResolution: latent }, { seed: 0 });
-  const dataset = config === "mnist" ? await mnistDataset() : await latentData(latent);
+  const dataset = config === "mnist" ? await mnistDataset() : syntheticLatents(latent);
   const base = distillPreset(config === "mnist" ? "mnist" : "imagenet512-xs", "sida").config;
   const d = new Distiller({
     teacher,

@@ -60,7 +60,15 @@ if (import.meta.main) {
     const f = parseFlags(Deno.args, { string: ["command", "date"] }, USAGE);
     const [metricsPath, sidecarPath] = f.positionals.map(String);
     if (!metricsPath || !sidecarPath || f.positionals.length !== 2) throw new UsageError(USAGE);
-    const m = JSON.parse(await Deno.readTextFile(metricsPath)) as SpacesMetrics;
+    const readJson = async (path: string) => {
+      const text = await Deno.readTextFile(path);
+      try {
+        return JSON.parse(text);
+      } catch (e) {
+        throw new Error(`${path}: not JSON (${(e as Error).message})`);
+      }
+    };
+    const m = await readJson(metricsPath) as SpacesMetrics;
     if (m.format !== SPACES_METRICS_FORMAT || !m.spaces || !m.sha256) {
       throw new Error(`${metricsPath}: not a chain's per-space metrics file`);
     }
@@ -69,7 +77,7 @@ if (import.meta.main) {
     if (sha !== m.sha256) {
       throw new Error(`${metricsPath} scored another file than ${teacher} (SHA-256 differs)`);
     }
-    const sidecar = JSON.parse(await Deno.readTextFile(sidecarPath));
+    const sidecar = await readJson(sidecarPath);
     const record = teacherRecord(m, {
       command: f.command as string | undefined,
       date: f.date as string | undefined,
