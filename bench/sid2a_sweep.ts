@@ -38,13 +38,19 @@
  * - `sid-continue`: the control of `sid-fake`: plain SiD (no discriminator, no adversarial term)
  *   continued from the SiD run's generator and fake score, at the SiD stage's settings, with
  *   fresh optimizers. How much does the FID move when nothing but SiD goes on?
+ * - `sid-continue-ema0.5`: `sid-continue` with G_ema's half-life fixed as in `warmup-it-ema0.5`:
+ *   does plain SiD gain as much as SiD²A when G_ema averages over 8 iterations?
+ *
+ * With `--save DIR`, each evaluated G_ema is also written to
+ * `DIR/<setting>-s<seed>-it<iteration>.safetensors`, for a closer look at the snapshots
+ * (`bench/snapshot_probe.ts`).
  *
  * Every run appends one JSON line per evaluation to `--out` (a `.jsonl` file); rerunning skips
  * the (setting, seed) pairs that are complete there, so a long sweep can be continued.
  *
  *   deno run -A bench/sid2a_sweep.ts --sid <run>/sid/network-snapshot-000005.120.safetensors \
  *     --out docs/data/sid2a-sweep.jsonl [--configs preset,warmup-it] [--seeds 0,1,2] \
- *     [--iters 36] [--every 6] [--num 1000]
+ *     [--iters 36] [--every 6] [--num 1000] [--save DIR]
  *   deno run -A bench/sid2a_sweep.ts --summary docs/data/sid2a-sweep.jsonl
  *
  * @module
@@ -62,7 +68,7 @@ import {
 } from "../lib/metrics/mnist_features.ts";
 import { loadRefStats } from "../lib/metrics/ref_stats.ts";
 import type { Stats } from "../lib/metrics/stats.ts";
-import { loadNetwork } from "../lib/nets/network.ts";
+import { loadNetwork, saveNetwork } from "../lib/nets/network.ts";
 import { EDMPrecond } from "../lib/nets/precond.ts";
 import { readSafetensors } from "../lib/io/safetensors.ts";
 import { evaluateNetwork } from "../lib/pipeline/evaluate.ts";
@@ -70,7 +76,7 @@ import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../li
 
 const USAGE = "usage: bench/sid2a_sweep.ts --sid G.safetensors --out sweep.jsonl " +
   "[--teacher data/mnist-teacher.safetensors] [--configs preset,...] [--seeds 0,1,2] " +
-  "[--iters 36] [--every 6] [--num 1000] [--noise-seeds 3] | --summary sweep.jsonl";
+  "[--iters 36] [--every 6] [--num 1000] [--noise-seeds 3] [--save DIR] | --summary sweep.jsonl";
 
 /** The chain's SiD²A stage at the default budget (2.304 kimg of the preset's 200). */
 const STAGE_KIMG = 2.304;
@@ -104,10 +110,21 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
     emaKimg: 0.5,
     emaRampup: null,
   },
+  "sid-continue-ema0.5": {
+    method: "sid",
+    gWarmupNimg: 0,
+    ganWarmupNimg: 0,
+    emaKimg: 0.5,
+    emaRampup: null,
+  },
 };
 
 /** Settings whose fake net starts from the SiD run's fake score (see the module doc). */
-export const SWEEP_SID_FAKE: ReadonlySet<string> = new Set(["sid-fake", "sid-continue"]);
+export const SWEEP_SID_FAKE: ReadonlySet<string> = new Set([
+  "sid-fake",
+  "sid-continue",
+  "sid-continue-ema0.5",
+]);
 
 /** The SiD run's fake score: the `fake.*` tensors of the training state beside its snapshot. */
 async function loadSidFake(snapshot: string, teacher: EDMPrecond): Promise<EDMPrecond> {
@@ -251,6 +268,7 @@ async function main() {
       "num",
       "noise-seeds",
       "summary",
+      "save",
     ],
   }, USAGE);
   if (f.summary) {
@@ -274,6 +292,8 @@ async function main() {
   const every = numberFlag("every", f.every, 6, { integer: true, min: 1 });
   const num = numberFlag("num", f.num, 1000, { integer: true, min: 10 });
   const noiseSeeds = numberFlag("noise-seeds", f["noise-seeds"], 3, { integer: true, min: 0 });
+  const save = f.save as string | undefined;
+  if (save) await Deno.mkdir(save, { recursive: true });
   const backend = await startBackend(f.backend as string | undefined);
   console.log(`backend: ${backend.name}`);
   const teacher = await loadNetwork((f.teacher as string) ?? "data/mnist-teacher.safetensors");
@@ -344,6 +364,12 @@ async function main() {
           await fidOf(d.Gema as EDMPrecond, spaces[0], num, EVAL_SEED),
           await fidOf(d.Gema as EDMPrecond, spaces[1], num, EVAL_SEED),
         ];
+        if (save) {
+          await saveNetwork(
+            d.Gema as EDMPrecond,
+            `${save}/${setting}-s${seed}-it${iteration}.safetensors`,
+          );
+        }
         await append({
           setting,
           seed,

@@ -19,6 +19,7 @@ import {
   FeatureStats,
   featureStats,
   fid,
+  fidTerms,
   inceptionScore,
   MetricError,
   precisionRecall,
@@ -131,9 +132,15 @@ Deno.test("fid of two Gaussians with known covariances equals the closed form", 
   const mu2 = new Float64Array(n);
   let want = 0;
   for (let i = 0; i < n; i++) want += mu1[i] ** 2 + (Math.sqrt(a[i]) - Math.sqrt(b[i])) ** 2;
+  let wantMean = 0;
+  for (let i = 0; i < n; i++) wantMean += mu1[i] ** 2;
   for (const impl of impls) {
     const v = fid(mu1, build(a), mu2, build(b), { impl });
     assert(Math.abs(v - want) <= 1e-6 * want, `${impl}: ${v} vs ${want}`);
+    // The two terms: the means' squared distance, and the rest (the covariances' part).
+    const t = fidTerms(mu1, build(a), mu2, build(b), { impl });
+    assertAlmostEquals(t.mean, wantMean, 1e-9 * wantMean);
+    assert(Math.abs(t.cov - (want - wantMean)) <= 1e-6 * want, `${impl}: cov ${t.cov}`);
   }
   // Scalar case: N(0, 4) vs N(3, 1) → 9 + (2 − 1)² = 10.
   assertAlmostEquals(fid([0], [4], [3], [1], { impl: "js" }), 10, 1e-12);

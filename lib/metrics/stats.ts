@@ -242,6 +242,28 @@ export function fid(
   sigma2: Float64Array | Float32Array | number[],
   options: FidOptions = {},
 ): number {
+  const t = fidTerms(mu1, sigma1, mu2, sigma2, options);
+  return t.mean + t.cov;
+}
+
+/**
+ * The two terms of {@linkcode fid}: `mean` = ‖μ₁ − μ₂‖² (where the two sets sit) and `cov` =
+ * tr(Σ₁ + Σ₂ − 2·(Σ₁Σ₂)^½) (how they spread); FID is their sum. Which term grows tells whether
+ * samples moved as a whole or lost or gained variety.
+ *
+ * @example
+ * ```ts
+ * import { fidTerms } from "./stats.ts";
+ * fidTerms([0], [4], [3], [1]); // { mean: 9, cov: 1 } (4 + 1 − 2·√4)
+ * ```
+ */
+export function fidTerms(
+  mu1: Float64Array | Float32Array | number[],
+  sigma1: Float64Array | Float32Array | number[],
+  mu2: Float64Array | Float32Array | number[],
+  sigma2: Float64Array | Float32Array | number[],
+  options: FidOptions = {},
+): { mean: number; cov: number } {
   const d = mu1.length;
   const m1 = asF64(mu1, "mu1", d);
   const m2 = asF64(mu2, "mu2", d);
@@ -255,7 +277,7 @@ export function fid(
     tr += s1[i * d + i] + s2[i * d + i];
   }
   const root = traceSqrtProduct(s1, s2, d, options.impl ?? "auto");
-  return dist + tr - 2 * root;
+  return { mean: dist, cov: tr - 2 * root };
 }
 
 /** Mean and standard deviation of a metric over splits. */
