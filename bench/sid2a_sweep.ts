@@ -38,8 +38,12 @@
  * - `sid-continue`: the control of `sid-fake`: plain SiD (no discriminator, no adversarial term)
  *   continued from the SiD run's generator and fake score, at the SiD stage's settings, with
  *   fresh optimizers. How much does the FID move when nothing but SiD goes on?
+ * - `batch128-ema0.5`: `warmup-it-ema0.5` at batch 128 (half the gradient noise's variance; the
+ *   warm-ups and the half-life stay in images, so 4 and 8 iterations, and 4). Meant for half the
+ *   iterations (`--iters 36 --every 6`), the same images.
  * - `sid-continue-ema0.5`: `sid-continue` with G_ema's half-life fixed as in `warmup-it-ema0.5`:
  *   does plain SiD gain as much as SiD²A when G_ema averages over 8 iterations?
+ * - `sid-continue-b128-ema0.5`: the same at batch 128, the control of `batch128-ema0.5`.
  *
  * With `--save DIR`, each evaluated G_ema is also written to
  * `DIR/<setting>-s<seed>-it<iteration>.safetensors`, for a closer look at the snapshots
@@ -110,8 +114,23 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
     emaKimg: 0.5,
     emaRampup: null,
   },
+  "batch128-ema0.5": {
+    batch: 128,
+    gWarmupNimg: 8 * 64,
+    ganWarmupNimg: 16 * 64,
+    emaKimg: 0.5,
+    emaRampup: null,
+  },
   "sid-continue-ema0.5": {
     method: "sid",
+    gWarmupNimg: 0,
+    ganWarmupNimg: 0,
+    emaKimg: 0.5,
+    emaRampup: null,
+  },
+  "sid-continue-b128-ema0.5": {
+    method: "sid",
+    batch: 128,
     gWarmupNimg: 0,
     ganWarmupNimg: 0,
     emaKimg: 0.5,
@@ -124,6 +143,7 @@ export const SWEEP_SID_FAKE: ReadonlySet<string> = new Set([
   "sid-fake",
   "sid-continue",
   "sid-continue-ema0.5",
+  "sid-continue-b128-ema0.5",
 ]);
 
 /** The SiD run's fake score: the `fake.*` tensors of the training state beside its snapshot. */

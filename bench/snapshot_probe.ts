@@ -4,7 +4,9 @@
  * real MNIST images) it generates `--num` images from the same latents and reports, per space:
  *
  * - FID, split into its two terms (`fidTerms`): the means' distance (the samples moved as a
- *   whole) and the covariances' part (they lost or gained variety);
+ *   whole) and the covariances' part (they lost or gained variety); and FID again with the
+ *   samples reweighted to the real images' class mix (classes by the space's own classifier),
+ *   which takes out what the generator's mix of digits contributes;
  * - precision and recall (k = 3) against as many real images (improved precision/recall,
  *   arXiv 1904.06991);
  * - the classifier's class histogram's total-variation distance from the real images' histogram
@@ -13,10 +15,14 @@
  * and, once per generator: how often the two classifiers agree on the digit, and pixel
  * statistics (mean ink, share of mid-grey pixels, mean absolute neighbour difference: sharpness).
  * The first row scores real images other than the reference ones (what real images get at this
- * sample size). With `--grids DIR` it writes each generator's first 64 samples as a PNG.
+ * sample size); then, as a calibration, what shifting the real images' class mix alone (by
+ * reweighting) costs in each space. With `--grids DIR` it writes each generator's first 64 samples as a PNG.
  *
  *   deno run -A bench/snapshot_probe.ts --out docs/data/snapshot-probe.jsonl \
- *     [--num 1000] [--seed 1000003] [--grids DIR] G1.safetensors G2.safetensors ...
+ *     [--num 1000] [--seed 1000003] [--grids DIR] [--steps N] G1.safetensors G2.safetensors ...
+ *
+ * Generators are sampled in one step from σ = 2.5; with `--steps N`, with EDM's Heun sampler in N
+ * steps (2N − 1 evaluations: a teacher, as the chain's eval stage samples it with 18).
  *
  * @module
  */
@@ -31,12 +37,12 @@ import {
   MnistFeatureNet,
 } from "../lib/metrics/mnist_features.ts";
 import { loadRefStats } from "../lib/metrics/ref_stats.ts";
-import { featureStats, fidTerms, precisionRecall, type Stats } from "../lib/metrics/stats.ts";
+import { featureStats, fid, fidTerms, precisionRecall, type Stats } from "../lib/metrics/stats.ts";
 import { loadNetwork } from "../lib/nets/network.ts";
 import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
 
 const USAGE = "usage: bench/snapshot_probe.ts --out probe.jsonl [--num 1000] [--seed 1000003] " +
-  "[--grids DIR] G1.safetensors [G2.safetensors ...]";
+  "[--grids DIR] [--steps N] G1.safetensors [G2.safetensors ...]";
 
 /** Pixel statistics of `n` grey uint8 images of `res`×`res`. */
 export interface PixelStats {
@@ -101,6 +107,48 @@ export function totalVariation(p: readonly number[], q: readonly number[]): numb
   return p.reduce((s, v, i) => s + Math.abs(v - q[i]), 0) / 2;
 }
 
+/**
+ * Mean and covariance of `n` feature rows with frequency weights `w`: the statistics of the
+ * rows repeated `w` times, covariance divided by Σw − 1 as `featureStats`' unbiased default.
+ * ({@linkcode classMixWeights} sum to the number of rows, so the divisor stays n − 1.)
+ */
+export function weightedStats(
+  features: Float32Array,
+  n: number,
+  dim: number,
+  w: ArrayLike<number>,
+): Stats {
+  let total = 0;
+  for (let i = 0; i < n; i++) total += w[i];
+  const mu = new Float64Array(dim);
+  for (let i = 0; i < n; i++) {
+    for (let a = 0; a < dim; a++) mu[a] += (w[i] / total) * features[i * dim + a];
+  }
+  const sigma = new Float64Array(dim * dim);
+  const d = new Float64Array(dim);
+  for (let i = 0; i < n; i++) {
+    const wi = w[i] / (total - 1);
+    for (let a = 0; a < dim; a++) d[a] = features[i * dim + a] - mu[a];
+    for (let a = 0; a < dim; a++) {
+      const da = wi * d[a];
+      for (let b = a; b < dim; b++) sigma[a * dim + b] += da * d[b];
+    }
+  }
+  for (let a = 0; a < dim; a++) {
+    for (let b = 0; b < a; b++) sigma[a * dim + b] = sigma[b * dim + a];
+  }
+  return { mu, sigma, dim };
+}
+
+/**
+ * Per-sample weights that give `classes` the class mix `target` (importance weights
+ * target(c)/own(c)); a class absent from `classes` cannot be given weight and is left out.
+ */
+export function classMixWeights(classes: Int32Array, target: readonly number[]): Float64Array {
+  const own = classHistogram(classes, target.length);
+  return Float64Array.from(classes, (c) => target[c] / own[c]);
+}
+
 /** Mean of each row's largest value (the classifier's mean confidence). */
 function meanMax(probs: Float32Array, k: number): number {
   const n = probs.length / k;
@@ -120,6 +168,8 @@ interface SpaceRow {
   fid: number;
   fidMean: number;
   fidCov: number;
+  /** FID with the samples reweighted to the real images' class mix ({@linkcode classMixWeights}). */
+  fidClassMix: number;
   precision: number;
   recall: number;
   classTv: number;
@@ -148,9 +198,16 @@ async function probe(
   res: number,
   spaces: Space[],
   real: boolean,
-): Promise<Omit<ProbeRow, "generator" | "num" | "seed">> {
+): Promise<
+  {
+    result: Omit<ProbeRow, "generator" | "num" | "seed">;
+    classes: Int32Array[];
+    features: Float32Array[];
+  }
+> {
   const out: Record<string, SpaceRow> = {};
   const classes: Int32Array[] = [];
+  const feats: Float32Array[] = [];
   for (const sp of spaces) {
     const acc = new DetectorAccumulator(sp.det, { captureFeatures: true, captureProbs: true });
     const per = res * res;
@@ -162,15 +219,18 @@ async function probe(
     const probs = acc.probs();
     const cls = argmaxRows(probs, sp.det.numClasses);
     classes.push(cls);
+    feats.push(features);
     const hist = classHistogram(cls, sp.det.numClasses);
     if (real) sp.real = { features, hist };
     const st = featureStats(features, n, sp.det.featureDim);
     const t = fidTerms(st.mu, st.sigma, sp.ref.mu, sp.ref.sigma);
     const pr = await precisionRecall(sp.real!.features, features, sp.det.featureDim);
+    const ws = weightedStats(features, n, sp.det.featureDim, classMixWeights(cls, sp.real!.hist));
     out[sp.name] = {
       fid: t.mean + t.cov,
       fidMean: t.mean,
       fidCov: t.cov,
+      fidClassMix: fid(ws.mu, ws.sigma, sp.ref.mu, sp.ref.sigma),
       precision: pr.precision,
       recall: pr.recall,
       classTv: totalVariation(hist, sp.real!.hist),
@@ -180,23 +240,29 @@ async function probe(
   }
   let agree = 0;
   for (let i = 0; i < n; i++) if (classes[0][i] === classes[1][i]) agree++;
-  return { spaces: out, agreement: agree / n, pixels: pixelStats(pixels, n, res) };
+  return {
+    result: { spaces: out, agreement: agree / n, pixels: pixelStats(pixels, n, res) },
+    classes,
+    features: feats,
+  };
 }
 
 function table(rows: ProbeRow[]): string {
   const f = (v: number, d = 2) => v.toFixed(d);
   const lines = [
-    "| generator | space | FID | mean term | cov term | precision | recall | class TV | confidence | agreement | ink | midtone | sharpness |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| generator | space | FID | mean term | cov term | FID, real class mix | precision | recall | class TV | confidence | agreement | ink | midtone | sharpness |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ];
   for (const r of rows) {
     for (const [name, s] of Object.entries(r.spaces)) {
       lines.push(
         `| ${r.generator} | ${name} | ${f(s.fid)} | ${f(s.fidMean)} | ${f(s.fidCov)} | ${
-          f(s.precision, 3)
-        } | ${f(s.recall, 3)} | ${f(s.classTv, 3)} | ${f(s.confidence, 3)} | ${
-          f(r.agreement, 3)
-        } | ${f(r.pixels.ink, 3)} | ${f(r.pixels.midtone, 3)} | ${f(r.pixels.sharpness, 3)} |`,
+          f(s.fidClassMix)
+        } | ${f(s.precision, 3)} | ${f(s.recall, 3)} | ${f(s.classTv, 3)} | ${
+          f(s.confidence, 3)
+        } | ${f(r.agreement, 3)} | ${f(r.pixels.ink, 3)} | ${f(r.pixels.midtone, 3)} | ${
+          f(r.pixels.sharpness, 3)
+        } |`,
       );
     }
   }
@@ -204,12 +270,16 @@ function table(rows: ProbeRow[]): string {
 }
 
 async function main() {
-  const f = parseFlags(Deno.args, { string: ["out", "num", "seed", "grids"] }, USAGE);
+  const f = parseFlags(Deno.args, { string: ["out", "num", "seed", "grids", "steps"] }, USAGE);
   const files = f.positionals;
   if (!f.out || files.length === 0) throw new UsageError(USAGE);
   const num = numberFlag("num", f.num, 1000, { integer: true, min: 10 });
   const seed = numberFlag("seed", f.seed, 1_000_003, { integer: true, min: 0 });
   const grids = f.grids as string | undefined;
+  // A teacher is sampled as the chain's eval stage samples it: EDM's Heun sampler.
+  const steps = f.steps === undefined
+    ? undefined
+    : numberFlag("steps", f.steps, 18, { integer: true, min: 2 });
   for (const file of files) {
     await Deno.stat(file).catch(() => {
       throw new UsageError(`${file}: no such generator file`);
@@ -250,20 +320,52 @@ async function main() {
     await Deno.writeTextFile(f.out as string, JSON.stringify(row) + "\n", { append: true });
   };
   await probe(realAt(0), num, res, spaces, true);
-  await emit("real", await probe(realAt(0.5), num, res, spaces, false));
+  const realRow = await probe(realAt(0.5), num, res, spaces, false);
+  await emit("real", realRow.result);
+  // Calibration: what a given class-mix shift alone costs in each space. The real images are
+  // reweighted to a mix with every even digit's share raised by δ·share and every odd one's
+  // lowered (then renormalised).
+  for (const delta of [0.1, 0.2]) {
+    const fids: Record<string, { tv: number; fid: number }> = {};
+    for (const [k, sp] of spaces.entries()) {
+      const own = classHistogram(realRow.classes[k], sp.det.numClasses);
+      const t = own.map((h, c) => h * (1 + (c % 2 === 0 ? delta : -delta)));
+      const z = t.reduce((a, b) => a + b, 0);
+      const target = t.map((v) => v / z);
+      const ws = weightedStats(
+        realRow.features[k],
+        num,
+        sp.det.featureDim,
+        classMixWeights(realRow.classes[k], target),
+      );
+      fids[sp.name] = {
+        tv: totalVariation(own, target),
+        fid: fid(ws.mu, ws.sigma, sp.ref.mu, sp.ref.sigma),
+      };
+    }
+    const line = { kind: "calibration", delta, num, spaces: fids };
+    await Deno.writeTextFile(f.out as string, JSON.stringify(line) + "\n", { append: true });
+    console.log(
+      `calibration: real images, class mix shifted by δ ${delta}: ${
+        Object.entries(fids).map(([n, v]) => `${n} TV ${v.tv.toFixed(3)} FID ${v.fid.toFixed(2)}`)
+          .join(", ")
+      }`,
+    );
+  }
   for (const file of files) {
     const net = await loadNetwork(file);
     if (net.imgChannels !== 1 || net.imgResolution !== res) {
       throw new UsageError(`${file}: not an MNIST generator (${net.imgChannels} channels)`);
     }
     const px = new Uint8Array(num * per);
-    for await (const b of generateBatches(net, { num, seed, batch: 100, sigmaInit: 2.5 })) {
+    const sampler = steps ? { sampler: "heun" as const, steps } : { sigmaInit: 2.5 };
+    for await (const b of generateBatches(net, { num, seed, batch: 100, ...sampler })) {
       px.set(b.pixels, b.start * per);
     }
     net.dispose();
     const name = file.replace(/^.*\//, "").replace(/\.safetensors$/, "");
     if (grids) await writeImageGrid(`${grids}/${name}.png`, px, 64, res, 1);
-    await emit(name, await probe(px, num, res, spaces, false));
+    await emit(name, (await probe(px, num, res, spaces, false)).result);
     console.log(`${name}: done`);
   }
   console.log(table(rows));
