@@ -41,13 +41,18 @@
  * - `batch128-ema0.5`: `warmup-it-ema0.5` at batch 128 (half the gradient noise's variance; the
  *   warm-ups and the half-life stay in images, so 4 and 8 iterations, and 4). Meant for half the
  *   iterations (`--iters 36 --every 6`), the same images.
+ * - `batch128-ema1`, `batch128-ema2`: `batch128-ema0.5` with the half-life 1 or 2 kimg (8 or 16
+ *   iterations of 128). G_ema does not take part in training, so a seed's G is the same in all
+ *   three.
  * - `sid-continue-ema0.5`: `sid-continue` with G_ema's half-life fixed as in `warmup-it-ema0.5`:
  *   does plain SiD gain as much as SiD²A when G_ema averages over 8 iterations?
- * - `sid-continue-b128-ema0.5`: the same at batch 128, the control of `batch128-ema0.5`.
+ * - `sid-continue-b128-ema1`: the same at batch 128 with the half-life 1 kimg: the control of
+ *   `batch128-ema1`.
  *
  * With `--save DIR`, each evaluated G_ema is also written to
  * `DIR/<setting>-s<seed>-it<iteration>.safetensors`, for a closer look at the snapshots
- * (`bench/snapshot_probe.ts`).
+ * (`bench/snapshot_probe.ts`). With `--log FILE`, each iteration's losses and weight-factor
+ * statistics are appended to FILE (JSONL).
  *
  * Every run appends one JSON line per evaluation to `--out` (a `.jsonl` file); rerunning skips
  * the (setting, seed) pairs that are complete there, so a long sweep can be continued.
@@ -80,7 +85,8 @@ import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../li
 
 const USAGE = "usage: bench/sid2a_sweep.ts --sid G.safetensors --out sweep.jsonl " +
   "[--teacher data/mnist-teacher.safetensors] [--configs preset,...] [--seeds 0,1,2] " +
-  "[--iters 36] [--every 6] [--num 1000] [--noise-seeds 3] [--save DIR] | --summary sweep.jsonl";
+  "[--iters 36] [--every 6] [--num 1000] [--noise-seeds 3] [--save DIR] [--log FILE] " +
+  "| --summary sweep.jsonl";
 
 /** The chain's SiD²A stage at the default budget (2.304 kimg of the preset's 200). */
 const STAGE_KIMG = 2.304;
@@ -121,6 +127,13 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
     emaKimg: 0.5,
     emaRampup: null,
   },
+  "batch128-ema1": {
+    batch: 128,
+    gWarmupNimg: 8 * 64,
+    ganWarmupNimg: 16 * 64,
+    emaKimg: 1,
+    emaRampup: null,
+  },
   "sid-continue-ema0.5": {
     method: "sid",
     gWarmupNimg: 0,
@@ -128,12 +141,19 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
     emaKimg: 0.5,
     emaRampup: null,
   },
-  "sid-continue-b128-ema0.5": {
+  "sid-continue-b128-ema1": {
     method: "sid",
     batch: 128,
     gWarmupNimg: 0,
     ganWarmupNimg: 0,
-    emaKimg: 0.5,
+    emaKimg: 1,
+    emaRampup: null,
+  },
+  "batch128-ema2": {
+    batch: 128,
+    gWarmupNimg: 8 * 64,
+    ganWarmupNimg: 16 * 64,
+    emaKimg: 2,
     emaRampup: null,
   },
 };
@@ -143,7 +163,7 @@ export const SWEEP_SID_FAKE: ReadonlySet<string> = new Set([
   "sid-fake",
   "sid-continue",
   "sid-continue-ema0.5",
-  "sid-continue-b128-ema0.5",
+  "sid-continue-b128-ema1",
 ]);
 
 /** The SiD run's fake score: the `fake.*` tensors of the training state beside its snapshot. */
@@ -289,6 +309,7 @@ async function main() {
       "noise-seeds",
       "summary",
       "save",
+      "log",
     ],
   }, USAGE);
   if (f.summary) {
@@ -313,6 +334,7 @@ async function main() {
   const num = numberFlag("num", f.num, 1000, { integer: true, min: 10 });
   const noiseSeeds = numberFlag("noise-seeds", f["noise-seeds"], 3, { integer: true, min: 0 });
   const save = f.save as string | undefined;
+  const log = f.log as string | undefined;
   if (save) await Deno.mkdir(save, { recursive: true });
   const backend = await startBackend(f.backend as string | undefined);
   console.log(`backend: ${backend.name}`);
@@ -410,7 +432,22 @@ async function main() {
       await evalAt(0);
       for (let i = 1; i <= iters; i++) {
         if (decay && i === decay.after + 1) d.setLearningRates(decay);
-        await d.step();
+        const st = await d.step();
+        if (log) {
+          const line = {
+            setting,
+            seed,
+            iteration: i,
+            lossG: st.lossG,
+            lossGGan: st.lossGGan,
+            lossFake: st.lossFake,
+            lossD: st.lossD,
+            weightFactor: st.weightFactor,
+            gStep: st.gStep,
+            ganActive: st.ganActive,
+          };
+          await Deno.writeTextFile(log, JSON.stringify(line) + "\n", { append: true });
+        }
         if (i % every === 0 || i === iters) await evalAt(i);
       }
       d.dispose();
