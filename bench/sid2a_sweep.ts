@@ -59,7 +59,7 @@
  *
  *   deno run -A bench/sid2a_sweep.ts --sid <run>/sid/network-snapshot-000005.120.safetensors \
  *     --out docs/data/sid2a-sweep.jsonl [--configs preset,warmup-it] [--seeds 0,1,2] \
- *     [--iters 36] [--every 6] [--num 1000] [--save DIR]
+ *     [--iters 36] [--every 6] [--num 1000] [--save DIR] [--log FILE]
  *   deno run -A bench/sid2a_sweep.ts --summary docs/data/sid2a-sweep.jsonl
  *
  * @module

@@ -16,10 +16,14 @@
  * statistics (mean ink, share of mid-grey pixels, mean absolute neighbour difference: sharpness).
  * The first row scores real images other than the reference ones (what real images get at this
  * sample size); then, as a calibration, what shifting the real images' class mix alone (by
- * reweighting) costs in each space. With `--grids DIR` it writes each generator's first 64 samples as a PNG.
+ * reweighting) costs in each space. With `--grids DIR` it writes each generator's first 64
+ * samples as a PNG.
  *
  *   deno run -A bench/snapshot_probe.ts --out docs/data/snapshot-probe.jsonl \
  *     [--num 1000] [--seed 1000003] [--grids DIR] [--steps N] G1.safetensors G2.safetensors ...
+ *
+ * Rows are appended to `--out` (JSONL), one per generator, after the real row and the
+ * calibration lines; the table is printed at the end.
  *
  * Generators are sampled in one step from σ = 2.5; with `--steps N`, with EDM's Heun sampler in N
  * steps (2N − 1 evaluations: a teacher, as the chain's eval stage samples it with 18).
