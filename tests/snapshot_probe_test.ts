@@ -1,9 +1,17 @@
 /**
- * The pure helpers of `bench/snapshot_probe.ts` (pixel statistics, class histograms) on inputs
- * whose answers are known by hand.
+ * The pure helpers of `bench/snapshot_probe.ts` (pixel statistics, class histograms, weighted
+ * feature statistics) on inputs whose answers are known by hand or by another route.
  */
 import { assertAlmostEquals, assertEquals, assertThrows } from "./metrics_asserts.ts";
-import { argmaxRows, classHistogram, pixelStats, totalVariation } from "../bench/snapshot_probe.ts";
+import {
+  argmaxRows,
+  classHistogram,
+  classMixWeights,
+  pixelStats,
+  totalVariation,
+  weightedStats,
+} from "../bench/snapshot_probe.ts";
+import { featureStats } from "../lib/metrics/stats.ts";
 
 Deno.test("pixelStats: ink, mid-grey share and neighbour differences of known images", () => {
   // Image 0 (2×2): a white left column on black; image 1: uniform grey 128.
@@ -32,4 +40,30 @@ Deno.test("argmaxRows, classHistogram and totalVariation", () => {
   );
   assertEquals(totalVariation(h, h), 0);
   assertThrows(() => totalVariation([1], [0.5, 0.5]), RangeError, "lengths differ");
+});
+
+Deno.test("weightedStats with integer weights equals featureStats of the repeated rows", () => {
+  const dim = 3;
+  const rows = [[1, 2, 0], [0, -1, 4], [2, 2, 2], [-3, 0.5, 1]];
+  const w = [1, 3, 2, 1];
+  const rep: number[] = [];
+  rows.forEach((r, i) => {
+    for (let k = 0; k < w[i]; k++) rep.push(...r);
+  });
+  const want = featureStats(Float32Array.from(rep), rep.length / dim, dim);
+  const got = weightedStats(Float32Array.from(rows.flat()), rows.length, dim, w);
+  for (let a = 0; a < dim; a++) assertAlmostEquals(got.mu[a], want.mu[a], 1e-9);
+  for (let a = 0; a < dim * dim; a++) assertAlmostEquals(got.sigma[a], want.sigma[a], 1e-9);
+});
+
+Deno.test("classMixWeights gives the samples the target class mix", () => {
+  const cls = new Int32Array([0, 0, 0, 1, 2, 2]);
+  const target = [0.2, 0.5, 0.3];
+  const w = classMixWeights(cls, target);
+  const total = w.reduce((a: number, b: number) => a + b, 0);
+  const mix = [0, 0, 0];
+  cls.forEach((c, i) => mix[c] += w[i] / total);
+  for (let c = 0; c < 3; c++) assertAlmostEquals(mix[c], target[c], 1e-12);
+  // Samples of one class share one weight.
+  assertEquals(w[0], w[2]);
 });
