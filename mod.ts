@@ -236,6 +236,7 @@ export {
   FeatureStats,
   featureStats,
   fid,
+  fidTerms,
   inceptionScore,
   type MeanStd,
   MetricError,
