@@ -236,6 +236,7 @@ export {
   FeatureStats,
   featureStats,
   fid,
+  type FidOptions,
   fidTerms,
   inceptionScore,
   type MeanStd,
