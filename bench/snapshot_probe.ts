@@ -332,7 +332,7 @@ async function main() {
   for (const delta of [0.1, 0.2]) {
     const fids: Record<string, { tv: number; fid: number }> = {};
     for (const [k, sp] of spaces.entries()) {
-      const own = classHistogram(realRow.classes[k], sp.det.numClasses);
+      const own = realRow.result.spaces[sp.name].hist;
       const t = own.map((h, c) => h * (1 + (c % 2 === 0 ? delta : -delta)));
       const z = t.reduce((a, b) => a + b, 0);
       const target = t.map((v) => v / z);
