@@ -49,6 +49,21 @@
  * - `sid-continue-b128-ema1`: the same at batch 128 with the half-life 1 kimg: the control of
  *   `batch128-ema1`.
  *
+ * - `batch128-ema1-a1.2`, `sid-continue-b128-ema1-a1.2`: the two above with the SiD stage's
+ *   α = 1.2 instead of the SiD²A preset's 1 (mingyuanzhou/SiD `run_sid_sida.sh` passes
+ *   `--alpha 1` to every SiDA/SiD²A run): from the chain's SiD generator, SiD²A at α = 1 trades
+ *   precision for recall over the stage; does α, which changes between the stages, do that?
+ * - `batch128-ema1-gan0`: `batch128-ema1` with the adversarial weight 0: the discriminator still
+ *   trains the fake net's encoder and the SiD term is still halved once the adversarial gate
+ *   opens, but G gets no adversarial gradient. Against `batch128-ema1`, what the adversarial term
+ *   does to G; against `sid-continue-b128-ema1`, what restarting the fake net from the teacher does.
+ * - `batch128-ema1-lsg1e-3`: `batch128-ema1` with the adversarial weight 10× smaller (0.001).
+ * - `batch128-ema1-lr3e-5`: `batch128-ema1` with lr = glr = 3e-5: from a good SiD generator, a
+ *   smaller step that may keep its precision.
+ * - `sid-fake-b128-ema1`: `sid-fake` at batch 128 with the 1-kimg half-life: the fake net from the
+ *   SiD run's, G steps from the first iteration, the adversarial term after 1024 images. It is
+ *   `sid-continue-b128-ema1` plus the discriminator and the adversarial term.
+ *
  * With `--save DIR`, each evaluated G_ema is also written to
  * `DIR/<setting>-s<seed>-it<iteration>.safetensors`, for a closer look at the snapshots
  * (`bench/snapshot_probe.ts`). With `--log FILE`, each iteration's losses and weight-factor
@@ -91,7 +106,11 @@ const USAGE = "usage: bench/sid2a_sweep.ts --sid G.safetensors --out sweep.jsonl
 /** The chain's SiD²A stage at the default budget (2.304 kimg of the preset's 200). */
 const STAGE_KIMG = 2.304;
 
-function baseConfig(): DistillConfig {
+/**
+ * The chain's SiD²A stage at the default budget, which every setting of
+ * {@linkcode SWEEP_SETTINGS} overrides.
+ */
+export function baseConfig(): DistillConfig {
   const p = distillPreset("mnist", "sida", { sid2a: true });
   const scale = Math.min(1, STAGE_KIMG / p.durationKimg);
   return {
@@ -156,6 +175,55 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
     emaKimg: 2,
     emaRampup: null,
   },
+  "batch128-ema1-a1.2": {
+    batch: 128,
+    gWarmupNimg: 8 * 64,
+    ganWarmupNimg: 16 * 64,
+    emaKimg: 1,
+    emaRampup: null,
+    alpha: 1.2,
+  },
+  "batch128-ema1-gan0": {
+    batch: 128,
+    gWarmupNimg: 8 * 64,
+    ganWarmupNimg: 16 * 64,
+    emaKimg: 1,
+    emaRampup: null,
+    lsgGan: 0,
+  },
+  "batch128-ema1-lsg1e-3": {
+    batch: 128,
+    gWarmupNimg: 8 * 64,
+    ganWarmupNimg: 16 * 64,
+    emaKimg: 1,
+    emaRampup: null,
+    lsgGan: 0.001,
+  },
+  "batch128-ema1-lr3e-5": {
+    batch: 128,
+    lr: 3e-5,
+    glr: 3e-5,
+    gWarmupNimg: 8 * 64,
+    ganWarmupNimg: 16 * 64,
+    emaKimg: 1,
+    emaRampup: null,
+  },
+  "sid-fake-b128-ema1": {
+    batch: 128,
+    gWarmupNimg: 0,
+    ganWarmupNimg: 8 * 128,
+    emaKimg: 1,
+    emaRampup: null,
+  },
+  "sid-continue-b128-ema1-a1.2": {
+    method: "sid",
+    batch: 128,
+    gWarmupNimg: 0,
+    ganWarmupNimg: 0,
+    emaKimg: 1,
+    emaRampup: null,
+    alpha: 1.2,
+  },
 };
 
 /** Settings whose fake net starts from the SiD run's fake score (see the module doc). */
@@ -164,6 +232,8 @@ export const SWEEP_SID_FAKE: ReadonlySet<string> = new Set([
   "sid-continue",
   "sid-continue-ema0.5",
   "sid-continue-b128-ema1",
+  "sid-continue-b128-ema1-a1.2",
+  "sid-fake-b128-ema1",
 ]);
 
 /** The SiD run's fake score: the `fake.*` tensors of the training state beside its snapshot. */
@@ -194,7 +264,7 @@ export const SWEEP_DECAY: Record<string, { after: number; lr: number; glr: numbe
 };
 
 /** One line of the sweep's JSONL file. */
-interface Row {
+export interface Row {
   setting: string;
   seed: number;
   iteration: number;

@@ -1,0 +1,89 @@
+/**
+ * The settings and the summary of `bench/sid2a_sweep.ts` (issue 15): every setting is a valid
+ * distillation config, and the summary's "steady" column counts a seed only when its FID fell and
+ * stayed down.
+ */
+import { assert, assertEquals } from "./metrics_asserts.ts";
+import {
+  baseConfig,
+  type Row,
+  summarize,
+  SWEEP_DECAY,
+  SWEEP_SETTINGS,
+  SWEEP_SID_FAKE,
+} from "../bench/sid2a_sweep.ts";
+import { resolveDistillConfig } from "../lib/distill/distiller.ts";
+
+Deno.test("sid2a sweep: every setting resolves to a valid config, and names only known settings", () => {
+  for (const [name, overrides] of Object.entries(SWEEP_SETTINGS)) {
+    const c = resolveDistillConfig({ ...baseConfig(), ...overrides });
+    for (const [k, v] of Object.entries(overrides)) {
+      assertEquals(c[k as keyof typeof c], v, `${name}: ${k}`);
+    }
+  }
+  for (const s of SWEEP_SID_FAKE) assert(s in SWEEP_SETTINGS, `${s} (SWEEP_SID_FAKE)`);
+  for (const s of Object.keys(SWEEP_DECAY)) assert(s in SWEEP_SETTINGS, `${s} (SWEEP_DECAY)`);
+  // The base is the chain's SiD²A stage at the default budget: the mnist preset's 5/10-kimg
+  // warm-ups scaled to 2.304 of its 200 kimg.
+  const b = baseConfig();
+  assertEquals([b.gWarmupNimg, b.ganWarmupNimg], [58, 115]);
+  // The candidate's warm-ups are counted in images, not scaled: 4 and 8 iterations of 128.
+  const c = resolveDistillConfig({ ...b, ...SWEEP_SETTINGS["batch128-ema1"] });
+  assertEquals([c.batch, c.gWarmupNimg / c.batch, c.ganWarmupNimg / c.batch], [128, 4, 8]);
+  assertEquals([c.emaKimg, c.emaRampup], [1, null]);
+});
+
+Deno.test("sid2a sweep: summarize counts a seed as steady only when its FID fell and stayed down", () => {
+  const curve = (setting: string, seed: number, a: number[], b: number[]): Row[] =>
+    a.map((fidA, i) => ({
+      setting,
+      seed,
+      iteration: 3 * i,
+      kimg: 0.384 * i,
+      fidA,
+      fidB: b[i],
+      last: i === a.length - 1,
+    }));
+  const rows: Row[] = [
+    {
+      setting: "noise",
+      seed: 1,
+      iteration: 0,
+      kimg: 0,
+      fidA: 30,
+      fidB: 2,
+      last: true,
+      kind: "noise",
+    },
+    {
+      setting: "noise",
+      seed: 2,
+      iteration: 0,
+      kimg: 0,
+      fidA: 34,
+      fidB: 2.4,
+      last: true,
+      kind: "noise",
+    },
+    // Seed 0 falls and stays within 10 % of its best in mnist; mnist-b rises at the end.
+    ...curve("x", 0, [40, 35, 30, 32], [2.0, 1.8, 1.5, 2.1]),
+    // Seed 1: mnist falls then rises beyond 10 % of its best; mnist-b falls steadily.
+    ...curve("x", 1, [40, 30, 25, 35], [2.0, 1.9, 1.8, 1.7]),
+  ];
+  const lines = summarize(rows).split("\n");
+  assertEquals(
+    lines[0],
+    "Sampling noise (the SiD generator, 2 latent sets): FID mnist 32.0 ± 2.8, mnist-b 2.2 ± 0.3.",
+  );
+  const mnist = lines.find((l) => l.startsWith("| x | 0,1 | mnist |"))!;
+  const mnistB = lines.find((l) => l.startsWith("| x | 0,1 | mnist-b |"))!;
+  // Means ± std over the two seeds at each point, then steady seeds / seeds.
+  assertEquals(
+    mnist,
+    "| x | 0,1 | mnist | 40.0 ± 0.0 | 32.5 ± 3.5 | 27.5 ± 3.5 | 33.5 ± 2.1 | 1/2 |",
+  );
+  assertEquals(
+    mnistB,
+    "| x | 0,1 | mnist-b | 2.0 ± 0.0 | 1.9 ± 0.1 | 1.6 ± 0.2 | 1.9 ± 0.3 | 1/2 |",
+  );
+});
