@@ -15,7 +15,7 @@
  * and, once per generator: how often the two classifiers agree on the digit, and pixel
  * statistics (mean ink, share of mid-grey pixels, mean absolute neighbour difference: sharpness).
  * The first row scores real images other than the reference ones (what real images get at this
- * sample size); then, as a calibration, what shifting the real images' class mix alone (by
+ * sample size; left out when `--num` is over half the set, which leaves no other ones); then, as a calibration, what shifting the real images' class mix alone (by
  * reweighting) costs in each space. With `--grids DIR` it writes each generator's first 64
  * samples as a PNG.
  *
@@ -324,37 +324,47 @@ async function main() {
     await Deno.writeTextFile(f.out as string, JSON.stringify(row) + "\n", { append: true });
   };
   await probe(realAt(0), num, res, spaces, true);
-  const realRow = await probe(realAt(0.5), num, res, spaces, false);
-  await emit("real", realRow.result);
-  // Calibration: what a given class-mix shift alone costs in each space. The real images are
-  // reweighted to a mix with every even digit's share raised by δ·share and every odd one's
-  // lowered (then renormalised).
-  for (const delta of [0.1, 0.2]) {
-    const fids: Record<string, { tv: number; fid: number }> = {};
-    for (const [k, sp] of spaces.entries()) {
-      const own = realRow.result.spaces[sp.name].hist;
-      const t = own.map((h, c) => h * (1 + (c % 2 === 0 ? delta : -delta)));
-      const z = t.reduce((a, b) => a + b, 0);
-      const target = t.map((v) => v / z);
-      const ws = weightedStats(
-        realRow.features[k],
-        num,
-        sp.det.featureDim,
-        classMixWeights(realRow.classes[k], target),
-      );
-      fids[sp.name] = {
-        tv: totalVariation(own, target),
-        fid: fid(ws.mu, ws.sigma, sp.ref.mu, sp.ref.sigma),
-      };
-    }
-    const line = { kind: "calibration", delta, num, spaces: fids };
-    await Deno.writeTextFile(f.out as string, JSON.stringify(line) + "\n", { append: true });
+  // The real row needs `num` other real images; with more than half the set there are none (the
+  // offset picks the same ones), so the row and its calibration are left out.
+  if (2 * num > ds.size) {
     console.log(
-      `calibration: real images, class mix shifted by δ ${delta}: ${
-        Object.entries(fids).map(([n, v]) => `${n} TV ${v.tv.toFixed(3)} FID ${v.fid.toFixed(2)}`)
-          .join(", ")
-      }`,
+      `real row and calibration left out: --num ${num} leaves no ${num} other real images ` +
+        `(the set has ${ds.size})`,
     );
+  } else await realRowAndCalibration();
+  async function realRowAndCalibration() {
+    const realRow = await probe(realAt(0.5), num, res, spaces, false);
+    await emit("real", realRow.result);
+    // Calibration: what a given class-mix shift alone costs in each space. The real images are
+    // reweighted to a mix with every even digit's share raised by δ·share and every odd one's
+    // lowered (then renormalised).
+    for (const delta of [0.1, 0.2]) {
+      const fids: Record<string, { tv: number; fid: number }> = {};
+      for (const [k, sp] of spaces.entries()) {
+        const own = realRow.result.spaces[sp.name].hist;
+        const t = own.map((h, c) => h * (1 + (c % 2 === 0 ? delta : -delta)));
+        const z = t.reduce((a, b) => a + b, 0);
+        const target = t.map((v) => v / z);
+        const ws = weightedStats(
+          realRow.features[k],
+          num,
+          sp.det.featureDim,
+          classMixWeights(realRow.classes[k], target),
+        );
+        fids[sp.name] = {
+          tv: totalVariation(own, target),
+          fid: fid(ws.mu, ws.sigma, sp.ref.mu, sp.ref.sigma),
+        };
+      }
+      const line = { kind: "calibration", delta, num, spaces: fids };
+      await Deno.writeTextFile(f.out as string, JSON.stringify(line) + "\n", { append: true });
+      console.log(
+        `calibration: real images, class mix shifted by δ ${delta}: ${
+          Object.entries(fids).map(([n, v]) => `${n} TV ${v.tv.toFixed(3)} FID ${v.fid.toFixed(2)}`)
+            .join(", ")
+        }`,
+      );
+    }
   }
   for (const file of files) {
     const net = await loadNetwork(file);
