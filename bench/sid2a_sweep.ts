@@ -58,6 +58,8 @@
  *   opens, but G gets no adversarial gradient. Against `batch128-ema1`, what the adversarial term
  *   does to G; against `sid-continue-b128-ema1`, what restarting the fake net from the teacher does.
  * - `batch128-ema1-lsg1e-3`: `batch128-ema1` with the adversarial weight 10× smaller (0.001).
+ * - `batch128-ema1-lsg0.1`: `batch128-ema1` with the adversarial weight 10× larger (0.1): the
+ *   other way from `batch128-ema1-lsg1e-3`, in case the discriminator holds precision.
  * - `batch128-ema1-lr3e-5`: `batch128-ema1` with lr = glr = 3e-5: from a good SiD generator, a
  *   smaller step that may keep its precision.
  * - `sid-fake-b128-ema1`: `sid-fake` at batch 128 with the 1-kimg half-life: the fake net from the
@@ -198,6 +200,14 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
     emaKimg: 1,
     emaRampup: null,
     lsgGan: 0.001,
+  },
+  "batch128-ema1-lsg0.1": {
+    batch: 128,
+    gWarmupNimg: 8 * 64,
+    ganWarmupNimg: 16 * 64,
+    emaKimg: 1,
+    emaRampup: null,
+    lsgGan: 0.1,
   },
   "batch128-ema1-lr3e-5": {
     batch: 128,
