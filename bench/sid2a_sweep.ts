@@ -49,8 +49,8 @@
  * - `sid-continue-b128-ema1`: the same at batch 128 with the half-life 1 kimg: the control of
  *   `batch128-ema1`.
  *
- * - `batch128-ema1-a1.2`, `sid-continue-b128-ema1-a1.2`: the two above with the SiD stage's
- *   α = 1.2 instead of the SiD²A preset's 1 (mingyuanzhou/SiD `run_sid_sida.sh` passes
+ * - `batch128-ema1-a1.2`: `batch128-ema1` with the SiD stage's α = 1.2 instead of the SiD²A
+ *   preset's 1 (mingyuanzhou/SiD `run_sid_sida.sh` passes
  *   `--alpha 1` to every SiDA/SiD²A run): from the chain's SiD generator, SiD²A at α = 1 trades
  *   precision for recall over the stage; does α, which changes between the stages, do that?
  * - `batch128-ema1-gan0`: `batch128-ema1` with the adversarial weight 0: the discriminator still
@@ -122,6 +122,18 @@ export function baseConfig(): DistillConfig {
   } as DistillConfig;
 }
 
+/**
+ * `batch128-ema1`: batch 128, the warm-ups in images (512 and 1024: 4 and 8 iterations), G_ema's
+ * half-life fixed at 1 kimg without ramp-up. The base of the later settings.
+ */
+const BATCH128_EMA1: Partial<DistillConfig> = {
+  batch: 128,
+  gWarmupNimg: 8 * 64,
+  ganWarmupNimg: 16 * 64,
+  emaKimg: 1,
+  emaRampup: null,
+};
+
 /** The settings of the sweep, as overrides of {@linkcode baseConfig}. */
 export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
   preset: {},
@@ -148,13 +160,7 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
     emaKimg: 0.5,
     emaRampup: null,
   },
-  "batch128-ema1": {
-    batch: 128,
-    gWarmupNimg: 8 * 64,
-    ganWarmupNimg: 16 * 64,
-    emaKimg: 1,
-    emaRampup: null,
-  },
+  "batch128-ema1": BATCH128_EMA1,
   "sid-continue-ema0.5": {
     method: "sid",
     gWarmupNimg: 0,
@@ -177,63 +183,12 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
     emaKimg: 2,
     emaRampup: null,
   },
-  "batch128-ema1-a1.2": {
-    batch: 128,
-    gWarmupNimg: 8 * 64,
-    ganWarmupNimg: 16 * 64,
-    emaKimg: 1,
-    emaRampup: null,
-    alpha: 1.2,
-  },
-  "batch128-ema1-gan0": {
-    batch: 128,
-    gWarmupNimg: 8 * 64,
-    ganWarmupNimg: 16 * 64,
-    emaKimg: 1,
-    emaRampup: null,
-    lsgGan: 0,
-  },
-  "batch128-ema1-lsg1e-3": {
-    batch: 128,
-    gWarmupNimg: 8 * 64,
-    ganWarmupNimg: 16 * 64,
-    emaKimg: 1,
-    emaRampup: null,
-    lsgGan: 0.001,
-  },
-  "batch128-ema1-lsg0.1": {
-    batch: 128,
-    gWarmupNimg: 8 * 64,
-    ganWarmupNimg: 16 * 64,
-    emaKimg: 1,
-    emaRampup: null,
-    lsgGan: 0.1,
-  },
-  "batch128-ema1-lr3e-5": {
-    batch: 128,
-    lr: 3e-5,
-    glr: 3e-5,
-    gWarmupNimg: 8 * 64,
-    ganWarmupNimg: 16 * 64,
-    emaKimg: 1,
-    emaRampup: null,
-  },
-  "sid-fake-b128-ema1": {
-    batch: 128,
-    gWarmupNimg: 0,
-    ganWarmupNimg: 8 * 128,
-    emaKimg: 1,
-    emaRampup: null,
-  },
-  "sid-continue-b128-ema1-a1.2": {
-    method: "sid",
-    batch: 128,
-    gWarmupNimg: 0,
-    ganWarmupNimg: 0,
-    emaKimg: 1,
-    emaRampup: null,
-    alpha: 1.2,
-  },
+  "batch128-ema1-a1.2": { ...BATCH128_EMA1, alpha: 1.2 },
+  "batch128-ema1-gan0": { ...BATCH128_EMA1, lsgGan: 0 },
+  "batch128-ema1-lsg1e-3": { ...BATCH128_EMA1, lsgGan: 0.001 },
+  "batch128-ema1-lsg0.1": { ...BATCH128_EMA1, lsgGan: 0.1 },
+  "batch128-ema1-lr3e-5": { ...BATCH128_EMA1, lr: 3e-5, glr: 3e-5 },
+  "sid-fake-b128-ema1": { ...BATCH128_EMA1, gWarmupNimg: 0, ganWarmupNimg: 8 * 128 },
 };
 
 /** Settings whose fake net starts from the SiD run's fake score (see the module doc). */
@@ -242,7 +197,6 @@ export const SWEEP_SID_FAKE: ReadonlySet<string> = new Set([
   "sid-continue",
   "sid-continue-ema0.5",
   "sid-continue-b128-ema1",
-  "sid-continue-b128-ema1-a1.2",
   "sid-fake-b128-ema1",
 ]);
 
