@@ -15,9 +15,9 @@
  * and, once per generator: how often the two classifiers agree on the digit, and pixel
  * statistics (mean ink, share of mid-grey pixels, mean absolute neighbour difference: sharpness).
  * The first row scores real images other than the reference ones (what real images get at this
- * sample size; left out when `--num` is over half the set, which leaves no other ones); then, as a calibration, what shifting the real images' class mix alone (by
- * reweighting) costs in each space. With `--grids DIR` it writes each generator's first 64
- * samples as a PNG.
+ * sample size; left out when `--num` is over half the set, which leaves no other ones); then, as
+ * a calibration, what shifting the real images' class mix alone (by reweighting) costs in each
+ * space. With `--grids DIR` it writes each generator's first 64 samples as a PNG.
  *
  *   deno run -A bench/snapshot_probe.ts --out docs/data/snapshot-probe.jsonl \
  *     [--num 1000] [--seed 1000003] [--grids DIR] [--steps N] G1.safetensors G2.safetensors ...
@@ -331,8 +331,7 @@ async function main() {
       `real row and calibration left out: --num ${num} leaves no ${num} other real images ` +
         `(the set has ${ds.size})`,
     );
-  } else await realRowAndCalibration();
-  async function realRowAndCalibration() {
+  } else {
     const realRow = await probe(realAt(0.5), num, res, spaces, false);
     await emit("real", realRow.result);
     // Calibration: what a given class-mix shift alone costs in each space. The real images are
