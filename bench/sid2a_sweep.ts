@@ -48,10 +48,9 @@
  *   does plain SiD gain as much as SiD²A when G_ema averages over 8 iterations?
  * - `sid-continue-b128-ema1`: the same at batch 128 with the half-life 1 kimg: the control of
  *   `batch128-ema1`.
- *
  * - `batch128-ema1-a1.2`: `batch128-ema1` with the SiD stage's α = 1.2 instead of the SiD²A
- *   preset's 1 (mingyuanzhou/SiD `run_sid_sida.sh` passes
- *   `--alpha 1` to every SiDA/SiD²A run): from the chain's SiD generator, SiD²A at α = 1 trades
+ *   preset's 1 (mingyuanzhou/SiD `run_sid_sida.sh:23`, and every other data set's branch of
+ *   that script, passes `--alpha 1`): from the chain's SiD generator, SiD²A at α = 1 trades
  *   precision for recall over the stage; does α, which changes between the stages, do that?
  * - `batch128-ema1-gan0`: `batch128-ema1` with the adversarial weight 0: the discriminator still
  *   trains the fake net's encoder and the SiD term is still halved once the adversarial gate
@@ -124,7 +123,7 @@ export function baseConfig(): DistillConfig {
 
 /**
  * `batch128-ema1`: batch 128, the warm-ups in images (512 and 1024: 4 and 8 iterations), G_ema's
- * half-life fixed at 1 kimg without ramp-up. The base of the later settings.
+ * half-life fixed at 1 kimg without ramp-up. The base of the other batch-128 settings.
  */
 const BATCH128_EMA1: Partial<DistillConfig> = {
   batch: 128,
@@ -153,13 +152,7 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
     emaKimg: 0.5,
     emaRampup: null,
   },
-  "batch128-ema0.5": {
-    batch: 128,
-    gWarmupNimg: 8 * 64,
-    ganWarmupNimg: 16 * 64,
-    emaKimg: 0.5,
-    emaRampup: null,
-  },
+  "batch128-ema0.5": { ...BATCH128_EMA1, emaKimg: 0.5 },
   "batch128-ema1": BATCH128_EMA1,
   "sid-continue-ema0.5": {
     method: "sid",
@@ -168,21 +161,8 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
     emaKimg: 0.5,
     emaRampup: null,
   },
-  "sid-continue-b128-ema1": {
-    method: "sid",
-    batch: 128,
-    gWarmupNimg: 0,
-    ganWarmupNimg: 0,
-    emaKimg: 1,
-    emaRampup: null,
-  },
-  "batch128-ema2": {
-    batch: 128,
-    gWarmupNimg: 8 * 64,
-    ganWarmupNimg: 16 * 64,
-    emaKimg: 2,
-    emaRampup: null,
-  },
+  "sid-continue-b128-ema1": { ...BATCH128_EMA1, method: "sid", gWarmupNimg: 0, ganWarmupNimg: 0 },
+  "batch128-ema2": { ...BATCH128_EMA1, emaKimg: 2 },
   "batch128-ema1-a1.2": { ...BATCH128_EMA1, alpha: 1.2 },
   "batch128-ema1-gan0": { ...BATCH128_EMA1, lsgGan: 0 },
   "batch128-ema1-lsg1e-3": { ...BATCH128_EMA1, lsgGan: 0.001 },
