@@ -1,7 +1,10 @@
 /**
  * `deno task bench:eval`: times one 2048-d FID (LAPACK/FFI path and, with `--js`, the pure
  * TypeScript path), the 2048-d covariance accumulation of 10,000 features, the MNIST feature
- * network's throughput (images/s at batch 64), and the Inception-v3 detector's throughput
+ * network's throughput (images/s at batch 64), precision/recall (k = 3) of `--pr-num` (default
+ * 10,000) 128-d features against as many, with the host loop and with tfjs ops throughout (both
+ * give the same answer; the chain's final comparison runs it per space and generator), and the
+ * Inception-v3 detector's throughput
  * (32×32 images resized to 299×299, images/s at `--inception-batch`, default 64; the weights of
  * `--detector` / `SIDA_INCEPTION` when given, random ones otherwise; `--skip-inception` skips
  * it). Prints JSON lines.
@@ -12,15 +15,15 @@ import { tf } from "../lib/deps.ts";
 import { lapackLibrary } from "../lib/metrics/linalg.ts";
 import { InceptionV3 } from "../lib/metrics/inception.ts";
 import { MnistFeatureNet } from "../lib/metrics/mnist_features.ts";
-import { FeatureStats, fid } from "../lib/metrics/stats.ts";
+import { FeatureStats, fid, precisionRecall } from "../lib/metrics/stats.ts";
 import { numberFlag, parseFlags, runMain, startBackend } from "../lib/runtime/cli.ts";
 
 await runMain(async () => {
   const flags = parseFlags(
     Deno.args,
-    { boolean: ["js", "skip-inception"], string: ["detector", "inception-batch"] },
+    { boolean: ["js", "skip-inception"], string: ["detector", "inception-batch", "pr-num"] },
     "usage: deno task bench:eval [--js] [--backend B] [--detector inception.pt] " +
-      "[--inception-batch 64] [--skip-inception]",
+      "[--inception-batch 64] [--skip-inception] [--pr-num 10000]",
   );
   const backend = await startBackend(flags.backend as string | undefined);
   const d = 2048;
@@ -60,6 +63,23 @@ await runMain(async () => {
         impl: impl_,
         seconds: (performance.now() - t0) / 1000,
         fid: v,
+      }),
+    );
+  }
+  // Precision/recall of 128-d features (the `mnist` space's size): two shifted random clouds.
+  const prNum = numberFlag("pr-num", flags["pr-num"], 10_000, { integer: true, min: 4 });
+  const cloud = (shift: number) => Float32Array.from({ length: prNum * 128 }, () => rnd() + shift);
+  const real = cloud(0), fake = cloud(0.01);
+  for (const host of [true, false]) {
+    const t0 = performance.now();
+    const pr = await precisionRecall(real, fake, 128, { host });
+    console.log(
+      JSON.stringify({
+        bench: `precision/recall k=3, ${prNum} x ${prNum} x 128`,
+        path: host ? "host loop" : "tfjs ops",
+        backend: backend.name,
+        seconds: (performance.now() - t0) / 1000,
+        ...pr,
       }),
     );
   }

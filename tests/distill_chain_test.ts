@@ -376,6 +376,13 @@ Deno.test("distill chain: killed mid-stage, resumed, complete run folder, rerun 
         assert(Number.isFinite(v.fid) && Number.isFinite(v.kid) && v.kidStd >= 0, space);
         assertEquals(v.fid, mx.spaces[space].fid);
         assertEquals(v.kid, mx.spaces[space].kid);
+        // Precision/recall (k = 3) of the 20 samples against 20 real images.
+        assertEquals(mx.spaces[space].prReal, 20);
+        for (const q of [v.precision, v.recall]) assert(q! >= 0 && q! <= 1, `${space} P/R ${q}`);
+        assertEquals([v.precision, v.recall], [
+          mx.spaces[space].precision,
+          mx.spaces[space].recall,
+        ]);
       }
       assert(x.metrics!.spaces.mnist.fid !== x.metrics!.spaces["mnist-b"].fid, "two spaces");
     }
@@ -406,6 +413,7 @@ Deno.test("distill chain: killed mid-stage, resumed, complete run folder, rerun 
   }
   assert(md.includes("SiD²A") && md.includes("12.50"), md);
   assert(md.includes("KID mnist-b") && md.includes("**20 samples**"), md);
+  assert(md.includes("## Precision and recall"), "report.md: precision/recall table");
   for (const s of report.stages) {
     const one = s.best!.snapshot === s.last.snapshot;
     const rows = one

@@ -24,6 +24,12 @@ import {
   MetricError,
   precisionRecall,
 } from "../lib/metrics/stats.ts";
+import {
+  evenRows,
+  sameSpacesEvaluation,
+  SPACES_METRICS_FORMAT,
+  type SpacesMetrics,
+} from "../lib/pipeline/evaluate.ts";
 import { fixturePath, setupBackend } from "./helpers.ts";
 
 const expected = JSON.parse(await Deno.readTextFile(fixturePath("metrics/expected.json")));
@@ -311,14 +317,83 @@ Deno.test("precisionRecall: known answers, the reference code's value, flat tens
     for (let j = 0; j < e.shift_dims; j++) fake[i * e.dim + j] += e.shift;
   }
   const before = tf.memory().numTensors;
-  for (const rowBatch of [undefined, 7]) {
-    const pr = await precisionRecall(real, fake, e.dim, { k: e.k, rowBatch });
-    assertEquals(pr, { precision: e.precision, recall: e.recall });
+  // Both distance paths: tfjs ops throughout, and the host loop over each batch's product.
+  for (const host of [false, true]) {
+    for (const rowBatch of [undefined, 7]) {
+      const pr = await precisionRecall(real, fake, e.dim, { k: e.k, rowBatch, host });
+      assertEquals(pr, { precision: e.precision, recall: e.recall }, `host ${host}`);
+    }
+    assertEquals(tf.memory().numTensors, before);
+    // Same set → 1, 1; far-apart sets → 0, 0.
+    assertEquals(await precisionRecall(real, real, e.dim, { host }), { precision: 1, recall: 1 });
+    const far = real.map((x) => x + 1000);
+    assertEquals(await precisionRecall(real, far, e.dim, { host }), { precision: 0, recall: 0 });
+  }
+  // The two paths give the same float32 distances: the same answer on other data and k, with
+  // ties (repeated rows and equal distances).
+  const a = Float32Array.from({ length: 300 * 16 }, (_, i) => ((i * 7919) % 101) / 17);
+  const b = Float32Array.from({ length: 250 * 16 }, (_, i) => ((i * 104729) % 97) / 13);
+  b.set(a.subarray(0, 16 * 40), 16 * 60);
+  // (The same row batches: BLAS may round a product differently at another size.)
+  for (const [k, rowBatch] of [[1, 64], [5, undefined]]) {
+    assertEquals(
+      await precisionRecall(a, b, 16, { k, host: true, rowBatch }),
+      await precisionRecall(a, b, 16, { k, host: false, rowBatch }),
+      `k ${k}`,
+    );
   }
   assertEquals(tf.memory().numTensors, before);
-  // Same set → 1, 1; far-apart sets → 0, 0.
-  assertEquals(await precisionRecall(real, real, e.dim), { precision: 1, recall: 1 });
-  const far = real.map((x) => x + 1000);
-  assertEquals(await precisionRecall(real, far, e.dim), { precision: 0, recall: 0 });
   await assertRejects(() => precisionRecall(real, fake, e.dim, { k: 500 }), MetricError);
+});
+
+Deno.test("evenRows: the real side of the chain's precision/recall, evenly spaced rows", () => {
+  // 10 rows of 2: row r is [r, -r].
+  const m = Float32Array.from({ length: 20 }, (_, i) => (i % 2 ? -1 : 1) * Math.floor(i / 2));
+  assertEquals([...evenRows(m, 2, 5)], [0, -0, 2, -2, 4, -4, 6, -6, 8, -8]);
+  assertEquals([...evenRows(m, 2, 3)], [0, -0, 3, -3, 6, -6]);
+  assertEquals([...evenRows(m, 2, 1)], [0, -0]);
+  // As many or more than there are: every row, in order.
+  assertEquals(evenRows(m, 2, 10), m);
+  assertEquals(evenRows(m, 2, 50), m);
+  assertThrows(() => evenRows(new Float32Array(7), 2, 3), Error);
+});
+
+Deno.test("sameSpacesEvaluation: a metrics file without precision/recall is evaluated again", () => {
+  const space = { name: "mnist", features: "mnist" as const, detector: "f", ref: "r" };
+  const record = (num: number, pr: boolean): SpacesMetrics => ({
+    format: SPACES_METRICS_FORMAT,
+    generator: "g.safetensors",
+    sha256: "ab",
+    num,
+    seed: 0,
+    sampler: "onestep",
+    nfe: 1,
+    spaces: {
+      mnist: {
+        features: "mnist",
+        detector: "f",
+        ref: "r",
+        fid: 30,
+        kid: 1,
+        kidStd: 0.1,
+        kidSubsetSize: num,
+        kidSubsets: 100,
+        kidReal: 10000,
+        ...(pr ? { precision: 0.8, recall: 0.6, prReal: num } : {}),
+      },
+    },
+    is: { mean: 9, std: 0.1 },
+    backend: "cpu",
+    generateSeconds: 1,
+    evalSeconds: 1,
+  });
+  const same = (m: SpacesMetrics) =>
+    sameSpacesEvaluation(m, "ab", { num: m.num, seed: 0 }, [space], { sampler: "onestep" });
+  assert(same(record(20, true)));
+  assert(!same(record(20, false)), "20 samples allow precision/recall: evaluate again");
+  // Three samples are too few for k = 3: nothing to compute, the file stands.
+  assert(same(record(3, false)));
+  const bad = record(20, true);
+  bad.spaces.mnist.recall = NaN;
+  assert(!same(bad));
 });

@@ -42,10 +42,10 @@ function picked(
   };
 }
 
-Deno.test("report: both feature spaces with KID, best and last, claims by the noise rule", () => {
-  const teacher = { mnist: sc(47.5, 0.030, 0.002), "mnist-b": sc(33.6, 0.020, 0.002) };
-  const best = { mnist: sc(31.25, 0.012, 0.002), "mnist-b": sc(21.75, 0.008, 0.002) };
-  const last = { mnist: sc(45.5, 0.029, 0.002), "mnist-b": sc(36.5, 0.021, 0.002) };
+type Scores = Record<string, SpaceScores>;
+
+/** A report of one SiD²A stage (best and last) and an evaluated teacher. */
+function makeReport(teacher: Scores, best: Scores, last: Scores): ChainReport {
   const stage: StageReport = {
     stage: "sida",
     title: "SiD²A",
@@ -68,11 +68,11 @@ Deno.test("report: both feature spaces with KID, best and last, claims by the no
     grid: null,
     snapshots: [],
   };
-  const cmp = (a: string, sa: typeof best, b: string, sb: typeof best) => {
+  const cmp = (a: string, sa: Scores, b: string, sb: Scores) => {
     const c = compareGenerators(sa, sb, SPACES);
     return { a, b, verdict: c.verdict, reason: c.reason, spaces: c.spaces };
   };
-  const report: ChainReport = {
+  return {
     format: "sida-distill-report/2",
     createdAt: "2026-12-05T00:00:00Z",
     out: "runs/x",
@@ -115,7 +115,16 @@ Deno.test("report: both feature spaces with KID, best and last, claims by the no
     plots: [],
     notes: [],
   };
+}
+
+Deno.test("report: both feature spaces with KID, best and last, claims by the noise rule", () => {
+  const teacher = { mnist: sc(47.5, 0.030, 0.002), "mnist-b": sc(33.6, 0.020, 0.002) };
+  const best = { mnist: sc(31.25, 0.012, 0.002), "mnist-b": sc(21.75, 0.008, 0.002) };
+  const last = { mnist: sc(45.5, 0.029, 0.002), "mnist-b": sc(36.5, 0.021, 0.002) };
+  const report = makeReport(teacher, best, last);
   const md = renderReportMarkdown(report);
+  // No generator has precision/recall: no such section.
+  assert.ok(!md.includes("Precision and recall"), md);
   assert.match(md, /\*\*10000 samples\*\* per generator/);
   assert.ok(md.includes("| FID mnist | KID mnist | FID mnist-b | KID mnist-b |"), md);
   // The teacher row in both spaces, KID with its spread (three significant digits).
@@ -133,4 +142,34 @@ Deno.test("report: both feature spaces with KID, best and last, claims by the no
   assert.match(md, /- SiD²A last \(2\.304 kimg\) vs the teacher \(35 NFE\): \*\*within noise\*\*/);
   assert.ok(!md.includes("SiD²A last (2.304 kimg) beats"), md);
   assert.equal(report.comparisons[1].verdict, "within noise");
+});
+
+Deno.test("report: precision and recall per feature space, in their own table", () => {
+  const pr = (s: SpaceScores, precision: number, recall: number) => ({ ...s, precision, recall });
+  const teacher = { mnist: sc(47.5, 0.030, 0.002), "mnist-b": sc(33.6, 0.020, 0.002) };
+  const best = {
+    mnist: pr(sc(31.25, 0.012, 0.002), 0.8561, 0.5804),
+    "mnist-b": pr(sc(21.75, 0.008, 0.002), 0.91, 0.625),
+  };
+  // The last generator has precision/recall in one space only (as a file from another checkout).
+  const last = {
+    mnist: pr(sc(45.5, 0.029, 0.002), 0.772, 0.749),
+    "mnist-b": sc(36.5, 0.021, 0.002),
+  };
+  const md = renderReportMarkdown(makeReport(teacher, best, last));
+  const section = md.slice(md.indexOf("## Precision and recall"));
+  assert.ok(md.includes("## Precision and recall"), md);
+  assert.ok(
+    section.includes(
+      "| generator | precision mnist | recall mnist | precision mnist-b | recall mnist-b |",
+    ),
+    section,
+  );
+  assert.ok(section.includes("| SiD²A best | 0.856 | 0.580 | 0.910 | 0.625 |"), section);
+  assert.ok(section.includes("| SiD²A last | 0.772 | 0.749 | – | – |"), section);
+  // The teacher has none: no row.
+  assert.ok(!section.slice(0, section.indexOf("## Claims")).includes("teacher ("), section);
+  // The section comes before the claims, after the main table.
+  assert.ok(md.indexOf("## Precision and recall") < md.indexOf("## Claims"));
+  assert.ok(md.indexOf("| SiD²A best, used |") < md.indexOf("## Precision and recall"));
 });

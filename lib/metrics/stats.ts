@@ -346,6 +346,13 @@ export interface PrecisionRecallOptions {
   k?: number;
   /** Rows per distance batch (default: as many as keep one batch near 16 M distances). */
   rowBatch?: number;
+  /**
+   * Where the distances' element-wise work runs: `true`, a host loop over each batch's `abᵀ`
+   * (the matrix product stays a tfjs op, BLAS on `native`); `false`, tfjs ops throughout.
+   * Default: the host loop except on `webgpu`, where tfjs ops keep the batches on the GPU. Both
+   * give the same float32 distances, hence the same answer.
+   */
+  host?: boolean;
 }
 
 /**
@@ -380,6 +387,121 @@ function kthRadii(m: tf.Tensor2D, k: number, rowBatch: number): tf.Tensor1D {
   } finally {
     tf.dispose([mT, mNorm, ...parts]);
   }
+}
+
+/**
+ * Host loops of {@linkcode precisionRecall}: per batch of rows, `abᵀ` is a tfjs matrix product
+ * (BLAS on the `native` backend) and the rest (|a|² + |b|² − 2abᵀ in float32, clamped at 0, then
+ * the (k+1)-th smallest per row or the first ball hit) is one pass in plain loops: on CPU backends
+ * tfjs' element-wise ops and `topk` over the [rows, n] distances cost several times the product.
+ */
+class HostDistances {
+  readonly #mT: tf.Tensor2D;
+  readonly #mNorm: Float32Array;
+  readonly n: number;
+
+  private constructor(mT: tf.Tensor2D, mNorm: Float32Array) {
+    this.n = mNorm.length;
+    this.#mT = mT;
+    this.#mNorm = mNorm;
+  }
+
+  /** The manifold's transpose and squared row norms (read back asynchronously: WebGPU). */
+  static async of(manifold: tf.Tensor2D): Promise<HostDistances> {
+    const norm = tf.tidy(() => tf.sum(tf.square(manifold), 1));
+    let mNorm: Float32Array;
+    try {
+      mNorm = (await norm.data()) as Float32Array;
+    } finally {
+      norm.dispose();
+    }
+    return new HostDistances(tf.transpose(manifold) as tf.Tensor2D, mNorm);
+  }
+
+  /** Calls `row(i, d2)` for rows `r0 …` of `a` with their squared distances to the manifold. */
+  async rows(
+    a: tf.Tensor2D,
+    rowBatch: number,
+    row: (i: number, d2: (j: number) => number) => void,
+  ): Promise<void> {
+    const n = this.n, mNorm = this.#mNorm, fr = Math.fround;
+    for (let r0 = 0; r0 < a.shape[0]; r0 += rowBatch) {
+      const rows = Math.min(rowBatch, a.shape[0] - r0);
+      const [ab, aNorm] = tf.tidy(() => {
+        const x = tf.slice(a, [r0, 0], [rows, -1]) as tf.Tensor2D;
+        return [tf.matMul(x, this.#mT), tf.sum(tf.square(x), 1)];
+      });
+      let abv: Float32Array, an: Float32Array;
+      try {
+        abv = (await ab.data()) as Float32Array;
+        an = (await aNorm.data()) as Float32Array;
+      } finally {
+        tf.dispose([ab, aNorm]);
+      }
+      for (let i = 0; i < rows; i++) {
+        const ai = an[i], off = i * n;
+        // The tfjs ops' float32 roundings: (|a|² + |b|²) − 2abᵀ, then relu.
+        row(r0 + i, (j) => {
+          const d = fr(fr(ai + mNorm[j]) - 2 * abv[off + j]);
+          return d > 0 ? d : 0;
+        });
+      }
+    }
+  }
+
+  dispose(): void {
+    this.#mT.dispose();
+  }
+}
+
+/** {@linkcode kthRadii} with the host loop: the (k+1)-th smallest squared distance per row. */
+async function kthRadiiHost(m: tf.Tensor2D, k: number, rowBatch: number): Promise<Float32Array> {
+  const h = await HostDistances.of(m);
+  const out = new Float32Array(h.n);
+  const best = new Float64Array(k + 1);
+  try {
+    await h.rows(m, rowBatch, (i, d2) => {
+      best.fill(Infinity);
+      for (let j = 0; j < h.n; j++) {
+        const d = d2(j);
+        if (d >= best[k]) continue;
+        let p = k;
+        while (p > 0 && best[p - 1] > d) {
+          best[p] = best[p - 1];
+          p--;
+        }
+        best[p] = d;
+      }
+      out[i] = best[k];
+    });
+  } finally {
+    h.dispose();
+  }
+  return out;
+}
+
+/** {@linkcode coverage} with the host loop. */
+async function coverageHost(
+  manifold: tf.Tensor2D,
+  radii: Float32Array,
+  probes: tf.Tensor2D,
+  rowBatch: number,
+): Promise<number> {
+  const h = await HostDistances.of(manifold);
+  let hits = 0;
+  try {
+    await h.rows(probes, rowBatch, (_i, d2) => {
+      for (let j = 0; j < h.n; j++) {
+        if (d2(j) <= radii[j]) {
+          hits++;
+          return;
+        }
+      }
+    });
+  } finally {
+    h.dispose();
+  }
+  return hits / probes.shape[0];
 }
 
 async function coverage(
@@ -417,7 +539,8 @@ async function coverage(
  * to its k-th nearest neighbour within that set (the point itself excluded); precision is the
  * fraction of generated features inside at least one real ball, recall the fraction of real
  * features inside at least one generated ball. Distances are computed in float32 batches with
- * tfjs (the reference uses float16 features and `torch.cdist`).
+ * tfjs, the element-wise part in a host loop on CPU backends (`options.host`); the reference uses
+ * float16 features and `torch.cdist`.
  *
  * @param real real features, row-major `[nReal, dim]`.
  * @param fake generated features, row-major `[nFake, dim]`.
@@ -444,6 +567,13 @@ export async function precisionRecall(
   const r = tf.tensor2d(real, [nr, dim]);
   const f = tf.tensor2d(fake, [nf, dim]);
   try {
+    if (options.host ?? tf.getBackend() !== "webgpu") {
+      const rRadii = await kthRadiiHost(r, k, rowBatch);
+      const precision = await coverageHost(r, rRadii, f, rowBatch);
+      const fRadii = await kthRadiiHost(f, k, rowBatch);
+      const recall = await coverageHost(f, fRadii, r, rowBatch);
+      return { precision, recall };
+    }
     const rRadii = kthRadii(r, k, rowBatch);
     const precision = await coverage(r, rRadii, f, rowBatch).finally(() => rRadii.dispose());
     const fRadii = kthRadii(f, k, rowBatch);

@@ -117,6 +117,7 @@ import {
   type ComparisonReport,
   kidText,
   type PickedReport,
+  prText,
   readShippedTeacherFid,
   relativeTo,
   REPORT_FORMAT,
@@ -1441,7 +1442,9 @@ async function evalStage(
         if (j.gridPath && !grids.has(key)) grids.set(key, j.gridPath);
         const scores = p.spaces.map((s) => {
           const x = m!.spaces[s.name];
-          return `${s.name} FID ${x.fid.toFixed(2)} KID ${kidText(x.kid)} ± ${kidText(x.kidStd)}`;
+          return `${s.name} FID ${x.fid.toFixed(2)} KID ${kidText(x.kid)} ± ${kidText(x.kidStd)}${
+            prText(x)
+          }`;
         }).join(", ");
         say(
           `stage eval: ${jobTitle(j, p.out)}: ${scores} (${es.num} samples, ` +
@@ -1479,6 +1482,9 @@ function metricsSummary(m: SpacesMetrics): NonNullable<PickedReport["metrics"]> 
         kid: v.kid,
         kidStd: v.kidStd,
         kidSubsetSize: v.kidSubsetSize,
+        ...(v.precision !== undefined && v.recall !== undefined
+          ? { precision: v.precision, recall: v.recall }
+          : {}),
       }]),
     ),
     is: m.is,
@@ -1908,7 +1914,7 @@ export async function distillChainTask(args: string[]): Promise<void> {
           const m = x.metrics?.spaces[n];
           return `${n} FID ${m ? m.fid.toFixed(2) : "–"} KID ${
             m ? `${kidText(m.kid)}±${kidText(m.kidStd)}` : "–"
-          }`;
+          }${prText(m)}`;
         }).join("  ");
         console.log(
           `${

@@ -3,7 +3,8 @@
  * detector, FID / IS / precision-recall) and `deno task distill` ({@linkcode evaluateNetwork} for
  * the snapshots scored during training; {@linkcode evaluateInSpaces} for the final comparison:
  * one-step generators or a teacher with the EDM Heun sampler, sampled once and scored in every
- * feature space, FID and KID, written as JSON with a PNG grid of the first samples).
+ * feature space, FID, KID and precision/recall, written as JSON with a PNG grid of the first
+ * samples).
  *
  * @module
  */
@@ -23,7 +24,7 @@ import {
 } from "../metrics/generate.ts";
 import type { VaeDecoder } from "../nets/vae.ts";
 import { kid } from "../metrics/kid.ts";
-import { fid as fidOf, inceptionScore } from "../metrics/stats.ts";
+import { fid as fidOf, inceptionScore, precisionRecall } from "../metrics/stats.ts";
 import { MnistFeatureNet } from "../metrics/mnist_features.ts";
 import { InceptionV3 } from "../metrics/inception.ts";
 import type { MeanStd, Stats } from "../metrics/stats.ts";
@@ -198,6 +199,26 @@ export interface LoadedSpace extends FeatureSpace {
 export const KID_SUBSETS = 100;
 export const KID_MAX_SUBSET = 1000;
 
+/** Neighbourhood size of the chain's precision/recall (stylegan3's `pr50k3`: k = 3). */
+export const PR_K = 3;
+
+/**
+ * `count` rows of a row-major `[n, dim]` matrix, evenly spaced over all `n` (all of them when
+ * `count >= n`): the real side of precision/recall, as many rows as generated samples, as
+ * stylegan3's `pr50k3` compares 50k real with 50k generated.
+ */
+export function evenRows(features: Float32Array, dim: number, count: number): Float32Array {
+  const n = features.length / dim;
+  if (!Number.isInteger(n)) throw new Error(`evenRows: ${features.length} is not rows of ${dim}`);
+  if (count >= n) return features;
+  const out = new Float32Array(count * dim);
+  for (let i = 0; i < count; i++) {
+    const r = Math.floor((i * n) / count);
+    out.set(features.subarray(r * dim, (r + 1) * dim), i * dim);
+  }
+  return out;
+}
+
 /** One generator's scores in one feature space. */
 export interface SpaceMetrics {
   features: FeatureKind;
@@ -211,6 +232,15 @@ export interface SpaceMetrics {
   kidSubsets: number;
   /** Real images behind KID. */
   kidReal: number;
+  /**
+   * Improved precision (Kynkäänniemi et al. 2019; k = {@linkcode PR_K}): the share of generated
+   * samples inside the real manifold. Absent when there are too few samples (≤ k).
+   */
+  precision?: number;
+  /** Improved recall: the share of real samples inside the generated manifold. */
+  recall?: number;
+  /** Real images behind precision/recall (evenly spaced, as many as samples when there are). */
+  prReal?: number;
 }
 
 /** Format tag of {@linkcode SpacesMetrics} files. */
@@ -257,8 +287,11 @@ export function sameSpacesEvaluation(
   if (names.join() !== spaces.map((x) => x.name).join()) return false;
   return spaces.every((x) => {
     const r = m.spaces![x.name];
+    // Precision/recall exist wherever the sample count allows them (files written before they
+    // did are evaluated again).
+    const pr = s.num <= PR_K || (Number.isFinite(r.precision) && Number.isFinite(r.recall));
     return r.features === x.features && r.detector === x.detector && r.ref === x.ref &&
-      Number.isFinite(r.fid) && Number.isFinite(r.kid) && Number.isFinite(r.kidStd);
+      Number.isFinite(r.fid) && Number.isFinite(r.kid) && Number.isFinite(r.kidStd) && pr;
   });
 }
 
@@ -288,7 +321,8 @@ export async function realFeatures(
 
 /**
  * Generates `settings.num` images with the network in `generatorPath` once and scores them in
- * every feature space: FID, KID (with the spread of its subsets), and IS from the first space's
+ * every feature space: FID, KID (with the spread of its subsets), precision/recall (k =
+ * {@linkcode PR_K}, against as many real images, evenly spaced), and IS from the first space's
  * classifier; writes the {@linkcode SpacesMetrics} to `metricsPath` (atomically) and, with
  * `gridPath`, a PNG grid of the first samples. Null when `signal` stopped it.
  */
@@ -323,11 +357,18 @@ export async function evaluateInSpaces(
     const out: Record<string, SpaceMetrics> = {};
     for (const [i, s] of spaces.entries()) {
       const st = accs[i].stats;
-      const k = await kid(st.all(), s.realFeatures, st.dim, {
+      const fake = st.all();
+      const k = await kid(fake, s.realFeatures, st.dim, {
         numSubsets: KID_SUBSETS,
         maxSubsetSize: KID_MAX_SUBSET,
         seed: settings.seed,
       });
+      const nFake = fake.length / st.dim;
+      const real = evenRows(s.realFeatures, st.dim, nFake);
+      const nReal = real.length / st.dim;
+      const pr = Math.min(nReal, nFake) > PR_K
+        ? await precisionRecall(real, fake, st.dim, { k: PR_K })
+        : null;
       out[s.name] = {
         features: s.features,
         detector: s.detector,
@@ -338,6 +379,7 @@ export async function evaluateInSpaces(
         kidSubsetSize: k.subsetSize,
         kidSubsets: k.numSubsets,
         kidReal: s.realFeatures.length / st.dim,
+        ...(pr ? { precision: pr.precision, recall: pr.recall, prReal: nReal } : {}),
       };
     }
     const metrics: SpacesMetrics = {

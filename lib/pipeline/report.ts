@@ -21,13 +21,17 @@ import type { SpaceComparison, Verdict } from "../metrics/compare.ts";
 /** The format tag of `report.json`. */
 export const REPORT_FORMAT = "sida-distill-report/2";
 
-/** FID and KID of one generator in one feature space. */
+/** FID, KID and (where computed) precision/recall of one generator in one feature space. */
 export interface SpaceScores {
   fid: number;
   kid: number;
   /** Standard deviation of the per-subset KID estimates. */
   kidStd: number;
   kidSubsetSize?: number;
+  /** Improved precision (k = 3): the share of samples inside the real manifold. */
+  precision?: number;
+  /** Improved recall (k = 3): the share of real images inside the samples' manifold. */
+  recall?: number;
 }
 
 /** A teacher FID and where it comes from. */
@@ -291,6 +295,8 @@ function spacesIn(v: unknown): Record<string, ShippedSpaceScores> | undefined {
     const s: ShippedSpaceScores = { fid, kid, kidStd };
     const subset = num(r.kidSubsetSize);
     if (subset !== undefined) s.kidSubsetSize = subset;
+    const precision = num(r.precision), recall = num(r.recall);
+    if (precision !== undefined && recall !== undefined) Object.assign(s, { precision, recall });
     if (typeof r.detector === "string") s.detector = r.detector;
     if (typeof r.ref === "string") s.ref = r.ref;
     out[name] = s;
@@ -403,6 +409,13 @@ function shown(path: string): string {
 
 function kid3(s: SpaceScores | undefined): string {
   return s ? `${kidText(s.kid)} ± ${kidText(s.kidStd)}` : "–";
+}
+
+/** Precision and recall for a log line (` P 0.856 R 0.580`), or "" when not computed. */
+export function prText(s: SpaceScores | undefined): string {
+  return s?.precision !== undefined && s.recall !== undefined
+    ? ` P ${s.precision.toFixed(3)} R ${s.recall.toFixed(3)}`
+    : "";
 }
 
 /**
@@ -525,6 +538,7 @@ export function renderReportMarkdown(r: ChainReport): string {
     }
   }
   lines.push("");
+  lines.push(...precisionRecallSection(r));
   if (r.comparisons.length) {
     lines.push(
       "## Claims",
@@ -582,6 +596,54 @@ export function renderReportMarkdown(r: ChainReport): string {
     lines.push("");
   }
   return lines.join("\n");
+}
+
+/**
+ * The precision/recall table of the final comparison (docs/metrics.md §2): one row per generator
+ * that has them, precision and recall per feature space. Empty when no generator has them.
+ */
+function precisionRecallSection(r: ChainReport): string[] {
+  const names = r.evaluation.spaces.map((s) => s.name);
+  const rows: { title: string; spaces: Record<string, SpaceScores> | undefined }[] = [];
+  for (const t of [r.teacher.evaluated, r.teacher.shipped]) {
+    if (t) rows.push({ title: `teacher (${t.nfe ?? "?"} NFE, ${t.origin})`, spaces: t.spaces });
+  }
+  for (const s of r.stages) {
+    const same = sameSnapshot(s);
+    for (const x of same ? [s.best!] : [s.best, s.last]) {
+      if (x) {
+        rows.push({
+          title: `${s.title} ${same ? "best = last" : x.which}`,
+          spaces: x.metrics?.spaces,
+        });
+      }
+    }
+  }
+  const has = (sc: SpaceScores | undefined) =>
+    sc?.precision !== undefined && sc.recall !== undefined;
+  const shown = rows.filter((x) => names.some((n) => has(x.spaces?.[n])));
+  if (!shown.length) return [];
+  const out = [
+    "## Precision and recall",
+    "",
+    `Improved precision and recall (k = 3) of the same ${r.evaluation.num} samples against as ` +
+    "many real images, evenly spaced over the real set: precision is the share of samples " +
+    "inside the real images' manifold (fidelity), recall the share of real images inside the " +
+    "samples' manifold (coverage). Where two feature spaces disagree on FID, these usually say " +
+    "why: one space punishes lost precision more than the other rewards gained recall.",
+    "",
+    `| generator | ${names.map((n) => `precision ${n} | recall ${n}`).join(" | ")} |`,
+    `| --- | ${names.map(() => "--- | ---").join(" | ")} |`,
+  ];
+  for (const x of shown) {
+    const cells = names.map((n) => {
+      const sc = x.spaces?.[n];
+      return has(sc) ? `${sc!.precision!.toFixed(3)} | ${sc!.recall!.toFixed(3)}` : "– | –";
+    });
+    out.push(`| ${x.title} | ${cells.join(" | ")} |`);
+  }
+  out.push("");
+  return out;
 }
 
 /** Writes `report.json` and `report.md` into `dir`, atomically. */
