@@ -204,8 +204,10 @@ export const PR_K = 3;
 
 /**
  * `count` rows of a row-major `[n, dim]` matrix, evenly spaced over all `n` (all of them when
- * `count >= n`): the real side of precision/recall, as many rows as generated samples, as
- * stylegan3's `pr50k3` compares 50k real with 50k generated.
+ * `count >= n`): the real side of precision/recall, as many rows as generated samples, so that
+ * both sets' k-NN radii come from the same count (stylegan3's `pr50k3_full`,
+ * `metrics/metric_main.py`, takes every real image up to 200,000 against 50,000 samples: on
+ * CIFAR-10 also 50,000 each).
  */
 export function evenRows(features: Float32Array, dim: number, count: number): Float32Array {
   const n = features.length / dim;
