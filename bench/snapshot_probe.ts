@@ -48,6 +48,18 @@ import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../li
 const USAGE = "usage: bench/snapshot_probe.ts --out probe.jsonl [--num 1000] [--seed 1000003] " +
   "[--grids DIR] [--steps N] G1.safetensors [G2.safetensors ...]";
 
+/**
+ * Each generator file's name in the rows and grids: its base name without `.safetensors`, or,
+ * when two files share a base name (the same snapshot of two runs), the path as given without it.
+ */
+export function generatorNames(files: readonly string[]): Map<string, string> {
+  const strip = (f: string) => f.replace(/\.safetensors$/, "");
+  const base = (f: string) => strip(f.replace(/^.*\//, ""));
+  const counts = new Map<string, number>();
+  for (const f of files) counts.set(base(f), (counts.get(base(f)) ?? 0) + 1);
+  return new Map(files.map((f) => [f, counts.get(base(f))! > 1 ? strip(f) : base(f)]));
+}
+
 /** Pixel statistics of `n` grey uint8 images of `res`×`res`. */
 export interface PixelStats {
   /** Mean intensity, 0 (black) to 1 (white). */
@@ -365,6 +377,7 @@ async function main() {
       );
     }
   }
+  const names = generatorNames(files);
   for (const file of files) {
     const net = await loadNetwork(file);
     if (net.imgChannels !== 1 || net.imgResolution !== res) {
@@ -376,8 +389,8 @@ async function main() {
       px.set(b.pixels, b.start * per);
     }
     net.dispose();
-    const name = file.replace(/^.*\//, "").replace(/\.safetensors$/, "");
-    if (grids) await writeImageGrid(`${grids}/${name}.png`, px, 64, res, 1);
+    const name = names.get(file)!;
+    if (grids) await writeImageGrid(`${grids}/${name.replaceAll("/", "_")}.png`, px, 64, res, 1);
     await emit(name, (await probe(px, num, res, spaces, false)).result);
     console.log(`${name}: done`);
   }

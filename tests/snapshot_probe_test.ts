@@ -7,6 +7,7 @@ import {
   argmaxRows,
   classHistogram,
   classMixWeights,
+  generatorNames,
   pixelStats,
   totalVariation,
   weightedStats,
@@ -66,4 +67,19 @@ Deno.test("classMixWeights gives the samples the target class mix", () => {
   for (let c = 0; c < 3; c++) assertAlmostEquals(mix[c], target[c], 1e-12);
   // Samples of one class share one weight.
   assertEquals(w[0], w[2]);
+});
+
+Deno.test("generatorNames: base names, or the paths where two files share one", () => {
+  const n = generatorNames([
+    "runs/a/sid/network-snapshot-000030.720.safetensors",
+    "runs/b/sid/network-snapshot-000030.720.safetensors",
+    "runs/avg-s0.safetensors",
+    "other/g",
+  ]);
+  assertEquals([...n.values()], [
+    "runs/a/sid/network-snapshot-000030.720",
+    "runs/b/sid/network-snapshot-000030.720",
+    "avg-s0",
+    "g",
+  ]);
 });
