@@ -64,6 +64,15 @@
  * - `sid-fake-b128-ema1`: `sid-fake` at batch 128 with the 1-kimg half-life: the fake net from the
  *   SiD run's, G steps from the first iteration, the adversarial term after 1024 images. It is
  *   `sid-continue-b128-ema1` plus the discriminator and the adversarial term.
+ * - `sid-stage`: not SiD²A but the chain's SiD stage itself (the `mnist` preset's SiD settings:
+ *   α = 1.2, batch 64, G_ema's half-life 10 kimg with the 5 % ramp-up), meant with the teacher as
+ *   `--sid` (G starts from it, as in the chain) and `--extra-ema`: how other half-lives would have
+ *   read the same SiD run.
+ *
+ * With `--extra-ema 5:0.5,2:none`, further EMA copies of the same G (half-life in kimg : ramp-up
+ * ratio or `none`) are kept beside the setting's G_ema and scored at the same points, as the setting
+ * `<setting>@ema<kimg>r<ratio>`: G_ema takes no part in training, so one G trajectory answers how
+ * each half-life would have read it.
  *
  * With `--save DIR`, each evaluated G_ema is also written to
  * `DIR/<setting>-s<seed>-it<iteration>.safetensors`, for a closer look at the snapshots
@@ -96,12 +105,14 @@ import type { Stats } from "../lib/metrics/stats.ts";
 import { loadNetwork, saveNetwork } from "../lib/nets/network.ts";
 import { EDMPrecond } from "../lib/nets/precond.ts";
 import { readSafetensors } from "../lib/io/safetensors.ts";
+import { Ema } from "../lib/train/ema.ts";
 import { evaluateNetwork } from "../lib/pipeline/evaluate.ts";
 import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
 
 const USAGE = "usage: bench/sid2a_sweep.ts --sid G.safetensors --out sweep.jsonl " +
   "[--teacher data/mnist-teacher.safetensors] [--configs preset,...] [--seeds 0,1,2] " +
-  "[--iters 36] [--every 6] [--num 1000] [--noise-seeds 3] [--save DIR] [--log FILE] " +
+  "[--iters 36] [--every 6] [--num 1000] [--noise-seeds 3] [--extra-ema KIMG:RATIO,...] " +
+  "[--save DIR] [--log FILE] " +
   "| --summary sweep.jsonl";
 
 /** The chain's SiD²A stage at the default budget (2.304 kimg of the preset's 200). */
@@ -169,6 +180,7 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
   "batch128-ema1-lsg0.1": { ...BATCH128_EMA1, lsgGan: 0.1 },
   "batch128-ema1-lr3e-5": { ...BATCH128_EMA1, lr: 3e-5, glr: 3e-5 },
   "sid-fake-b128-ema1": { ...BATCH128_EMA1, gWarmupNimg: 0, ganWarmupNimg: 8 * 128 },
+  "sid-stage": { method: "sid", alpha: 1.2, gWarmupNimg: 0, ganWarmupNimg: 0 },
 };
 
 /** Settings whose fake net starts from the SiD run's fake score (see the module doc). */
@@ -309,6 +321,24 @@ export function summarize(rows: Row[]): string {
   return lines.join("\n");
 }
 
+/** `--extra-ema`: `kimg:ratio` pairs, the ratio a number > 0 or `none` (no ramp-up). */
+export function parseExtraEmas(
+  flag: string | undefined,
+): { kimg: number; ratio: number | null }[] {
+  if (flag === undefined || flag === "") return [];
+  return flag.split(",").map((part) => {
+    const [k, r, ...rest] = part.split(":");
+    const kimg = Number(k);
+    const ratio = r === undefined || r === "none" ? null : Number(r);
+    if (rest.length || !(kimg > 0) || (ratio !== null && !(ratio > 0))) {
+      throw new UsageError(
+        `--extra-ema: '${part}' is not KIMG:RATIO (a half-life > 0, a ramp-up ratio > 0 or none)`,
+      );
+    }
+    return { kimg, ratio };
+  });
+}
+
 async function main() {
   const f = parseFlags(Deno.args, {
     string: [
@@ -324,6 +354,7 @@ async function main() {
       "summary",
       "save",
       "log",
+      "extra-ema",
     ],
   }, USAGE);
   if (f.summary) {
@@ -348,6 +379,7 @@ async function main() {
   const num = numberFlag("num", f.num, 1000, { integer: true, min: 10 });
   const noiseSeeds = numberFlag("noise-seeds", f["noise-seeds"], 3, { integer: true, min: 0 });
   const save = f.save as string | undefined;
+  const extraEmas = parseExtraEmas(f["extra-ema"] as string | undefined);
   const log = f.log as string | undefined;
   if (save) await Deno.mkdir(save, { recursive: true });
   const backend = await startBackend(f.backend as string | undefined);
@@ -398,7 +430,10 @@ async function main() {
       const done = rows.some((r) => r.setting === setting && r.seed === seed && r.last);
       if (done) continue;
       // A partial run of this pair is dropped from the file and redone.
-      const keep = rows.filter((r) => !(r.setting === setting && r.seed === seed && !r.kind));
+      const keep = rows.filter((r) =>
+        !((r.setting === setting || r.setting.startsWith(`${setting}@`)) && r.seed === seed &&
+          !r.kind)
+      );
       if (keep.length !== rows.length) {
         await Deno.writeTextFile(out, keep.map((r) => JSON.stringify(r) + "\n").join(""));
         rows.splice(0, rows.length, ...keep);
@@ -411,42 +446,64 @@ async function main() {
         : undefined;
       const d = new Distiller({ teacher, dataset, config, initGenerator: sid, initFake });
       initFake?.dispose();
+      // Further EMA copies of G, started (as G_ema) from the SiD generator.
+      const shadows: { name: string; net: EDMPrecond; ema: Ema }[] = [];
+      for (const e of extraEmas) {
+        const net = (await loadNetwork(f.sid as string)) as EDMPrecond;
+        shadows.push({
+          name: `${setting}@ema${e.kimg}r${e.ratio ?? "none"}`,
+          net,
+          ema: new Ema(net, d.G as EDMPrecond, {
+            halflifeKimg: e.kimg,
+            batchSize: config.batch,
+            rampupRatio: e.ratio,
+          }),
+        });
+      }
       const t0 = performance.now();
       // At iteration 0 G_ema is the SiD generator: its FIDs on these latents are the first
       // noise row's when there is one.
       const start = rows.find((r) => r.kind === "noise" && r.seed === EVAL_SEED);
       const evalAt = async (iteration: number) => {
-        const [fidA, fidB] = iteration === 0 && start ? [start.fidA, start.fidB] : [
-          await fidOf(d.Gema as EDMPrecond, spaces[0], num, EVAL_SEED),
-          await fidOf(d.Gema as EDMPrecond, spaces[1], num, EVAL_SEED),
+        // The extra EMAs first: the setting's own row (last) marks the pair complete.
+        const nets = [
+          ...shadows.map((s) => ({ name: s.name, net: s.net, extra: true })),
+          { name: setting, net: d.Gema as EDMPrecond, extra: false },
         ];
-        if (save) {
-          await saveNetwork(
-            d.Gema as EDMPrecond,
-            `${save}/${setting}-s${seed}-it${iteration}.safetensors`,
+        for (const { name, net, extra } of nets) {
+          const [fidA, fidB] = iteration === 0 && start ? [start.fidA, start.fidB] : [
+            await fidOf(net, spaces[0], num, EVAL_SEED),
+            await fidOf(net, spaces[1], num, EVAL_SEED),
+          ];
+          if (save) await saveNetwork(net, `${save}/${name}-s${seed}-it${iteration}.safetensors`);
+          await append({
+            setting: name,
+            seed,
+            iteration,
+            kimg: d.curNimg / 1000,
+            fidA,
+            fidB,
+            last: iteration === iters,
+            config: iteration === 0 && !extra
+              ? { ...overrides, ...(decay ? { decay } : {}) }
+              : undefined,
+            seconds: (performance.now() - t0) / 1000,
+          });
+          console.log(
+            `${name} seed ${seed} it ${iteration}: FID mnist ${fidA.toFixed(2)}, mnist-b ${
+              fidB.toFixed(2)
+            } (${
+              ((performance.now() - t0) / 1000).toFixed(0)
+            } s, ${tf.memory().numTensors} tensors)`,
           );
         }
-        await append({
-          setting,
-          seed,
-          iteration,
-          kimg: d.curNimg / 1000,
-          fidA,
-          fidB,
-          last: iteration === iters,
-          config: iteration === 0 ? { ...overrides, ...(decay ? { decay } : {}) } : undefined,
-          seconds: (performance.now() - t0) / 1000,
-        });
-        console.log(
-          `${setting} seed ${seed} it ${iteration}: FID mnist ${fidA.toFixed(2)}, mnist-b ${
-            fidB.toFixed(2)
-          } (${((performance.now() - t0) / 1000).toFixed(0)} s, ${tf.memory().numTensors} tensors)`,
-        );
       };
       await evalAt(0);
       for (let i = 1; i <= iters; i++) {
         if (decay && i === decay.after + 1) d.setLearningRates(decay);
         const st = await d.step();
+        // The images seen before this iteration, as the Distiller's own EMA phase uses them.
+        for (const s of shadows) s.ema.update(d.curNimg - config.batch);
         if (log) {
           const line = {
             setting,
@@ -464,6 +521,7 @@ async function main() {
         }
         if (i % every === 0 || i === iters) await evalAt(i);
       }
+      for (const s of shadows) s.net.dispose();
       d.dispose();
     }
   }

@@ -3,9 +3,11 @@
  * distillation config, and the summary's "steady" column counts a seed only when its FID fell and
  * stayed down.
  */
-import { assert, assertEquals } from "./metrics_asserts.ts";
+import { assert, assertEquals, assertThrows } from "./metrics_asserts.ts";
+import { UsageError } from "../lib/runtime/cli.ts";
 import {
   baseConfig,
+  parseExtraEmas,
   type Row,
   summarize,
   SWEEP_DECAY,
@@ -13,6 +15,7 @@ import {
   SWEEP_SID_FAKE,
 } from "../bench/sid2a_sweep.ts";
 import { resolveDistillConfig } from "../lib/distill/distiller.ts";
+import { distillPreset } from "../lib/distill/presets.ts";
 
 Deno.test("sid2a sweep: every setting resolves to a valid config, and names only known settings", () => {
   for (const [name, overrides] of Object.entries(SWEEP_SETTINGS)) {
@@ -86,4 +89,21 @@ Deno.test("sid2a sweep: summarize counts a seed as steady only when its FID fell
     mnistB,
     "| x | 0,1 | mnist-b | 2.0 ± 0.0 | 1.9 ± 0.1 | 1.6 ± 0.2 | 1.9 ± 0.3 | 1/2 |",
   );
+});
+
+Deno.test("sid2a sweep: --extra-ema parses half-lives and ramp-up ratios, and names bad ones", () => {
+  assertEquals(parseExtraEmas(undefined), []);
+  assertEquals(parseExtraEmas("5:0.5,2:none,1"), [
+    { kimg: 5, ratio: 0.5 },
+    { kimg: 2, ratio: null },
+    { kimg: 1, ratio: null },
+  ]);
+  for (const bad of ["0:0.5", "5:0", "x:none", "5:0.5:1", "-1"]) {
+    assertThrows(() => parseExtraEmas(bad), UsageError, `'${bad}'`);
+  }
+});
+
+Deno.test("sid2a sweep: `sid-stage` is the mnist preset's SiD stage exactly", () => {
+  const stage = resolveDistillConfig({ ...baseConfig(), ...SWEEP_SETTINGS["sid-stage"] });
+  assertEquals(stage, resolveDistillConfig(distillPreset("mnist", "sid").config));
 });
