@@ -64,8 +64,9 @@
  * - `sid-fake-b128-ema1`: `sid-fake` at batch 128 with the 1-kimg half-life: the fake net from the
  *   SiD run's, G steps from the first iteration, the adversarial term after 1024 images. It is
  *   `sid-continue-b128-ema1` plus the discriminator and the adversarial term.
- * - `sid-stage`: not SiD²A but the chain's SiD stage itself (the `mnist` preset's SiD settings:
- *   α = 1.2, batch 64, G_ema's half-life 10 kimg with the 5 % ramp-up), meant with the teacher as
+ * - `sid-stage`: not SiD²A but the chain's SiD stage itself as it was before 2026-12-07 (the `mnist`
+ *   preset's SiD settings: α = 1.2, batch 64, G_ema's half-life 10 kimg with the 5 % ramp-up, which
+ *   the preset now replaces by 5 kimg with a ramp-up of 0.5), meant with the teacher as
  *   `--sid` (G starts from it, as in the chain) and `--extra-ema`: how other half-lives would have
  *   read the same SiD run.
  *
@@ -105,7 +106,7 @@ import type { Stats } from "../lib/metrics/stats.ts";
 import { loadNetwork, saveNetwork } from "../lib/nets/network.ts";
 import { EDMPrecond } from "../lib/nets/precond.ts";
 import { readSafetensors } from "../lib/io/safetensors.ts";
-import { Ema } from "../lib/train/ema.ts";
+import { Ema, EMA_RAMPUP_RATIO } from "../lib/train/ema.ts";
 import { evaluateNetwork } from "../lib/pipeline/evaluate.ts";
 import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
 
@@ -180,7 +181,14 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
   "batch128-ema1-lsg0.1": { ...BATCH128_EMA1, lsgGan: 0.1 },
   "batch128-ema1-lr3e-5": { ...BATCH128_EMA1, lr: 3e-5, glr: 3e-5 },
   "sid-fake-b128-ema1": { ...BATCH128_EMA1, gWarmupNimg: 0, ganWarmupNimg: 8 * 128 },
-  "sid-stage": { method: "sid", alpha: 1.2, gWarmupNimg: 0, ganWarmupNimg: 0 },
+  "sid-stage": {
+    method: "sid",
+    alpha: 1.2,
+    gWarmupNimg: 0,
+    ganWarmupNimg: 0,
+    emaKimg: 10,
+    emaRampup: EMA_RAMPUP_RATIO,
+  },
 };
 
 /** Settings whose fake net starts from the SiD run's fake score (see the module doc). */

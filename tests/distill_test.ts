@@ -31,7 +31,8 @@ import { isLabelsOnly, loadLabelsJson } from "../lib/data/labels.ts";
 import { distillPreset, guessPreset } from "../lib/distill/presets.ts";
 import { distillFlagNames, distillOverrides } from "../lib/distill/settings.ts";
 import { parseFlags } from "../lib/runtime/cli.ts";
-import { type DistillConfig, Distiller } from "../lib/distill/distiller.ts";
+import { type DistillConfig, Distiller, resolveDistillConfig } from "../lib/distill/distiller.ts";
+import { EMA_RAMPUP_RATIO, emaBeta } from "../lib/train/ema.ts";
 import { seededRandom } from "../lib/runtime/random.ts";
 import { generate } from "../lib/distill/generator.ts";
 import { generateBatches } from "../lib/metrics/generate.ts";
@@ -882,6 +883,18 @@ Deno.test("imagenet512 presets follow the EDM2 scripts; guessPreset sizes an EDM
   assertEquals(guessPreset(edm2(100)), undefined);
   assertEquals(guessPreset(edm2(128, 3)), undefined, "pixel-space EDM2 networks have no preset");
   assertEquals(guessPreset({ imgResolution: 64, imgChannels: 3, labelDim: 1000 }), "imagenet64");
+});
+
+Deno.test("mnist preset: SiD's G_ema half-life is 5 kimg ramped over half the images seen; SiDA keeps 10 kimg at 5 %", () => {
+  const sid = resolveDistillConfig(distillPreset("mnist", "sid").config);
+  const sida = resolveDistillConfig(distillPreset("mnist", "sida", { sid2a: true }).config);
+  assertEquals([sid.emaKimg, sid.emaRampup], [5, 0.5]);
+  assertEquals([sida.emaKimg, sida.emaRampup], [10, EMA_RAMPUP_RATIO]);
+  // At the default budget's end (5.12 kimg) the half-life is 2.56 kimg; from 10 kimg on, 5 kimg.
+  const beta = (n: number) =>
+    emaBeta({ curNimg: n, batchSize: 64, halflifeKimg: sid.emaKimg, rampupRatio: sid.emaRampup });
+  assert.ok(Math.abs(beta(5120) - 0.5 ** (64 / 2560)) < 1e-15);
+  assert.ok(Math.abs(beta(20_000) - 0.5 ** (64 / 5000)) < 1e-15);
 });
 
 Deno.test("--return-logvar and --force-normalization take 0 or 1, as the reference's flags; --ema-rampup R|none", () => {

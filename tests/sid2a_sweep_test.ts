@@ -103,7 +103,10 @@ Deno.test("sid2a sweep: --extra-ema parses half-lives and ramp-up ratios, and na
   }
 });
 
-Deno.test("sid2a sweep: `sid-stage` is the mnist preset's SiD stage exactly", () => {
+Deno.test("sid2a sweep: `sid-stage` is the mnist preset's SiD stage with the former G_ema half-life", () => {
   const stage = resolveDistillConfig({ ...baseConfig(), ...SWEEP_SETTINGS["sid-stage"] });
-  assertEquals(stage, resolveDistillConfig(distillPreset("mnist", "sid").config));
+  const preset = resolveDistillConfig(distillPreset("mnist", "sid").config);
+  assertEquals([preset.emaKimg, preset.emaRampup], [5, 0.5]);
+  assertEquals([stage.emaKimg, stage.emaRampup], [10, 0.05]);
+  assertEquals({ ...stage, emaKimg: 5, emaRampup: 0.5 }, preset);
 });

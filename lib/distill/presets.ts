@@ -22,6 +22,13 @@
  */
 import type { DistillConfig, DistillMethod } from "./distiller.ts";
 import { EDM2_P_MEAN, EDM2_P_STD } from "./sigma.ts";
+import { EMA_RAMPUP_RATIO } from "../train/ema.ts";
+
+/**
+ * G_ema's ramp-up ratio in the `mnist` preset's SiD stage: the half-life is at most half the images
+ * seen (the reference's ratio is 0.05, {@linkcode EMA_RAMPUP_RATIO}).
+ */
+export const MNIST_SID_EMA_RAMPUP = 0.5;
 
 /** Names accepted by {@linkcode distillPreset}. */
 export const DISTILL_PRESET_NAMES = [
@@ -263,8 +270,11 @@ const TABLE: Record<string, Row> = {
  * per-GPU rounds); lr = glr = 1e-4 — the CIFAR 1e-5 barely moves a 2M-parameter network in a
  * 200-kimg run (≈3 k Adam steps of at most lr each); duration 200 kimg; warm-ups scaled from the
  * reference's 100/200 kimg at 300 Mimg to 5/10 kimg (~80/160 iterations, about what CIFAR's 391/782
- * iterations give the fake net to catch up); EMA half-life 10 kimg (the 5 % ramp-up governs most
- * of such a short run anyway); teacher dropout (0.10), no augmentation (the mnist network has no
+ * iterations give the fake net to catch up); G_ema's half-life: for SiD 5 kimg ramped up over half
+ * the images seen (h = min(5 kimg, 0.5 · cur_nimg); at lr 1e-4 G swings from snapshot to snapshot,
+ * and the reference's 5 % ramp-up, a half-life of 0.26 kimg at 5.12 kimg, passes the swings on to
+ * G_ema: docs/sweeps.md "A longer G_ema half-life for the SiD stage"), for SiDA 10 kimg with the
+ * 5 % ramp-up; teacher dropout (0.10), no augmentation (the mnist network has no
  * augmentation embedding, and flipped digits are not digits); tick 1, snap 50, dump 20 kimg.
  */
 export function distillPreset(
@@ -292,7 +302,8 @@ export function distillPreset(
         lr: 1e-4,
         glr: 1e-4,
         gBeta1: 0,
-        emaKimg: 10,
+        emaKimg: sida ? 10 : 5,
+        emaRampup: sida ? EMA_RAMPUP_RATIO : MNIST_SID_EMA_RAMPUP,
         augment: 0,
         dropout: null,
         gWarmupNimg: sida ? 5_000 : 0,
@@ -303,7 +314,7 @@ export function distillPreset(
       snapKimg: 50,
       dumpKimg: 20,
       network: "mnist",
-      notes: "ours: lr 1e-4, warm-ups 5/10 kimg, 200 kimg",
+      notes: "ours: lr 1e-4, warm-ups 5/10 kimg, SiD G_ema 5 kimg / ramp-up 0.5, 200 kimg",
     };
   }
   if (name in EDM2_TABLE) return edm2Preset(name, method, options.sid2a ?? false);
