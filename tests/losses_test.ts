@@ -472,6 +472,10 @@ Deno.test("EMA β schedule and in-place update (§4.1 step C)", async () => {
   const e = new Ema(ema.net, src.net, { halflifeKimg: 500, batchSize: 256 });
   assert.equal(e.update(0), 0); // β = 0 at the start: copies G
   await assertClose(ema.p, tf.tensor1d([1, 2]), "copy");
+  // Repeated updates (the chain's G_ema, the sweep's extra copies) keep the tensor count flat.
+  const before = tf.memory().numTensors;
+  for (let n = 256; n <= 256 * 20; n += 256) e.update(n);
+  assert.equal(tf.memory().numTensors, before);
 });
 
 Deno.test("memory stays flat over loss + grad + Adam steps", async () => {
