@@ -120,16 +120,23 @@ const USAGE = "usage: bench/sid2a_sweep.ts --sid G.safetensors --out sweep.jsonl
 const STAGE_KIMG = 2.304;
 
 /**
- * The chain's SiD²A stage at the default budget, which every setting of
- * {@linkcode SWEEP_SETTINGS} overrides.
+ * The chain's SiD²A stage at the default budget as it was when the sweep began (until
+ * 2026-12-07: the `mnist` preset's SiDA settings, batch 64, G_ema 10 kimg with the 5 % ramp-up,
+ * the warm-ups of 5 and 10 kimg scaled to the stage's length), which every setting of
+ * {@linkcode SWEEP_SETTINGS} overrides. Fixed here so that the sweep's rows keep their meaning now
+ * that the preset's SiD²A stage is `batch128-ema1` with a 3-kimg half-life.
  */
 export function baseConfig(): DistillConfig {
-  const p = distillPreset("mnist", "sida", { sid2a: true });
+  const p = distillPreset("mnist", "sida");
   const scale = Math.min(1, STAGE_KIMG / p.durationKimg);
   return {
     ...p.config,
-    gWarmupNimg: Math.round((p.config.gWarmupNimg ?? 0) * scale),
-    ganWarmupNimg: Math.round((p.config.ganWarmupNimg ?? 0) * scale),
+    batch: 64,
+    microBatch: 32,
+    emaKimg: 10,
+    emaRampup: EMA_RAMPUP_RATIO,
+    gWarmupNimg: Math.round(5_000 * scale),
+    ganWarmupNimg: Math.round(10_000 * scale),
   } as DistillConfig;
 }
 

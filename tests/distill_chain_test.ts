@@ -126,6 +126,8 @@ function chainFlags(f: Fixture, out: string): string[] {
     ...["--preset", "mnist", "--batch", "4", "--micro-batch", "2", "--seed", "1"],
     ...["--lr", "1e-3", "--glr", "1e-3", "--dropout", "0"],
     ...["--sid-kimg", "0.04", "--sida-kimg", "0.008", "--tick", "0.004", "--dump", "0.004"],
+    // No warm-ups, as the preset's, scaled to 8 images, were before it counted them in images.
+    ...["--g-warmup-kimg", "0", "--gan-warmup-kimg", "0"],
     ...["--num", "20", "--eval-batch", "10", "--backend", TEST_BACKEND, "--quiet"],
   ];
 }
@@ -682,6 +684,8 @@ Deno.test("distill chain: every distillation flag reaches its stage's saved conf
   assertEquals(chain.sida.config.lsgGan, 0.02);
   assertEquals(chain.sida.config.lsg, 100);
   assertEquals(chain.sida.config.ganWarmupNimg, 0);
+  // The mnist preset's SiD²A G warm-up is 512 images for any stage length, not scaled to 4 images.
+  assertEquals(chain.sida.config.gWarmupNimg, 512);
   assertEquals(chain.sid.config.alpha, 1.2); // the mnist preset's SiD α, not a flag
   assertEquals(chain.sid.config.lsgGan, 0.01); // SiDA-only flags leave SiD alone
   assertEquals(chain.sid.config.lsg, 90);

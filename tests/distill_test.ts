@@ -885,11 +885,22 @@ Deno.test("imagenet512 presets follow the EDM2 scripts; guessPreset sizes an EDM
   assertEquals(guessPreset({ imgResolution: 64, imgChannels: 3, labelDim: 1000 }), "imagenet64");
 });
 
-Deno.test("mnist preset: SiD's G_ema half-life is 5 kimg ramped over half the images seen; SiDA keeps 10 kimg at 5 %", () => {
+Deno.test("mnist preset: SiD's G_ema half-life is 5 kimg ramped over half the images seen; SiDA keeps 10 kimg at 5 %; SiD²A 3 kimg fixed at batch 128", () => {
   const sid = resolveDistillConfig(distillPreset("mnist", "sid").config);
-  const sida = resolveDistillConfig(distillPreset("mnist", "sida", { sid2a: true }).config);
+  const sida = resolveDistillConfig(distillPreset("mnist", "sida").config);
+  const sid2a = distillPreset("mnist", "sida", { sid2a: true });
+  const s2 = resolveDistillConfig(sid2a.config);
   assertEquals([sid.emaKimg, sid.emaRampup], [5, 0.5]);
-  assertEquals([sida.emaKimg, sida.emaRampup], [10, EMA_RAMPUP_RATIO]);
+  assertEquals([sida.emaKimg, sida.emaRampup, sida.batch], [10, EMA_RAMPUP_RATIO, 64]);
+  assertEquals([sida.gWarmupNimg, sida.ganWarmupNimg], [5000, 10000]);
+  assertEquals([s2.emaKimg, s2.emaRampup, s2.batch, s2.microBatch], [3, null, 128, 32]);
+  assertEquals([s2.gWarmupNimg, s2.ganWarmupNimg, sid2a.fixedWarmups], [512, 1024, true]);
+  assertEquals(distillPreset("mnist", "sida").fixedWarmups, undefined);
+  // SiD²A's G_ema: the same β at every step, 0.5 per 3 kimg.
+  const b2 = (n: number) =>
+    emaBeta({ curNimg: n, batchSize: 128, halflifeKimg: s2.emaKimg, rampupRatio: s2.emaRampup });
+  assert.ok(Math.abs(b2(128) - 0.5 ** (128 / 3000)) < 1e-15);
+  assertEquals(b2(128), b2(13_824));
   // At the default budget's end (5.12 kimg) the half-life is 2.56 kimg; from 10 kimg on, 5 kimg.
   const beta = (n: number) =>
     emaBeta({ curNimg: n, batchSize: 64, halflifeKimg: sid.emaKimg, rampupRatio: sid.emaRampup });

@@ -26,10 +26,11 @@ Deno.test("sid2a sweep: every setting resolves to a valid config, and names only
   }
   for (const s of SWEEP_SID_FAKE) assert(s in SWEEP_SETTINGS, `${s} (SWEEP_SID_FAKE)`);
   for (const s of Object.keys(SWEEP_DECAY)) assert(s in SWEEP_SETTINGS, `${s} (SWEEP_DECAY)`);
-  // The base is the chain's SiD²A stage at the default budget: the mnist preset's 5/10-kimg
-  // warm-ups scaled to 2.304 of its 200 kimg.
+  // The base is the chain's SiD²A stage at the default budget as it was when the sweep began:
+  // batch 64, the 5/10-kimg warm-ups scaled to 2.304 of 200 kimg, G_ema 10 kimg at 5 %.
   const b = baseConfig();
   assertEquals([b.gWarmupNimg, b.ganWarmupNimg], [58, 115]);
+  assertEquals([b.batch, b.emaKimg, b.emaRampup], [64, 10, 0.05]);
   // The candidate's warm-ups are counted in images, not scaled: 4 and 8 iterations of 128.
   const c = resolveDistillConfig({ ...b, ...SWEEP_SETTINGS["batch128-ema1"] });
   assertEquals([c.batch, c.gWarmupNimg / c.batch, c.ganWarmupNimg / c.batch], [128, 4, 8]);
@@ -101,6 +102,12 @@ Deno.test("sid2a sweep: --extra-ema parses half-lives and ramp-up ratios, and na
   for (const bad of ["0:0.5", "5:0", "x:none", "5:0.5:1", "-1"]) {
     assertThrows(() => parseExtraEmas(bad), UsageError, `'${bad}'`);
   }
+});
+
+Deno.test("sid2a sweep: the mnist preset's SiD²A stage is `batch128-ema1` with a 3-kimg half-life", () => {
+  const swept = resolveDistillConfig({ ...baseConfig(), ...SWEEP_SETTINGS["batch128-ema1"] });
+  const preset = resolveDistillConfig(distillPreset("mnist", "sida", { sid2a: true }).config);
+  assertEquals({ ...swept, emaKimg: 3 }, preset);
 });
 
 Deno.test("sid2a sweep: `sid-stage` is the mnist preset's SiD stage with the former G_ema half-life", () => {

@@ -217,7 +217,10 @@ export interface DistillChainOptions {
   overrides?: Partial<DistillConfig>;
   /** Hyper-parameters of one stage, over `overrides` (`--sid-alpha`, `--sida-lsg-gan`, …). */
   stageOverrides?: { sid?: Partial<DistillConfig>; sida?: Partial<DistillConfig> };
-  /** SiD²A warm-ups (kimg); default the preset's, scaled down to the stage length. */
+  /**
+   * SiD²A warm-ups (kimg); default the preset's, scaled down to the stage length (kept as they are
+   * for a preset with `fixedWarmups`, as `mnist`).
+   */
   gWarmupKimg?: number;
   ganWarmupKimg?: number;
   /** Detector kind; default `mnist` for 32×32 grey teachers, else `inception`. */
@@ -640,8 +643,9 @@ async function plan(o: DistillChainOptions): Promise<Plan> {
     );
     const overrides: Partial<DistillConfig> = { ...o.overrides, ...o.stageOverrides?.[stage] };
     if (stage === "sida") {
-      // The preset's warm-ups are for its full length: shorter stages scale them down.
-      const scale = Math.min(1, kimg / p.durationKimg);
+      // The preset's warm-ups are for its full length: shorter stages scale them down, unless
+      // the preset counts them in images for any length.
+      const scale = p.fixedWarmups ? 1 : Math.min(1, kimg / p.durationKimg);
       overrides.gWarmupNimg ??= o.gWarmupKimg !== undefined
         ? Math.round(o.gWarmupKimg * 1000)
         : Math.round((p.config.gWarmupNimg ?? 0) * scale);
