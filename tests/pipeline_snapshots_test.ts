@@ -218,3 +218,46 @@ Deno.test("best/last: the driver's onSnapshot hook scores each snapshot as it is
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("best/last: snapshots before G's warm-up ends are best only until a later one is scored; an older best is picked again", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "sida-best-warmup-" });
+  try {
+    const { scorer } = stubScorer();
+    // G does not step for 512 images: the 384-image snapshot is the initial generator (FID 30).
+    const t = await BestLastTracker.open(dir, SETTINGS, scorer, { bestAfterNimg: 512 });
+    const p384 = await fakeSnapshot(dir, 384, 30);
+    await t.onSnapshot(p384, 384);
+    assert.equal(t.best?.nimg, 384, "the only snapshot so far is the best");
+    const p768 = await fakeSnapshot(dir, 768, 36);
+    await t.onSnapshot(p768, 768);
+    assert.equal(t.best?.nimg, 768, "a later snapshot replaces it although its FID is higher");
+    const p1152 = await fakeSnapshot(dir, 1152, 33);
+    await t.onSnapshot(p1152, 1152);
+    assert.equal(t.best?.nimg, 1152);
+    const p1536 = await fakeSnapshot(dir, 1536, 35);
+    await t.onSnapshot(p1536, 1536);
+    assert.equal(t.best?.nimg, 1152);
+    assert.ok(await same(join(dir, BEST_SNAPSHOT), p1152));
+    assert.equal(t.last?.nimg, 1536);
+    // A folder as an older run left it (best = the 384 snapshot, no warm-up rule): reopened
+    // with the rule, the best is picked again from the scored snapshots.
+    const scratch = await Deno.makeTempDir({ prefix: "sida-best-old-" });
+    try {
+      const o = await BestLastTracker.open(scratch, SETTINGS, scorer);
+      const q: string[] = [];
+      for (const [nimg, fid] of [[384, 30], [768, 36], [1152, 33]] as const) {
+        q.push(await fakeSnapshot(scratch, nimg, fid));
+        await o.onSnapshot(q.at(-1)!, nimg);
+      }
+      assert.equal(o.best?.nimg, 384, "no rule: the initial generator wins");
+      const n = await BestLastTracker.open(scratch, SETTINGS, scorer, { bestAfterNimg: 512 });
+      assert.equal(n.best?.nimg, 1152, "reopened with the rule: picked again");
+      assert.ok(await same(join(scratch, BEST_SNAPSHOT), q[2]));
+      assert.equal((await readPickedSnapshot(scratch, "best"))?.nimg, 1152);
+    } finally {
+      await Deno.remove(scratch, { recursive: true });
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1201,7 +1201,9 @@ async function openScoring(
     };
     const dir = join(p.out, stage);
     await mkdirNamed(dir);
-    const tracker = await BestLastTracker.open(dir, settings, scorer);
+    const tracker = await BestLastTracker.open(dir, settings, scorer, {
+      bestAfterNimg: bestAfterNimg(p, stage),
+    });
     const onSnapshot = async (path: string, nimg: number) => {
       const t0 = performance.now();
       const r = await tracker.onSnapshot(path, nimg);
@@ -1241,6 +1243,14 @@ const TEACHER_SAMPLER: SamplerSpec = { sampler: "heun", steps: 18 };
 const ONE_STEP: SamplerSpec = { sampler: "onestep" };
 
 /** Whether a stage folder's best and last sidecars are complete up to its final snapshot. */
+/**
+ * Images up to which a stage's snapshots are not its best while a later one exists: SiD²A's
+ * snapshots before G's first step (its warm-up) are SiD's generator itself.
+ */
+function bestAfterNimg(p: Plan, stage: "sid" | "sida"): number {
+  return stage === "sida" ? p.settings.sida.config.gWarmupNimg ?? 0 : 0;
+}
+
 async function picksComplete(
   p: Plan,
   stage: "sid" | "sida",
@@ -1255,6 +1265,9 @@ async function picksComplete(
   const last = await readPickedSnapshot(dir, "last");
   const same = (x: PickedSnapshot | null) =>
     !!x && JSON.stringify(x.settings) === JSON.stringify(settings);
+  // A best from before G's first step while later snapshots exist (a run from before that rule).
+  const after = bestAfterNimg(p, stage);
+  if (best && best.nimg <= after && [...scored.values()].some((r) => r.nimg > after)) return false;
   return same(best) && same(last) && last!.nimg === done.nimg && last!.snapshot === done.snapshot;
 }
 

@@ -164,6 +164,11 @@ export class BestLastTracker {
   #scorer: SnapshotScorer;
   #best: PickedSnapshot | null;
   #last: PickedSnapshot | null;
+  /**
+   * Snapshots at or before this many images are best only when no later one exists: in SiD²A,
+   * those taken before G's first step (its warm-up) are the initial generator itself.
+   */
+  readonly bestAfterNimg: number;
 
   private constructor(
     dir: string,
@@ -171,7 +176,9 @@ export class BestLastTracker {
     scorer: SnapshotScorer,
     best: PickedSnapshot | null,
     last: PickedSnapshot | null,
+    bestAfterNimg: number,
   ) {
+    this.bestAfterNimg = bestAfterNimg;
     this.dir = dir;
     this.settings = settings;
     this.#scorer = scorer;
@@ -182,17 +189,48 @@ export class BestLastTracker {
   /**
    * Opens a stage folder: reads its best and last sidecars, checks each copy against its
    * sidecar's hash (a copy without a matching sidecar is scored again), and drops both when they
-   * were scored with other settings.
+   * were scored with other settings. With `bestAfterNimg`, snapshots at or before that many images
+   * are best only while no later one has been scored; a best kept before that rule (an older run)
+   * is picked again from the scored snapshots whose files are still there.
    */
   static async open(
     dir: string,
     settings: SnapshotScoreSettings,
     scorer: SnapshotScorer,
+    options: { bestAfterNimg?: number } = {},
   ): Promise<BestLastTracker> {
-    const t = new BestLastTracker(dir, settings, scorer, null, null);
+    const t = new BestLastTracker(dir, settings, scorer, null, null, options.bestAfterNimg ?? 0);
     t.#best = await t.#recover("best");
     t.#last = await t.#recover("last");
+    if (t.#best && !t.#eligible(t.#best.nimg)) await t.#repickBest();
     return t;
+  }
+
+  #eligible(nimg: number): boolean {
+    return nimg > this.bestAfterNimg;
+  }
+
+  /** Whether a snapshot scored `fid` at `nimg` images replaces the best so far. */
+  #beatsBest(nimg: number, fid: number): boolean {
+    const b = this.#best;
+    if (!b) return true;
+    const ok = this.#eligible(nimg);
+    if (ok !== this.#eligible(b.nimg)) return ok;
+    return fid < b.fid;
+  }
+
+  /** The best among the scored snapshots past `bestAfterNimg` whose files are unchanged. */
+  async #repickBest(): Promise<void> {
+    const records = (await readSnapshotScores(this.dir, this.settings))
+      .filter((r) => this.#eligible(r.nimg))
+      .sort((a, b) => a.fid - b.fid);
+    for (const r of records) {
+      const bytes = await readBytes(join(this.dir, r.snapshot));
+      if (bytes && sha256(bytes) === r.sha256) {
+        this.#best = await this.#keep("best", r, bytes);
+        return;
+      }
+    }
   }
 
   /** The best snapshot so far (null before the first). */
@@ -258,7 +296,7 @@ export class BestLastTracker {
       scoredAt: new Date().toISOString(),
     };
     await appendTextNamed(join(this.dir, SNAPSHOT_FIDS), JSON.stringify(record) + "\n");
-    if (!this.#best || record.fid < this.#best.fid) {
+    if (this.#beatsBest(nimg, record.fid)) {
       this.#best = await this.#keep("best", record, bytes);
     }
     if (!this.#last || nimg >= this.#last.nimg) {
