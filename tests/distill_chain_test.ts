@@ -694,6 +694,39 @@ Deno.test("distill chain: every distillation flag reaches its stage's saved conf
   assert.throws(() => parseDistillChainArgs([...args, "--sida-alpha", "x"]), /--sida-alpha/);
 });
 
+Deno.test("distill chain: a SiD²A snapshot from before G's first step is never its best while a later one exists, also in a run from before that rule", async () => {
+  const f = await setup();
+  const out = join(f.dir, "warmup-best");
+  // G does not step for the first 4 images: the 0.004-kimg SiD²A snapshot is SiD's generator.
+  const base = chainFlags(f, out);
+  base[base.indexOf("--g-warmup-kimg") + 1] = "0.004";
+  const args = [...base, "--stages", "import,sid,sida", "--snap", "0.004"];
+  await runDistillChain(parseDistillChainArgs(args));
+  const dir = join(out, "sida");
+  const scores = (await Deno.readTextFile(join(dir, "snapshot-fids.jsonl"))).trim().split("\n")
+    .map((l) => JSON.parse(l));
+  assertEquals(scores.map((r) => r.nimg), [4, 8], "both SiD²A snapshots scored");
+  const best = JSON.parse(await Deno.readTextFile(join(dir, "network-snapshot-best.json")));
+  assertEquals(best.nimg, 8, "the snapshot after G's first step, whatever the FIDs");
+  // A run folder as the chain left it before the rule: its best is the 4-image snapshot.
+  const first = scores[0];
+  await Deno.writeFile(
+    join(dir, "network-snapshot-best.safetensors"),
+    await Deno.readFile(join(dir, first.snapshot)),
+  );
+  await Deno.writeTextFile(
+    join(dir, "network-snapshot-best.json"),
+    JSON.stringify({ ...best, ...first, which: "best" }, null, 2),
+  );
+  // The evaluation checks each stage's picks first.
+  await runDistillChain(parseDistillChainArgs([...base, "--stages", "eval", "--snap", "0.004"]));
+  const again = JSON.parse(await Deno.readTextFile(join(dir, "network-snapshot-best.json")));
+  assertEquals(again.nimg, 8, "picked again on the next run");
+  const copy = await Deno.readFile(join(dir, "network-snapshot-best.safetensors"));
+  const eight = await Deno.readFile(join(dir, scores[1].snapshot));
+  assert(copy.length === eight.length && copy.every((v, i) => v === eight[i]), "best copy = 8");
+});
+
 Deno.test("distill chain tests: remove the temporary folder", async () => {
   if (!fixture) return;
   await Deno.remove((await fixture).dir, { recursive: true });
