@@ -109,6 +109,7 @@ import { readSafetensors } from "../lib/io/safetensors.ts";
 import { Ema, EMA_RAMPUP_RATIO } from "../lib/train/ema.ts";
 import { evaluateNetwork } from "../lib/pipeline/evaluate.ts";
 import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
+import { meanStd } from "../tools/seed_summary.ts";
 
 const USAGE = "usage: bench/sid2a_sweep.ts --sid G.safetensors --out sweep.jsonl " +
   "[--teacher data/mnist-teacher.safetensors] [--configs preset,...] [--seeds 0,1,2] " +
@@ -281,12 +282,8 @@ async function readRows(path: string): Promise<Row[]> {
   return text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as Row);
 }
 
-const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
-const std = (v: number[]) => {
-  if (v.length < 2) return NaN;
-  const m = mean(v);
-  return Math.sqrt(v.reduce((a, b) => a + (b - m) ** 2, 0) / (v.length - 1));
-};
+const mean = (v: number[]) => v.length ? meanStd(v).mean : NaN;
+const std = (v: number[]) => v.length ? meanStd(v).std ?? NaN : NaN;
 const fmt = (v: number[]) =>
   v.length === 0
     ? "–"

@@ -1242,7 +1242,6 @@ interface EvalJob {
 const TEACHER_SAMPLER: SamplerSpec = { sampler: "heun", steps: 18 };
 const ONE_STEP: SamplerSpec = { sampler: "onestep" };
 
-/** Whether a stage folder's best and last sidecars are complete up to its final snapshot. */
 /**
  * Images up to which a stage's snapshots are not its best while a later one exists: SiD²A's
  * snapshots before G's first step (its warm-up) are SiD's generator itself.
@@ -1251,6 +1250,7 @@ function bestAfterNimg(p: Plan, stage: "sid" | "sida"): number {
   return stage === "sida" ? p.settings.sida.config.gWarmupNimg ?? 0 : 0;
 }
 
+/** Whether a stage folder's best and last sidecars are complete up to its final snapshot. */
 async function picksComplete(
   p: Plan,
   stage: "sid" | "sida",
