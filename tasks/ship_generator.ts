@@ -3,8 +3,9 @@
  * (the snapshot its report uses for the last stage) to a file of its own, with a JSON sidecar of
  * its provenance and scores (`lib/pipeline/ship.ts`). The shipped MNIST generator was made with
  *
- *   deno task distill
- *   deno task ship-generator --run runs/distill-mnist --out data/mnist-generator.safetensors
+ *   deno task distill --budget 6 --sida-ema 5 --sida-ema-rampup 0.5 --seed 0 --out runs/b6c-s0
+ *   deno task ship-generator --run runs/b6c-s0 --out data/mnist-generator.safetensors \
+ *     --command 'deno task distill --budget 6 --sida-ema 5 --sida-ema-rampup 0.5 --seed 0'
  *
  * @module
  */
