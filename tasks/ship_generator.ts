@@ -5,7 +5,7 @@
  *
  *   deno task distill --budget 6 --sida-ema 5 --sida-ema-rampup 0.5 --seed 0 --out runs/b6c-s0
  *   deno task ship-generator --run runs/b6c-s0 --out data/mnist-generator.safetensors \
- *     --command 'deno task distill --budget 6 --sida-ema 5 --sida-ema-rampup 0.5 --seed 0'
+ *     --command 'deno task distill --budget 6 --sida-ema 5 --sida-ema-rampup 0.5 --seed 0 --out runs/b6c-s0'
  *
  * @module
  */
