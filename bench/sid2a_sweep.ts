@@ -64,6 +64,11 @@
  * - `sid-fake-b128-ema1`: `sid-fake` at batch 128 with the 1-kimg half-life: the fake net from the
  *   SiD run's, G steps from the first iteration, the adversarial term after 1024 images. It is
  *   `sid-continue-b128-ema1` plus the discriminator and the adversarial term.
+ * - `batch128-ema1-decay48`: `batch128-ema1` with lr = glr = 3e-5 from iteration 49 (6.1 kimg at
+ *   batch 128) on, meant for the 2-hour stage (`--iters 108 --every 18`): there the stage's FID
+ *   rises from about 7 kimg for every seed (`docs/sweeps.md`); does a smaller step hold it down?
+ * - `batch128-ema1-lsgdrop48`: `batch128-ema1` with the adversarial weight 10× smaller (0.001) from
+ *   iteration 49 on: the same question for the adversarial push instead of the step size.
  * - `sid-stage`: not SiD²A but the chain's SiD stage itself as it was before 2026-12-07 (the `mnist`
  *   preset's SiD settings: α = 1.2, batch 64, G_ema's half-life 10 kimg with the 5 % ramp-up, which
  *   the preset now replaces by 5 kimg with a ramp-up of 0.5), meant with the teacher as
@@ -189,6 +194,8 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
   "batch128-ema1-lsg0.1": { ...BATCH128_EMA1, lsgGan: 0.1 },
   "batch128-ema1-lr3e-5": { ...BATCH128_EMA1, lr: 3e-5, glr: 3e-5 },
   "sid-fake-b128-ema1": { ...BATCH128_EMA1, gWarmupNimg: 0, ganWarmupNimg: 8 * 128 },
+  "batch128-ema1-decay48": BATCH128_EMA1,
+  "batch128-ema1-lsgdrop48": BATCH128_EMA1,
   "sid-stage": {
     method: "sid",
     alpha: 1.2,
@@ -230,9 +237,20 @@ async function loadSidFake(snapshot: string, teacher: EDMPrecond): Promise<EDMPr
   return fake;
 }
 
-/** Learning-rate changes of a setting: after iteration `after`, these rates. */
-export const SWEEP_DECAY: Record<string, { after: number; lr: number; glr: number }> = {
+/** A change of a setting's rates or adversarial weight after iteration `after`. */
+export interface SweepDecay {
+  after: number;
+  lr?: number;
+  glr?: number;
+  /** The adversarial weight from then on (the Distiller reads its config at each step). */
+  lsgGan?: number;
+}
+
+/** The settings whose rates or adversarial weight change during the stage. */
+export const SWEEP_DECAY: Record<string, SweepDecay> = {
   "warmup-it-decay": { after: 16, lr: 3e-5, glr: 3e-5 },
+  "batch128-ema1-decay48": { after: 48, lr: 3e-5, glr: 3e-5 },
+  "batch128-ema1-lsgdrop48": { after: 48, lsgGan: 0.001 },
 };
 
 /** One line of the sweep's JSONL file. */
@@ -245,7 +263,7 @@ export interface Row {
   fidB: number;
   /** Whether this is the run's last evaluation. */
   last: boolean;
-  config?: Partial<DistillConfig> & { decay?: { after: number; lr: number; glr: number } };
+  config?: Partial<DistillConfig> & { decay?: SweepDecay };
   /** `noise` rows: FID of the SiD generator with latent seed `seed`. */
   kind?: "noise";
   seconds?: number;
@@ -512,7 +530,10 @@ async function main() {
       };
       await evalAt(0);
       for (let i = 1; i <= iters; i++) {
-        if (decay && i === decay.after + 1) d.setLearningRates(decay);
+        if (decay && i === decay.after + 1) {
+          d.setLearningRates(decay);
+          if (decay.lsgGan !== undefined) d.config.lsgGan = decay.lsgGan;
+        }
         const st = await d.step();
         // The images seen before this iteration, as the Distiller's own EMA phase uses them.
         for (const s of shadows) s.ema.update(d.curNimg - config.batch);

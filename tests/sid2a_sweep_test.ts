@@ -25,7 +25,15 @@ Deno.test("sid2a sweep: every setting resolves to a valid config, and names only
     }
   }
   for (const s of SWEEP_SID_FAKE) assert(s in SWEEP_SETTINGS, `${s} (SWEEP_SID_FAKE)`);
-  for (const s of Object.keys(SWEEP_DECAY)) assert(s in SWEEP_SETTINGS, `${s} (SWEEP_DECAY)`);
+  for (const [s, d] of Object.entries(SWEEP_DECAY)) {
+    assert(s in SWEEP_SETTINGS, `${s} (SWEEP_DECAY)`);
+    // What a setting changes to mid-stage is itself a valid config.
+    const { after: _, ...change } = d;
+    const c = resolveDistillConfig({ ...baseConfig(), ...SWEEP_SETTINGS[s], ...change });
+    for (const [k, v] of Object.entries(change)) {
+      assertEquals(c[k as keyof typeof c], v, `${s}: ${k}`);
+    }
+  }
   // The base is the chain's SiD²A stage at the default budget as it was when the sweep began:
   // batch 64, the 5/10-kimg warm-ups scaled to 2.304 of 200 kimg, G_ema 10 kimg at 5 %.
   const b = baseConfig();
