@@ -66,9 +66,11 @@
  *   `sid-continue-b128-ema1` plus the discriminator and the adversarial term.
  * - `batch128-ema1-decay48`: `batch128-ema1` with lr = glr = 3e-5 from iteration 49 (6.1 kimg at
  *   batch 128) on, meant for the 2-hour stage (`--iters 108 --every 18`): there the stage's FID
- *   rises from about 7 kimg for every seed (`docs/sweeps.md`); does a smaller step hold it down?
+ *   rises before it falls back, for every seed (`docs/sweeps.md`); does a smaller step hold it
+ *   down? (Seed 0: no, the stage stays at its risen level.)
  * - `batch128-ema1-lsgdrop48`: `batch128-ema1` with the adversarial weight 10× smaller (0.001) from
- *   iteration 49 on: the same question for the adversarial push instead of the step size.
+ *   iteration 49 on: the same question for the adversarial push instead of the step size (seed 0:
+ *   within noise of `batch128-ema1`).
  * - `sid-stage`: not SiD²A but the chain's SiD stage itself as it was before 2026-12-07 (the `mnist`
  *   preset's SiD settings: α = 1.2, batch 64, G_ema's half-life 10 kimg with the 5 % ramp-up, which
  *   the preset now replaces by 5 kimg with a ramp-up of 0.5), meant with the teacher as
