@@ -71,6 +71,10 @@
  * - `batch128-ema1-lsgdrop48`: `batch128-ema1` with the adversarial weight 10× smaller (0.001) from
  *   iteration 49 on: the same question for the adversarial push instead of the step size (seed 0:
  *   within noise of `batch128-ema1`).
+ * - `batch128-ema1-g40`: `batch128-ema1` whose fake net trains alone for 40 iterations (5.1 kimg)
+ *   before G moves, the adversarial term from iteration 49: for the 2-hour stage, where G's first
+ *   steps make the FID rise while the fake net, restarted from the teacher, has seen 512 images of
+ *   G's; `warmup-g40` asked the same at batch 64 from a poorer SiD generator.
  * - `sid-stage`: not SiD²A but the chain's SiD stage itself as it was before 2026-12-07 (the `mnist`
  *   preset's SiD settings: α = 1.2, batch 64, G_ema's half-life 10 kimg with the 5 % ramp-up, which
  *   the preset now replaces by 5 kimg with a ramp-up of 0.5), meant with the teacher as
@@ -198,6 +202,7 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
   "sid-fake-b128-ema1": { ...BATCH128_EMA1, gWarmupNimg: 0, ganWarmupNimg: 8 * 128 },
   "batch128-ema1-decay48": BATCH128_EMA1,
   "batch128-ema1-lsgdrop48": BATCH128_EMA1,
+  "batch128-ema1-g40": { ...BATCH128_EMA1, gWarmupNimg: 40 * 128, ganWarmupNimg: 48 * 128 },
   "sid-stage": {
     method: "sid",
     alpha: 1.2,

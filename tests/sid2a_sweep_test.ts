@@ -43,6 +43,11 @@ Deno.test("sid2a sweep: every setting resolves to a valid config, and names only
   const c = resolveDistillConfig({ ...b, ...SWEEP_SETTINGS["batch128-ema1"] });
   assertEquals([c.batch, c.gWarmupNimg / c.batch, c.ganWarmupNimg / c.batch], [128, 4, 8]);
   assertEquals([c.emaKimg, c.emaRampup], [1, null]);
+  // The long fake-only warm-up: G's first step after 40 iterations of 128, the adversarial term's
+  // after 48; the rest is the candidate's.
+  const g = resolveDistillConfig({ ...b, ...SWEEP_SETTINGS["batch128-ema1-g40"] });
+  assertEquals([g.batch, g.gWarmupNimg / g.batch, g.ganWarmupNimg / g.batch], [128, 40, 48]);
+  assertEquals([g.emaKimg, g.emaRampup, g.lr, g.lsgGan], [c.emaKimg, c.emaRampup, c.lr, c.lsgGan]);
 });
 
 Deno.test("sid2a sweep: summarize counts a seed as steady only when its FID fell and stayed down", () => {
