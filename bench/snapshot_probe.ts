@@ -25,6 +25,10 @@
  * Rows are appended to `--out` (JSONL), one per generator, after the real row and the
  * calibration lines; the table is printed at the end.
  *
+ * A distillation run's `training-state-<kimg>.safetensors` may stand for a generator: its row is
+ * then the raw generator G at that point ({@linkcode loadProbeGenerator}), where a snapshot holds
+ * the EMA generator: how much of a snapshot's FID the averaging makes.
+ *
  * Generators are sampled in one step from σ = 2.5; with `--steps N`, with EDM's Heun sampler in N
  * steps (2N − 1 evaluations: a teacher, as the chain's eval stage samples it with 18).
  *
@@ -43,10 +47,50 @@ import {
 import { loadRefStats } from "../lib/metrics/ref_stats.ts";
 import { featureStats, fid, fidTerms, precisionRecall, type Stats } from "../lib/metrics/stats.ts";
 import { loadNetwork } from "../lib/nets/network.ts";
+import { fromEdmKwargs } from "../lib/nets/config.ts";
+import { EDMPrecond } from "../lib/nets/precond.ts";
+import { readSafetensors, readSafetensorsHeader } from "../lib/io/safetensors.ts";
 import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
 
 const USAGE = "usage: bench/snapshot_probe.ts --out probe.jsonl [--num 1000] [--seed 1000003] " +
   "[--grids DIR] [--steps N] G1.safetensors [G2.safetensors ...]";
+
+/** A distillation training state's file name (`lib/distill/run.ts`). */
+const TRAINING_STATE = /(^|\/)training-state-[^/]*\.safetensors$/;
+
+/**
+ * Loads a generator to probe: a network file ({@linkcode loadNetwork}), or, from a distillation
+ * run's `training-state-<kimg>.safetensors`, the raw generator G that the optimizer steps (its
+ * `G.*` tensors; snapshots hold the EMA generator G_ema instead), with the network config the state
+ * records. A state that does not hold all of G's tensors is refused with a {@linkcode UsageError}.
+ */
+export async function loadProbeGenerator(file: string): Promise<EDMPrecond> {
+  if (!TRAINING_STATE.test(file)) return await loadNetwork(file);
+  const { entries, metadata } = await readSafetensorsHeader(file);
+  let kwargs: unknown;
+  try {
+    kwargs = JSON.parse(metadata.networks ?? "").G;
+  } catch {
+    kwargs = undefined;
+  }
+  if (!kwargs || typeof kwargs !== "object") {
+    throw new UsageError(
+      `${file}: no generator config (metadata 'networks') in the training state`,
+    );
+  }
+  const net = new EDMPrecond(fromEdmKwargs(kwargs as Parameters<typeof fromEdmKwargs>[0]), {
+    init: "zeros",
+  });
+  const have = new Set(entries.map((e) => e.name));
+  const missing = net.namedTensors().map(([n]) => `G.${n}`).filter((n) => !have.has(n));
+  if (missing.length) {
+    net.dispose();
+    throw new UsageError(`${file}: no ${missing[0]} (${missing.length} of G's tensors missing)`);
+  }
+  const names = net.namedTensors().map(([n]) => `G.${n}`);
+  net.loadStateDict((await readSafetensors(file, { names })).tensors, { prefix: "G." });
+  return net;
+}
 
 /**
  * Each generator file's name in the rows and grids: its base name without `.safetensors`, or,
@@ -379,7 +423,7 @@ async function main() {
   }
   const names = generatorNames(files);
   for (const file of files) {
-    const net = await loadNetwork(file);
+    const net = await loadProbeGenerator(file);
     if (net.imgChannels !== 1 || net.imgResolution !== res) {
       throw new UsageError(`${file}: not an MNIST generator (${net.imgChannels} channels)`);
     }

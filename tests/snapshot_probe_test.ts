@@ -1,18 +1,31 @@
 /**
  * The pure helpers of `bench/snapshot_probe.ts` (pixel statistics, class histograms, weighted
- * feature statistics) on inputs whose answers are known by hand or by another route.
+ * feature statistics) on inputs whose answers are known by hand or by another route, and its
+ * reading of a training state's raw generator.
  */
-import { assertAlmostEquals, assertEquals, assertThrows } from "./metrics_asserts.ts";
+import {
+  assertAlmostEquals,
+  assertEquals,
+  assertRejects,
+  assertThrows,
+} from "./metrics_asserts.ts";
 import {
   argmaxRows,
   classHistogram,
   classMixWeights,
   generatorNames,
+  loadProbeGenerator,
   pixelStats,
   totalVariation,
   weightedStats,
 } from "../bench/snapshot_probe.ts";
 import { featureStats } from "../lib/metrics/stats.ts";
+import { createNetwork } from "../lib/nets/network.ts";
+import { toEdmKwargs } from "../lib/nets/config.ts";
+import { writeSafetensors } from "../lib/io/safetensors.ts";
+import type { HostTensor } from "../lib/io/host_tensor.ts";
+import { UsageError } from "../lib/runtime/cli.ts";
+import { setupBackend, tinySongUNet } from "./helpers.ts";
 
 Deno.test("pixelStats: ink, mid-grey share and neighbour differences of known images", () => {
   // Image 0 (2×2): a white left column on black; image 1: uniform grey 128.
@@ -82,4 +95,42 @@ Deno.test("generatorNames: base names, or the paths where two files share one", 
     "avg-s0",
     "g",
   ]);
+});
+
+Deno.test("loadProbeGenerator: a training state stands for its raw generator G; a state without G is refused", async () => {
+  await setupBackend();
+  const dir = await Deno.makeTempDir({ prefix: "sida-probe-test-" });
+  const G = createNetwork(tinySongUNet({ imgResolution: 8, imgChannels: 1 }), { seed: 5 });
+  const other = createNetwork(tinySongUNet({ imgResolution: 8, imgChannels: 1 }), { seed: 6 });
+  try {
+    const g = await G.stateDict();
+    const tensors = new Map<string, HostTensor>();
+    for (const [n, t] of g) tensors.set(`G.${n}`, t);
+    // Another network's tensors under other prefixes, as a state holds G_ema and the fake net.
+    for (const [n, t] of await other.stateDict()) tensors.set(`G_ema.${n}`, t);
+    const networks = JSON.stringify({ G: toEdmKwargs(G.config), fake: toEdmKwargs(G.config) });
+    const state = `${dir}/training-state-000001.024.safetensors`;
+    await writeSafetensors(state, tensors, { networks });
+    const net = await loadProbeGenerator(state);
+    try {
+      const back = await net.stateDict();
+      assertEquals([...back.keys()], [...g.keys()]);
+      for (const [n, t] of g) assertEquals(back.get(n)!.data, t.data, n);
+    } finally {
+      net.dispose();
+    }
+    // A state missing one of G's tensors, or its config, is one clear error.
+    const first = [...g.keys()][0];
+    tensors.delete(`G.${first}`);
+    const broken = `${dir}/training-state-000002.048.safetensors`;
+    await writeSafetensors(broken, tensors, { networks });
+    await assertRejects(() => loadProbeGenerator(broken), UsageError, `no G.${first}`);
+    const noConfig = `${dir}/training-state-000003.072.safetensors`;
+    await writeSafetensors(noConfig, tensors, {});
+    await assertRejects(() => loadProbeGenerator(noConfig), UsageError, "no generator config");
+  } finally {
+    G.dispose();
+    other.dispose();
+    await Deno.remove(dir, { recursive: true });
+  }
 });
