@@ -74,7 +74,8 @@
  * - `batch128-ema1-g40`: `batch128-ema1` whose fake net trains alone for 40 iterations (5.1 kimg)
  *   before G moves, the adversarial term from iteration 49: for the 2-hour stage, where G's first
  *   steps make the FID rise while the fake net, restarted from the teacher, has seen 512 images of
- *   G's; `warmup-g40` asked the same at batch 64 from a poorer SiD generator.
+ *   G's; `warmup-g40` asked the same at batch 64 from a poorer SiD generator. (Seed 0: the same
+ *   rise within 14 iterations of G's first step, a shorter excursion after it.)
  * - `sid-stage`: not SiD²A but the chain's SiD stage itself as it was before 2026-12-07 (the `mnist`
  *   preset's SiD settings: α = 1.2, batch 64, G_ema's half-life 10 kimg with the 5 % ramp-up, which
  *   the preset now replaces by 5 kimg with a ramp-up of 0.5), meant with the teacher as
