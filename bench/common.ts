@@ -6,6 +6,10 @@
 import { type BackendInfo, describeBackend } from "../lib/runtime/backend.ts";
 import { startBackend } from "../lib/runtime/cli.ts";
 import { LatentDataset } from "../lib/data/dataset.ts";
+import { readSafetensors, readSafetensorsHeader } from "../lib/io/safetensors.ts";
+import type { NetworkConfig } from "../lib/nets/config.ts";
+import { EDMPrecond } from "../lib/nets/precond.ts";
+import { UsageError } from "../lib/runtime/cli.ts";
 
 /**
  * Starts backend `name` for a benchmark row: its info and a one-line device label (the adapter
@@ -59,4 +63,31 @@ export function syntheticLatents(r: number): LatentDataset {
   }
   const labels = Int32Array.from({ length: n }, (_, i) => (i * 97) % 1000);
   return new LatentDataset("synthetic-img512-sd", r, c, data, labels, 1000);
+}
+
+/**
+ * One network of a distillation training state (`lib/distill/run.ts`): the tensors under `prefix`
+ * (`G.`, `G_ema.`, `fake.`) loaded into a network of `config`, reading only those tensors. A state
+ * that lacks any of them is refused with a {@linkcode UsageError} naming the first.
+ */
+export async function loadStateNetwork(
+  file: string,
+  prefix: string,
+  config: NetworkConfig,
+): Promise<EDMPrecond> {
+  const { entries } = await readSafetensorsHeader(file);
+  const net = new EDMPrecond(config, { init: "zeros" });
+  try {
+    const names = net.namedTensors().map(([n]) => prefix + n);
+    const have = new Set(entries.map((e) => e.name));
+    const missing = names.filter((n) => !have.has(n));
+    if (missing.length) {
+      throw new UsageError(`${file}: no ${missing[0]} (${missing.length} tensors missing)`);
+    }
+    net.loadStateDict((await readSafetensors(file, { names })).tensors, { prefix });
+    return net;
+  } catch (e) {
+    net.dispose();
+    throw e;
+  }
 }

@@ -116,8 +116,8 @@ import {
 import { loadRefStats } from "../lib/metrics/ref_stats.ts";
 import type { Stats } from "../lib/metrics/stats.ts";
 import { loadNetwork, saveNetwork } from "../lib/nets/network.ts";
-import { EDMPrecond } from "../lib/nets/precond.ts";
-import { readSafetensors } from "../lib/io/safetensors.ts";
+import type { EDMPrecond } from "../lib/nets/precond.ts";
+import { loadStateNetwork } from "./common.ts";
 import { Ema, EMA_RAMPUP_RATIO } from "../lib/train/ema.ts";
 import { evaluateNetwork } from "../lib/pipeline/evaluate.ts";
 import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
@@ -230,19 +230,12 @@ async function loadSidFake(snapshot: string, teacher: EDMPrecond): Promise<EDMPr
     "training-state-$1.safetensors",
   );
   if (state === snapshot) throw new UsageError(`--sid ${snapshot}: not a network-snapshot file`);
-  const { tensors } = await readSafetensors(state).catch((e) => {
+  await Deno.stat(state).catch((e) => {
     throw new UsageError(
-      `sid-fake needs the SiD training state beside --sid: ${(e as Error).message}`,
+      `sid-fake needs the SiD training state beside --sid: ${state}: ${(e as Error).message}`,
     );
   });
-  const fake = new EDMPrecond(teacher.config, { init: "zeros" });
-  const missing = fake.namedTensors().map(([n]) => n).filter((n) => !tensors.has(`fake.${n}`));
-  if (missing.length) {
-    fake.dispose();
-    throw new UsageError(`${state}: no fake.${missing[0]} (${missing.length} tensors missing)`);
-  }
-  fake.loadStateDict(tensors, { prefix: "fake.", strict: false });
-  return fake;
+  return await loadStateNetwork(state, "fake.", teacher.config);
 }
 
 /** A change of a setting's rates or adversarial weight after iteration `after`. */

@@ -48,8 +48,9 @@ import { loadRefStats } from "../lib/metrics/ref_stats.ts";
 import { featureStats, fid, fidTerms, precisionRecall, type Stats } from "../lib/metrics/stats.ts";
 import { loadNetwork } from "../lib/nets/network.ts";
 import { fromEdmKwargs } from "../lib/nets/config.ts";
-import { EDMPrecond } from "../lib/nets/precond.ts";
-import { readSafetensors, readSafetensorsHeader } from "../lib/io/safetensors.ts";
+import type { EDMPrecond } from "../lib/nets/precond.ts";
+import { readSafetensorsHeader } from "../lib/io/safetensors.ts";
+import { loadStateNetwork } from "./common.ts";
 import { numberFlag, parseFlags, runMain, startBackend, UsageError } from "../lib/runtime/cli.ts";
 
 const USAGE = "usage: bench/snapshot_probe.ts --out probe.jsonl [--num 1000] [--seed 1000003] " +
@@ -66,7 +67,7 @@ const TRAINING_STATE = /(^|\/)training-state-[^/]*\.safetensors$/;
  */
 export async function loadProbeGenerator(file: string): Promise<EDMPrecond> {
   if (!TRAINING_STATE.test(file)) return await loadNetwork(file);
-  const { entries, metadata } = await readSafetensorsHeader(file);
+  const { metadata } = await readSafetensorsHeader(file);
   let kwargs: unknown;
   try {
     kwargs = JSON.parse(metadata.networks ?? "").G;
@@ -78,18 +79,11 @@ export async function loadProbeGenerator(file: string): Promise<EDMPrecond> {
       `${file}: no generator config (metadata 'networks') in the training state`,
     );
   }
-  const net = new EDMPrecond(fromEdmKwargs(kwargs as Parameters<typeof fromEdmKwargs>[0]), {
-    init: "zeros",
-  });
-  const have = new Set(entries.map((e) => e.name));
-  const missing = net.namedTensors().map(([n]) => `G.${n}`).filter((n) => !have.has(n));
-  if (missing.length) {
-    net.dispose();
-    throw new UsageError(`${file}: no ${missing[0]} (${missing.length} of G's tensors missing)`);
-  }
-  const names = net.namedTensors().map(([n]) => `G.${n}`);
-  net.loadStateDict((await readSafetensors(file, { names })).tensors, { prefix: "G." });
-  return net;
+  return await loadStateNetwork(
+    file,
+    "G.",
+    fromEdmKwargs(kwargs as Parameters<typeof fromEdmKwargs>[0]),
+  );
 }
 
 /**
