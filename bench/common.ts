@@ -7,6 +7,7 @@ import { type BackendInfo, describeBackend } from "../lib/runtime/backend.ts";
 import { startBackend } from "../lib/runtime/cli.ts";
 import { LatentDataset } from "../lib/data/dataset.ts";
 import { readSafetensors, readSafetensorsHeader } from "../lib/io/safetensors.ts";
+import { checkFiniteWeights } from "../lib/io/host_tensor.ts";
 import type { NetworkConfig } from "../lib/nets/config.ts";
 import { EDMPrecond } from "../lib/nets/precond.ts";
 import { UsageError } from "../lib/runtime/cli.ts";
@@ -68,7 +69,8 @@ export function syntheticLatents(r: number): LatentDataset {
 /**
  * One network of a distillation training state (`lib/distill/run.ts`): the tensors under `prefix`
  * (`G.`, `G_ema.`, `fake.`) loaded into a network of `config`, reading only those tensors. A state
- * that lacks any of them is refused with a {@linkcode UsageError} naming the first.
+ * that lacks any of them is refused with a {@linkcode UsageError} naming the first; non-finite
+ * weights with an `IoError`, as `loadNetwork` refuses them in a snapshot.
  */
 export async function loadStateNetwork(
   file: string,
@@ -84,7 +86,9 @@ export async function loadStateNetwork(
     if (missing.length) {
       throw new UsageError(`${file}: no ${missing[0]} (${missing.length} tensors missing)`);
     }
-    net.loadStateDict((await readSafetensors(file, { names })).tensors, { prefix });
+    const { tensors } = await readSafetensors(file, { names });
+    checkFiniteWeights(tensors, file); // as loadNetwork refuses a snapshot with NaN weights
+    net.loadStateDict(tensors, { prefix });
     return net;
   } catch (e) {
     net.dispose();

@@ -23,7 +23,7 @@ import { featureStats } from "../lib/metrics/stats.ts";
 import { createNetwork } from "../lib/nets/network.ts";
 import { toEdmKwargs } from "../lib/nets/config.ts";
 import { writeSafetensors } from "../lib/io/safetensors.ts";
-import type { HostTensor } from "../lib/io/host_tensor.ts";
+import { type HostTensor, IoError } from "../lib/io/host_tensor.ts";
 import { UsageError } from "../lib/runtime/cli.ts";
 import { setupBackend, tinySongUNet } from "./helpers.ts";
 
@@ -119,8 +119,14 @@ Deno.test("loadProbeGenerator: a training state stands for its raw generator G; 
     } finally {
       net.dispose();
     }
-    // A state missing one of G's tensors, or its config, is one clear error.
+    // A state missing one of G's tensors, or its config, or with non-finite weights, is one
+    // clear error.
     const first = [...g.keys()][0];
+    const t0 = tensors.get(`G.${first}`)!;
+    const nan = { ...t0, data: Float32Array.from(t0.data as Float32Array, (v, i) => i ? v : NaN) };
+    const diverged = `${dir}/training-state-000000.512.safetensors`;
+    await writeSafetensors(diverged, new Map([...tensors, [`G.${first}`, nan]]), { networks });
+    await assertRejects(() => loadProbeGenerator(diverged), IoError, first);
     tensors.delete(`G.${first}`);
     const broken = `${dir}/training-state-000002.048.safetensors`;
     await writeSafetensors(broken, tensors, { networks });
