@@ -76,6 +76,13 @@
  *   steps make the FID rise while the fake net, restarted from the teacher, has seen 512 images of
  *   G's; `warmup-g40` asked the same at batch 64 from a poorer SiD generator. (Seed 0: the same
  *   rise within 14 iterations of G's first step, a shorter excursion after it.)
+ * - `batch128-ema1-rawg`: `batch128-ema1` whose G starts from the SiD run's raw generator (the
+ *   `G.*` tensors of the training state beside `--sid`) while G_ema starts from the snapshot and
+ *   carries it on. The snapshot is SiD's G_ema, an average that no single iterate of SiD reaches;
+ *   started from it, G leaves it within a few steps and the FID rises (2-hour stage, seed 0,
+ *   `docs/sweeps.md`). From the raw G there is no average to leave: with `--extra-ema 5:none` (the
+ *   SiD stage's half-life) SiD's G_ema simply goes on over SiD²A's iterates. Not the reference's
+ *   SiD²A, which starts G and G_ema from the SiD snapshot.
  * - `sid-stage`: not SiD²A but the chain's SiD stage itself as it was before 2026-12-07 (the `mnist`
  *   preset's SiD settings: α = 1.2, batch 64, G_ema's half-life 10 kimg with the 5 % ramp-up, which
  *   the preset now replaces by 5 kimg with a ramp-up of 0.5), meant with the teacher as
@@ -103,7 +110,7 @@
  * @module
  */
 import { tf } from "../lib/deps.ts";
-import { mnistDataset } from "../lib/data/dataset.ts";
+import { type ImageDataset, mnistDataset } from "../lib/data/dataset.ts";
 import { type DistillConfig, Distiller } from "../lib/distill/distiller.ts";
 import { distillPreset } from "../lib/distill/presets.ts";
 import { MnistFeatureNet } from "../lib/metrics/mnist_features.ts";
@@ -204,6 +211,7 @@ export const SWEEP_SETTINGS: Record<string, Partial<DistillConfig>> = {
   "batch128-ema1-decay48": BATCH128_EMA1,
   "batch128-ema1-lsgdrop48": BATCH128_EMA1,
   "batch128-ema1-g40": { ...BATCH128_EMA1, gWarmupNimg: 40 * 128, ganWarmupNimg: 48 * 128 },
+  "batch128-ema1-rawg": BATCH128_EMA1,
   "sid-stage": {
     method: "sid",
     alpha: 1.2,
@@ -223,8 +231,23 @@ export const SWEEP_SID_FAKE: ReadonlySet<string> = new Set([
   "sid-fake-b128-ema1",
 ]);
 
-/** The SiD run's fake score: the `fake.*` tensors of the training state beside its snapshot. */
-async function loadSidFake(snapshot: string, teacher: EDMPrecond): Promise<EDMPrecond> {
+/**
+ * Settings whose G starts from the SiD run's raw generator (the `G.*` tensors of the training
+ * state beside `--sid`) while G_ema, and every `--extra-ema` copy, start from the snapshot (SiD's
+ * G_ema) and carry it on (see the module doc).
+ */
+export const SWEEP_RAW_G: ReadonlySet<string> = new Set(["batch128-ema1-rawg"]);
+
+/**
+ * A network of the SiD run's training state beside its snapshot (`prefix` `fake.`: its fake
+ * score; `G.`: the generator the optimizer was stepping, which the snapshot's G_ema averages).
+ */
+async function loadSidState(
+  snapshot: string,
+  prefix: "fake." | "G.",
+  setting: string,
+  teacher: EDMPrecond,
+): Promise<EDMPrecond> {
   const state = snapshot.replace(
     /network-snapshot-([0-9.]+)\.safetensors$/,
     "training-state-$1.safetensors",
@@ -232,10 +255,44 @@ async function loadSidFake(snapshot: string, teacher: EDMPrecond): Promise<EDMPr
   if (state === snapshot) throw new UsageError(`--sid ${snapshot}: not a network-snapshot file`);
   await Deno.stat(state).catch((e) => {
     throw new UsageError(
-      `sid-fake needs the SiD training state beside --sid: ${state}: ${(e as Error).message}`,
+      `${setting} needs the SiD training state beside --sid: ${state}: ${(e as Error).message}`,
     );
   });
-  return await loadStateNetwork(state, "fake.", teacher.config);
+  return await loadStateNetwork(state, prefix, teacher.config);
+}
+
+/**
+ * The Distiller of one setting's stage: G and G_ema from the SiD generator `sid` (the snapshot at
+ * `sidPath`), the fake net from the teacher, or from the SiD run's fake score for
+ * {@linkcode SWEEP_SID_FAKE}; G from the SiD run's raw generator for {@linkcode SWEEP_RAW_G}.
+ */
+export async function sweepDistiller(
+  setting: string,
+  config: DistillConfig,
+  from: { teacher: EDMPrecond; dataset: ImageDataset; sid: EDMPrecond; sidPath: string },
+): Promise<Distiller> {
+  const { teacher, dataset, sid, sidPath } = from;
+  const initFake = SWEEP_SID_FAKE.has(setting)
+    ? await loadSidState(sidPath, "fake.", setting, teacher)
+    : undefined;
+  const rawG = SWEEP_RAW_G.has(setting)
+    ? await loadSidState(sidPath, "G.", setting, teacher)
+    : undefined;
+  let d: Distiller;
+  try {
+    d = new Distiller({ teacher, dataset, config, initGenerator: sid, initFake });
+  } catch (e) {
+    rawG?.dispose();
+    throw e;
+  } finally {
+    initFake?.dispose();
+  }
+  if (rawG) {
+    // G (whose optimizer is fresh either way) from the raw generator; G_ema stays the snapshot.
+    d.G.copyFrom(rawG);
+    rawG.dispose();
+  }
+  return d;
 }
 
 /** A change of a setting's rates or adversarial weight after iteration `after`. */
@@ -472,11 +529,12 @@ async function main() {
       const overrides = SWEEP_SETTINGS[setting];
       const decay = SWEEP_DECAY[setting];
       const config = { ...baseConfig(), ...overrides, seed };
-      const initFake = SWEEP_SID_FAKE.has(setting)
-        ? await loadSidFake(f.sid as string, teacher)
-        : undefined;
-      const d = new Distiller({ teacher, dataset, config, initGenerator: sid, initFake });
-      initFake?.dispose();
+      const d = await sweepDistiller(setting, config, {
+        teacher,
+        dataset,
+        sid,
+        sidPath: f.sid as string,
+      });
       // Further EMA copies of G, started (as G_ema) from the SiD generator.
       const shadows: { name: string; net: EDMPrecond; ema: Ema }[] = [];
       for (const e of extraEmas) {

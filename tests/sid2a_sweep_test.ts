@@ -3,7 +3,7 @@
  * distillation config, and the summary's "steady" column counts a seed only when its FID fell and
  * stayed down.
  */
-import { assert, assertEquals, assertThrows } from "./metrics_asserts.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./metrics_asserts.ts";
 import { UsageError } from "../lib/runtime/cli.ts";
 import {
   baseConfig,
@@ -12,9 +12,17 @@ import {
   summarize,
   SWEEP_DECAY,
   SWEEP_SETTINGS,
+  SWEEP_RAW_G,
   SWEEP_SID_FAKE,
+  sweepDistiller,
 } from "../bench/sid2a_sweep.ts";
-import { resolveDistillConfig } from "../lib/distill/distiller.ts";
+import { type DistillConfig, resolveDistillConfig } from "../lib/distill/distiller.ts";
+import { tf } from "../lib/deps.ts";
+import { createNetwork, saveNetwork } from "../lib/nets/network.ts";
+import { toEdmKwargs } from "../lib/nets/config.ts";
+import { writeSafetensors } from "../lib/io/safetensors.ts";
+import type { HostTensor } from "../lib/io/host_tensor.ts";
+import { setupBackend, tinyImageDataset, tinySongUNet, withTempDir } from "./helpers.ts";
 import { distillPreset } from "../lib/distill/presets.ts";
 
 Deno.test("sid2a sweep: every setting resolves to a valid config, and names only known settings", () => {
@@ -25,6 +33,7 @@ Deno.test("sid2a sweep: every setting resolves to a valid config, and names only
     }
   }
   for (const s of SWEEP_SID_FAKE) assert(s in SWEEP_SETTINGS, `${s} (SWEEP_SID_FAKE)`);
+  for (const s of SWEEP_RAW_G) assert(s in SWEEP_SETTINGS, `${s} (SWEEP_RAW_G)`);
   for (const [s, d] of Object.entries(SWEEP_DECAY)) {
     assert(s in SWEEP_SETTINGS, `${s} (SWEEP_DECAY)`);
     // What a setting changes to mid-stage is itself a valid config.
@@ -129,4 +138,72 @@ Deno.test("sid2a sweep: `sid-stage` is the mnist preset's SiD stage with the for
   assertEquals([preset.emaKimg, preset.emaRampup], [5, 0.5]);
   assertEquals([stage.emaKimg, stage.emaRampup], [10, 0.05]);
   assertEquals({ ...stage, emaKimg: 5, emaRampup: 0.5 }, preset);
+});
+
+Deno.test("sid2a sweep: each setting's stage starts its networks from the right files", async () => {
+  await setupBackend();
+  const image = { imgResolution: 8, imgChannels: 3, labelDim: 3 };
+  const teacher = createNetwork(tinySongUNet(image), { seed: 1 });
+  // The SiD snapshot (its G_ema), and its training state's raw G and fake net: four different
+  // networks, so that each of the stage's networks says where it came from.
+  const sid = createNetwork(tinySongUNet(image), { seed: 2 });
+  const rawG = createNetwork(tinySongUNet(image), { seed: 3 });
+  const fake = createNetwork(tinySongUNet(image), { seed: 4 });
+  const dataset = tinyImageDataset(16, 8);
+  const host = async (net: { stateDict(): Promise<Map<string, HostTensor>> }) =>
+    new Map([...await net.stateDict()].map(([n, t]) => [n, t.data as Float32Array]));
+  const same = (a: Map<string, Float32Array>, b: Map<string, Float32Array>) =>
+    [...a].every(([n, v]) => {
+      const w = b.get(n)!;
+      return v.length === w.length && v.every((x, i) => x === w[i]);
+    });
+  await withTempDir("sida-sweep-test-", async (dir) => {
+    const sidPath = `${dir}/network-snapshot-000001.024.safetensors`;
+    await saveNetwork(sid, sidPath);
+    const state = new Map<string, HostTensor>();
+    for (const [n, t] of await rawG.stateDict()) state.set(`G.${n}`, t);
+    for (const [n, t] of await sid.stateDict()) state.set(`G_ema.${n}`, t);
+    for (const [n, t] of await fake.stateDict()) state.set(`fake.${n}`, t);
+    const networks = JSON.stringify({ G: toEdmKwargs(sid.config), fake: toEdmKwargs(sid.config) });
+    await writeSafetensors(`${dir}/training-state-000001.024.safetensors`, state, { networks });
+    const want = {
+      teacher: await host(teacher),
+      sid: await host(sid),
+      rawG: await host(rawG),
+      fake: await host(fake),
+    };
+    const cases: [string, "sid" | "rawG", "teacher" | "fake"][] = [
+      ["batch128-ema1", "sid", "teacher"],
+      ["sid-continue-b128-ema1", "sid", "fake"],
+      ["batch128-ema1-rawg", "rawG", "teacher"],
+    ];
+    for (const [setting, g, f] of cases) {
+      const config = { ...baseConfig(), ...SWEEP_SETTINGS[setting], batch: 4, microBatch: 2 };
+      const d = await sweepDistiller(setting, config as DistillConfig, {
+        teacher,
+        dataset,
+        sid,
+        sidPath,
+      });
+      try {
+        assert(same(await host(d.G), want[g]), `${setting}: G from ${g}`);
+        assert(same(await host(d.Gema), want.sid), `${setting}: G_ema from the snapshot`);
+        assert(same(await host(d.fake), want[f]), `${setting}: fake from ${f}`);
+        assert(!same(want[g], want.teacher) && !same(want.rawG, want.sid), "the nets differ");
+      } finally {
+        d.dispose();
+      }
+    }
+    // Without the training state beside the snapshot, a raw-G setting is one clear error.
+    await Deno.remove(`${dir}/training-state-000001.024.safetensors`);
+    const n = tf.memory().numTensors;
+    await assertRejects(
+      () =>
+        sweepDistiller("batch128-ema1-rawg", baseConfig(), { teacher, dataset, sid, sidPath }),
+      UsageError,
+      "batch128-ema1-rawg needs the SiD training state beside --sid",
+    );
+    assertEquals(tf.memory().numTensors, n, "nothing left behind by the refused setting");
+  });
+  for (const net of [teacher, sid, rawG, fake]) net.dispose();
 });
