@@ -11,8 +11,8 @@ import {
   type Row,
   summarize,
   SWEEP_DECAY,
-  SWEEP_SETTINGS,
   SWEEP_RAW_G,
+  SWEEP_SETTINGS,
   SWEEP_SID_FAKE,
   sweepDistiller,
 } from "../bench/sid2a_sweep.ts";
@@ -198,8 +198,7 @@ Deno.test("sid2a sweep: each setting's stage starts its networks from the right 
     await Deno.remove(`${dir}/training-state-000001.024.safetensors`);
     const n = tf.memory().numTensors;
     await assertRejects(
-      () =>
-        sweepDistiller("batch128-ema1-rawg", baseConfig(), { teacher, dataset, sid, sidPath }),
+      () => sweepDistiller("batch128-ema1-rawg", baseConfig(), { teacher, dataset, sid, sidPath }),
       UsageError,
       "batch128-ema1-rawg needs the SiD training state beside --sid",
     );
