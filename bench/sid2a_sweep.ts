@@ -82,7 +82,8 @@
  *   started from it, G leaves it within a few steps and the FID rises (2-hour stage, seed 0,
  *   `docs/sweeps.md`). From the raw G there is no average to leave: with `--extra-ema 5:none` (the
  *   SiD stage's half-life) SiD's G_ema simply goes on over SiD²A's iterates. Not the reference's
- *   SiD²A, which starts G and G_ema from the SiD snapshot.
+ *   SiD²A, which starts G and G_ema from the SiD snapshot. (Seeds 0 and 2, 54 iterations: every
+ *   G_ema reading level with `batch128-ema1`'s or worse; the same early rise.)
  * - `sid-stage`: not SiD²A but the chain's SiD stage itself as it was before 2026-12-07 (the `mnist`
  *   preset's SiD settings: α = 1.2, batch 64, G_ema's half-life 10 kimg with the 5 % ramp-up, which
  *   the preset now replaces by 5 kimg with a ramp-up of 0.5), meant with the teacher as
