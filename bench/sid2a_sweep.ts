@@ -273,27 +273,20 @@ export async function sweepDistiller(
   from: { teacher: EDMPrecond; dataset: ImageDataset; sid: EDMPrecond; sidPath: string },
 ): Promise<Distiller> {
   const { teacher, dataset, sid, sidPath } = from;
-  const initFake = SWEEP_SID_FAKE.has(setting)
-    ? await loadSidState(sidPath, "fake.", setting, teacher)
-    : undefined;
-  const rawG = SWEEP_RAW_G.has(setting)
-    ? await loadSidState(sidPath, "G.", setting, teacher)
-    : undefined;
-  let d: Distiller;
+  let initFake: EDMPrecond | undefined, rawG: EDMPrecond | undefined;
   try {
-    d = new Distiller({ teacher, dataset, config, initGenerator: sid, initFake });
-  } catch (e) {
-    rawG?.dispose();
-    throw e;
+    if (SWEEP_SID_FAKE.has(setting)) {
+      initFake = await loadSidState(sidPath, "fake.", setting, teacher);
+    }
+    if (SWEEP_RAW_G.has(setting)) rawG = await loadSidState(sidPath, "G.", setting, teacher);
+    const d = new Distiller({ teacher, dataset, config, initGenerator: sid, initFake });
+    // G (whose optimizer is fresh either way) from the raw generator; G_ema stays the snapshot.
+    if (rawG) d.G.copyFrom(rawG);
+    return d;
   } finally {
     initFake?.dispose();
+    rawG?.dispose();
   }
-  if (rawG) {
-    // G (whose optimizer is fresh either way) from the raw generator; G_ema stays the snapshot.
-    d.G.copyFrom(rawG);
-    rawG.dispose();
-  }
-  return d;
 }
 
 /** A change of a setting's rates or adversarial weight after iteration `after`. */
